@@ -1,0 +1,473 @@
+//! Everything one build computes: its layer windows, time windows, grid maps and rules. The
+//! build actor owns one `BuildProcessor` and feeds it batches and watermarks in arrival order;
+//! all arithmetic lives here, free of actors and I/O.
+//!
+//! It must never emit a window twice with the same revision, never emit a partial layer window
+//! (a layer closes only when its `end` event is behind the watermark, or by the gap timeout),
+//! and never drop a late sample without counting it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::batch::{BlockHeader, RecordBatch, COL_X, COL_Y};
+use crate::decode::NO_LAYER;
+use crate::event::{BuildId, Channel, LayerEvent, LayerPhase, TimeNs};
+use crate::grid::GridSpec;
+use crate::layer_window::LayerWindow;
+use crate::offset_ledger::HoldSet;
+use crate::operator::{Ctx, Operator};
+use crate::records::{Anomaly, Emitted, LateRecord, OutputRecord};
+use crate::rules::{Cooldown, Rule, RuleTarget};
+use crate::time::format_rfc3339;
+use crate::time_window::{TimeWindowSpec, TimeWindowState};
+use crate::topology::{LatePolicy, Topology};
+
+/// Lasers per build for which rule cooldowns are tracked (laser numbers above share the last).
+const MAX_LASERS: usize = 65;
+
+/// What every build of a topology computes; shared by all build processors.
+#[derive(Clone, Debug)]
+pub struct BuildSettings {
+    /// Late policy.
+    pub late_policy: LatePolicy,
+    /// Allowed lateness (with the update policy), ns.
+    pub allowed_lateness_ns: i64,
+    /// Gap after which a layer without an `end` event closes, ns.
+    pub layer_gap_ns: i64,
+    /// Grid geometry.
+    pub grid: GridSpec,
+    /// Channel of the grid map.
+    pub grid_channel: Channel,
+    /// Time windows.
+    pub time_windows: Vec<TimeWindowSpec>,
+    /// Rules.
+    pub rules: Vec<Rule>,
+    /// Default layer thickness, µm.
+    pub default_thickness_um: f64,
+    /// Test hook: a block whose first `temperature_c` equals this value panics the processor
+    /// before it changes any state (a stand-in for a poison record hitting a bug).
+    pub fault_panic_on_temperature: Option<f32>,
+}
+
+impl BuildSettings {
+    /// The settings of a checked topology.
+    pub fn from_topology(t: &Topology) -> BuildSettings {
+        let ms = 1_000_000i64;
+        BuildSettings {
+            late_policy: t.engine.late_policy,
+            allowed_lateness_ns: t.engine.allowed_lateness_ms as i64 * ms,
+            layer_gap_ns: t.engine.layer_gap_timeout_ms as i64 * ms,
+            grid: GridSpec { cell_mm: t.windows.grid_cell_mm, plate_mm: t.windows.plate_mm },
+            grid_channel: Channel::parse(&t.windows.grid_channel).unwrap_or(Channel::PhotodiodeOnAxis),
+            time_windows: t.windows.time.iter().map(TimeWindowSpec::compile).collect(),
+            rules: t.rules.iter().map(Rule::compile).collect(),
+            default_thickness_um: t.engine.default_layer_thickness_um,
+            fault_panic_on_temperature: None,
+        }
+    }
+}
+
+/// Running counts of a build, for the terminal summary and the admin API.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BuildCounters {
+    /// Samples processed.
+    pub samples: u64,
+    /// Anomalies emitted.
+    pub anomalies: u64,
+    /// Late samples (dropped, sent to the late sink or merged as updates).
+    pub late_samples: u64,
+    /// Highest layer seen.
+    pub layer: Option<u32>,
+    /// Layer windows closed.
+    pub layers_closed: u64,
+}
+
+/// The state of one build.
+#[derive(Debug)]
+pub struct BuildProcessor {
+    build: BuildId,
+    s: Arc<BuildSettings>,
+    layers: BTreeMap<u32, LayerWindow>,
+    max_closed_layer: Option<u32>,
+    time: Vec<TimeWindowState>,
+    cooldowns: Vec<Cooldown>,
+    hits: Vec<(Option<usize>, u64)>,
+    watermark: TimeNs,
+    build_end_ns: Option<TimeNs>,
+    finished: bool,
+    /// Running counts.
+    pub counters: BuildCounters,
+}
+
+impl BuildProcessor {
+    /// A new build.
+    pub fn new(build: BuildId, s: Arc<BuildSettings>) -> BuildProcessor {
+        let time = s.time_windows.iter().cloned().map(TimeWindowState::new).collect();
+        let n_rules = s.rules.len();
+        BuildProcessor {
+            build,
+            layers: BTreeMap::new(),
+            max_closed_layer: None,
+            time,
+            cooldowns: vec![Cooldown::default(); n_rules * MAX_LASERS],
+            hits: Vec::with_capacity(n_rules),
+            watermark: TimeNs::MIN,
+            build_end_ns: None,
+            finished: false,
+            counters: BuildCounters::default(),
+            s,
+        }
+    }
+
+    /// The build's id.
+    pub fn build_id(&self) -> &BuildId {
+        &self.build
+    }
+
+    /// True once the build's `build_end` event is behind the watermark: the actor may stop.
+    pub fn finished(&self) -> bool {
+        self.finished
+    }
+
+    /// The watermark last applied.
+    pub fn watermark(&self) -> TimeNs {
+        self.watermark
+    }
+
+    /// The lowest batch per input that feeds a window still open (the build's window holds).
+    pub fn holds(&self) -> HoldSet {
+        let mut acc = HoldSet::default();
+        for w in self.layers.values().filter(|w| w.emitted == 0) {
+            acc.merge(&w.hold);
+        }
+        for t in &self.time {
+            t.holds_into(&mut acc);
+        }
+        acc
+    }
+
+    /// Number of windows open or kept for late updates.
+    pub fn open_windows(&self) -> usize {
+        self.layers.len() + self.time.iter().map(TimeWindowState::open_count).sum::<usize>()
+    }
+
+    fn emit(&self, out: &mut Vec<Emitted>, record: OutputRecord, hold: HoldSet, origin_wall_ns: i64) {
+        out.push(Emitted { record, hold, origin_wall_ns });
+    }
+
+    fn rule_names(&self) -> Vec<&str> {
+        self.s.rules.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    fn handle_layer_event(&mut self, ev: &LayerEvent, ctx: &Ctx) {
+        if ev.phase == LayerPhase::BuildEnd {
+            self.build_end_ns = Some(self.build_end_ns.map_or(ev.t_ns, |e| e.max(ev.t_ns)));
+            return;
+        }
+        if !matches!(ev.phase, LayerPhase::Start | LayerPhase::End) {
+            return;
+        }
+        let Some(w) = self.window_for(ev.layer) else {
+            // An event for a layer already emitted: nothing to update.
+            self.counters.late_samples += 0;
+            return;
+        };
+        if let Some(h) = ctx.hold {
+            w.hold.add(h);
+        }
+        match ev.phase {
+            LayerPhase::Start => {
+                w.start_event_ns = Some(ev.t_ns);
+                w.z_um = ev.z_um.or(w.z_um);
+                for p in &ev.params {
+                    if !w.params.contains(p) {
+                        w.params.push(p.clone());
+                    }
+                }
+            }
+            _ => w.end_event_ns = Some(ev.t_ns),
+        }
+        w.dirty = true;
+        self.counters.layer = Some(self.counters.layer.map_or(ev.layer, |l| l.max(ev.layer)));
+    }
+
+    /// The window of `layer` if it is open or kept for updates; a new one if the layer was never
+    /// closed; `None` when the layer is final.
+    fn window_for(&mut self, layer: u32) -> Option<&mut LayerWindow> {
+        if !self.layers.contains_key(&layer) && self.max_closed_layer.is_some_and(|m| layer <= m) {
+            return None;
+        }
+        Some(self.layers.entry(layer).or_default())
+    }
+
+    fn log_rules(&mut self, batch: &RecordBatch, ctx: &Ctx, out: &mut Vec<Emitted>) {
+        for rec in &batch.logs {
+            for (ri, rule) in self.s.rules.iter().enumerate() {
+                let RuleTarget::Log(name) = &rule.target else { continue };
+                for (k, v) in rec.values.iter().filter(|(k, _)| &**k == name.as_str()) {
+                    if rule.op.fires(*v, rule.limit) && self.cooldowns[ri * MAX_LASERS].admit(rec.t_ns, rule.cooldown_ns) {
+                        self.counters.anomalies += 1;
+                        let a = Anomaly {
+                            build_id: self.build.to_string(),
+                            layer: None,
+                            laser: None,
+                            time: format_rfc3339(rec.t_ns),
+                            time_ns: rec.t_ns,
+                            rule: rule.name.clone(),
+                            channel: k.to_string(),
+                            value: *v,
+                            op: op_str(rule),
+                            limit: rule.limit,
+                            x_mm: None,
+                            y_mm: None,
+                        };
+                        out.push(Emitted { record: OutputRecord::Anomaly(a), hold: hold_of(ctx), origin_wall_ns: ctx.origin_wall_ns });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Processes block `i` of `batch`. Public so that the actor can process a batch block by
+    /// block and set aside the one block that made it fail.
+    pub fn process_block(&mut self, batch: &RecordBatch, i: usize, ctx: &Ctx, out: &mut Vec<Emitted>) {
+        let h: BlockHeader = batch.blocks[i];
+        if let Some(bad) = self.s.fault_panic_on_temperature {
+            if batch.column(&h, Channel::TemperatureC.index()).and_then(|v| v.first()) == Some(&bad) {
+                panic!("fault injection: poison temperature {bad} in build {} layer {}", self.build, h.layer);
+            }
+        }
+        let n = u64::from(h.len);
+        self.counters.samples += n;
+        let t_last = h.t_last_ns();
+        // Rules first: alerts do not wait for windows.
+        self.hits.clear();
+        for (ri, rule) in self.s.rules.iter().enumerate() {
+            let RuleTarget::Sample(ch) = rule.target else {
+                self.hits.push((None, 0));
+                continue;
+            };
+            let Some(vs) = batch.column(&h, ch.index()) else {
+                self.hits.push((None, 0));
+                continue;
+            };
+            let (first, count) = rule.scan(vs);
+            self.hits.push((first, count));
+            if let Some(j) = first {
+                let t = h.t0_ns + h.dt_ns * j as i64;
+                let slot = ri * MAX_LASERS + usize::from(h.laser).min(MAX_LASERS - 1);
+                if self.cooldowns[slot].admit(t, rule.cooldown_ns) {
+                    self.counters.anomalies += 1;
+                    let xy = |c: usize| batch.column(&h, c).map(|v| f64::from(v[j]));
+                    let a = Anomaly {
+                        build_id: self.build.to_string(),
+                        layer: (h.layer != NO_LAYER).then_some(h.layer),
+                        laser: (h.laser != 0).then_some(h.laser),
+                        time: format_rfc3339(t),
+                        time_ns: t,
+                        rule: rule.name.clone(),
+                        channel: ch.name().to_owned(),
+                        value: f64::from(vs[j]),
+                        op: op_str(rule),
+                        limit: rule.limit,
+                        x_mm: xy(COL_X),
+                        y_mm: xy(COL_Y),
+                    };
+                    out.push(Emitted { record: OutputRecord::Anomaly(a), hold: hold_of(ctx), origin_wall_ns: ctx.origin_wall_ns });
+                }
+            }
+        }
+        let mut late = 0u64;
+        for tw in &mut self.time {
+            if let Some(vs) = batch.column(&h, tw.spec().channel.index()) {
+                late += tw.push(h.t0_ns, h.dt_ns, vs, ctx.hold);
+            }
+        }
+        if h.layer != NO_LAYER {
+            self.counters.layer = Some(self.counters.layer.map_or(h.layer, |l| l.max(h.layer)));
+            let n_rules = self.s.rules.len();
+            let grid_spec = self.s.grid;
+            let grid_ch = self.s.grid_channel.index();
+            let hits = std::mem::take(&mut self.hits);
+            match self.window_for(h.layer) {
+                Some(w) => {
+                    let updating = w.emitted > 0;
+                    w.extend_time(h.t0_ns, t_last);
+                    if let Some(hold) = ctx.hold {
+                        w.hold.add(hold);
+                    }
+                    w.dirty = true;
+                    let la = w.laser_mut(h.laser, n_rules);
+                    for c in Channel::ALL {
+                        if let Some(vs) = batch.column(&h, c.index()) {
+                            la.channels[c.index()].get_or_insert_with(Default::default).push_slice(vs);
+                        }
+                    }
+                    for (ri, (_, count)) in hits.iter().enumerate() {
+                        la.rule_hits[ri] += count;
+                    }
+                    if updating {
+                        la.late_count += n;
+                        late += n;
+                    }
+                    if let (Some(xs), Some(ys), Some(vs)) = (batch.column(&h, COL_X), batch.column(&h, COL_Y), batch.column(&h, grid_ch)) {
+                        w.grid_push(grid_spec, xs, ys, vs);
+                    }
+                }
+                None => {
+                    late += n;
+                    if self.s.late_policy == LatePolicy::LateSink {
+                        let r = LateRecord {
+                            build_id: self.build.to_string(),
+                            layer: Some(h.layer),
+                            laser: h.laser,
+                            t0_ns: h.t0_ns,
+                            sample_count: n,
+                            offset: h.source_offset,
+                            watermark_ns: self.watermark,
+                        };
+                        out.push(Emitted { record: OutputRecord::Late(r), hold: hold_of(ctx), origin_wall_ns: ctx.origin_wall_ns });
+                    }
+                }
+            }
+            self.hits = hits;
+        }
+        self.counters.late_samples += late;
+    }
+
+    /// Emits a new revision of every kept window that late data changed.
+    fn emit_updates(&mut self, ctx: &Ctx, out: &mut Vec<Emitted>) {
+        let layers: Vec<u32> = self.layers.iter().filter(|(_, w)| w.emitted > 0 && w.dirty).map(|(l, _)| *l).collect();
+        for l in layers {
+            self.emit_layer(l, hold_of(ctx), ctx.now_wall_ns, out);
+        }
+    }
+
+    fn emit_layer(&mut self, layer: u32, hold: HoldSet, origin: i64, out: &mut Vec<Emitted>) {
+        let names = self.rule_names().iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let Some(w) = self.layers.get(&layer) else { return };
+        let sums = w.summaries(&self.build, layer, &name_refs, self.s.default_thickness_um);
+        let grid = w.grid.as_ref().map(|g| g.to_record(&self.build, layer, w.emitted, self.s.grid_channel.name(), self.s.grid.cell_mm));
+        let end = w.end_ns();
+        let first = w.emitted == 0;
+        for s in &sums {
+            // Energy-density rules judge the layer once, on its first result.
+            for rule in self.s.rules.iter().filter(|r| first && r.target == RuleTarget::EnergyDensity) {
+                if let Some(e) = s.energy_density_j_mm3 {
+                    if rule.op.fires(e, rule.limit) {
+                        self.counters.anomalies += 1;
+                        let a = Anomaly {
+                            build_id: self.build.to_string(),
+                            layer: Some(layer),
+                            laser: Some(s.laser),
+                            time: format_rfc3339(end),
+                            time_ns: end,
+                            rule: rule.name.clone(),
+                            channel: "energy_density_j_mm3".into(),
+                            value: e,
+                            op: op_str(rule),
+                            limit: rule.limit,
+                            x_mm: None,
+                            y_mm: None,
+                        };
+                        out.push(Emitted { record: OutputRecord::Anomaly(a), hold: hold.clone(), origin_wall_ns: origin });
+                    }
+                }
+            }
+        }
+        for s in sums {
+            self.emit(out, OutputRecord::LayerSummary(s), hold.clone(), origin);
+        }
+        if let Some(g) = grid {
+            self.emit(out, OutputRecord::Grid(g), hold.clone(), origin);
+        }
+        if let Some(w) = self.layers.get_mut(&layer) {
+            w.emitted += 1;
+            w.dirty = false;
+        }
+        if first {
+            self.counters.layers_closed += 1;
+            self.max_closed_layer = Some(self.max_closed_layer.map_or(layer, |m| m.max(layer)));
+        }
+    }
+
+    /// Closes what `wm` completes; `force` closes everything (end of input, idle build).
+    fn close(&mut self, wm: TimeNs, force: bool, ctx: &Ctx, out: &mut Vec<Emitted>) {
+        let gap = self.s.layer_gap_ns;
+        let due: Vec<u32> = self.layers.iter().filter(|(_, w)| w.emitted == 0 && (force || w.closes_at(wm, gap))).map(|(l, _)| *l).collect();
+        for l in due {
+            let hold = self.layers.get(&l).map(|w| w.hold.clone()).unwrap_or_default();
+            self.emit_layer(l, hold, ctx.now_wall_ns, out);
+        }
+        // Drop windows that are final: emitted, and past their allowed lateness.
+        let keep_ns = if self.s.late_policy == LatePolicy::Update { self.s.allowed_lateness_ns } else { -1 };
+        self.layers.retain(|_, w| w.emitted == 0 || (!force && keep_ns >= 0 && wm <= w.end_ns().saturating_add(keep_ns)));
+        let twm = if force { TimeNs::MAX } else { wm };
+        let mut results = Vec::new();
+        for tw in &mut self.time {
+            tw.close(twm, &self.build, &mut results);
+        }
+        for (r, hold) in results {
+            self.emit(out, OutputRecord::Window(r), hold, ctx.now_wall_ns);
+        }
+    }
+}
+
+fn hold_of(ctx: &Ctx) -> HoldSet {
+    ctx.hold.map(HoldSet::one).unwrap_or_default()
+}
+
+fn op_str(rule: &Rule) -> String {
+    match rule.op {
+        crate::rules::CmpOp::Gt => ">",
+        crate::rules::CmpOp::Ge => ">=",
+        crate::rules::CmpOp::Lt => "<",
+        crate::rules::CmpOp::Le => "<=",
+    }
+    .to_owned()
+}
+
+impl Operator for BuildProcessor {
+    fn process(&mut self, batch: &RecordBatch, ctx: &Ctx, out: &mut Vec<Emitted>) {
+        self.process_events(batch, ctx, out);
+        for i in 0..batch.blocks.len() {
+            self.process_block(batch, i, ctx, out);
+        }
+        self.finish_batch(ctx, out);
+    }
+
+    fn on_watermark(&mut self, wm: TimeNs, ctx: &Ctx, out: &mut Vec<Emitted>) {
+        if wm <= self.watermark {
+            return;
+        }
+        self.watermark = wm;
+        self.close(wm, false, ctx, out);
+        if self.build_end_ns.is_some_and(|e| wm >= e) {
+            self.close(wm, true, ctx, out);
+            self.finished = true;
+        }
+    }
+
+    fn on_close(&mut self, ctx: &Ctx, out: &mut Vec<Emitted>) {
+        self.close(self.watermark, true, ctx, out);
+        self.finished = true;
+    }
+}
+
+impl BuildProcessor {
+    /// The non-sample part of a batch: layer events and machine-log rules.
+    pub fn process_events(&mut self, batch: &RecordBatch, ctx: &Ctx, out: &mut Vec<Emitted>) {
+        for ev in &batch.layers {
+            self.handle_layer_event(ev, ctx);
+        }
+        self.log_rules(batch, ctx, out);
+    }
+
+    /// After the blocks of a batch: updates of kept windows.
+    pub fn finish_batch(&mut self, ctx: &Ctx, out: &mut Vec<Emitted>) {
+        if self.s.late_policy == LatePolicy::Update {
+            self.emit_updates(ctx, out);
+        }
+    }
+}

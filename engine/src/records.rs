@@ -1,0 +1,247 @@
+//! Output records: what sinks write. Units are in the field names; times are given both as
+//! RFC 3339 strings and as integer nanoseconds. `docs/records.md` documents every field.
+//!
+//! Each record has a stable identity ([`OutputRecord::key`]) so that a repeated write of the
+//! same result is recognisable and harmless.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::offset_ledger::HoldSet;
+use crate::stats::ChannelSummary;
+use crate::topology::RecordKind;
+
+/// Statistics of one layer and one laser.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerSummary {
+    /// Build.
+    pub build_id: String,
+    /// Layer index.
+    pub layer: u32,
+    /// Laser (1-based; 0 when the input named none).
+    pub laser: u8,
+    /// 0 for the first result of the window, then 1, 2, … for updates by late records.
+    pub revision: u32,
+    /// Window start: the layer's `start` event, or its first sample.
+    pub window_start: String,
+    /// Window start, ns since the epoch.
+    pub window_start_ns: i64,
+    /// Window end: the layer's `end` event, or its last sample.
+    pub window_end: String,
+    /// Window end, ns since the epoch.
+    pub window_end_ns: i64,
+    /// Platform height of the layer, µm, when a layer event gave it.
+    pub z_um: Option<i64>,
+    /// Samples aggregated for this laser.
+    pub sample_count: u64,
+    /// Of those, samples merged after the first result (late, within the allowed lateness).
+    pub late_count: u64,
+    /// Volumetric energy density of the laser's main (core) style, J/mm³, when known.
+    pub energy_density_j_mm3: Option<f64>,
+    /// Energy density per build style, J/mm³.
+    pub energy_density_by_style_j_mm3: BTreeMap<String, f64>,
+    /// Statistics per channel present.
+    pub channels: BTreeMap<String, ChannelSummary>,
+    /// Number of samples that exceeded each sample rule's limit.
+    pub rule_hits: BTreeMap<String, u64>,
+}
+
+/// One cell of a grid map.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GridCell {
+    /// Column (x index, from 0 at x = 0 mm).
+    pub ix: u32,
+    /// Row (y index).
+    pub iy: u32,
+    /// Samples in the cell.
+    pub count: u64,
+    /// Mean of the grid channel.
+    pub mean: f64,
+}
+
+/// Mean of a channel over an x/y grid of the build plate, for one layer (all lasers).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GridMap {
+    /// Build.
+    pub build_id: String,
+    /// Layer.
+    pub layer: u32,
+    /// As in [`LayerSummary::revision`].
+    pub revision: u32,
+    /// Channel averaged.
+    pub channel: String,
+    /// Cell edge, mm.
+    pub cell_mm: f64,
+    /// Cells across the plate in x and in y.
+    pub cells_per_side: u32,
+    /// Samples whose x/y fell outside the plate.
+    pub outside_count: u64,
+    /// Non-empty cells, in row-major order.
+    pub cells: Vec<GridCell>,
+}
+
+/// The result of one time window inside a build.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WindowResult {
+    /// Build.
+    pub build_id: String,
+    /// The window's name in the topology.
+    pub window: String,
+    /// `tumbling`, `sliding` or `session`.
+    pub window_kind: String,
+    /// Channel aggregated.
+    pub channel: String,
+    /// Start (inclusive).
+    pub window_start: String,
+    /// Start, ns.
+    pub window_start_ns: i64,
+    /// End (exclusive; for sessions, last sample + gap).
+    pub window_end: String,
+    /// End, ns.
+    pub window_end_ns: i64,
+    /// Samples.
+    pub count: u64,
+    /// Mean.
+    pub mean: f64,
+    /// Minimum.
+    pub min: f64,
+    /// Maximum.
+    pub max: f64,
+    /// Sample standard deviation.
+    pub std_dev: f64,
+}
+
+/// A rule hit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Anomaly {
+    /// Build.
+    pub build_id: String,
+    /// Layer, when known.
+    pub layer: Option<u32>,
+    /// Laser, when known.
+    pub laser: Option<u8>,
+    /// Event time of the sample (or log record, or layer end) that fired.
+    pub time: String,
+    /// Same, ns.
+    pub time_ns: i64,
+    /// The rule's name.
+    pub rule: String,
+    /// Channel the rule looks at.
+    pub channel: String,
+    /// The value that fired.
+    pub value: f64,
+    /// Comparison.
+    pub op: String,
+    /// The limit.
+    pub limit: f64,
+    /// x of the sample, mm, when known.
+    pub x_mm: Option<f64>,
+    /// y of the sample, mm, when known.
+    pub y_mm: Option<f64>,
+}
+
+/// A rejected input record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetterRecord {
+    /// The source's name.
+    pub source: String,
+    /// Input (partition) number.
+    pub input: u32,
+    /// Offset (line number from 0, Kafka offset).
+    pub offset: u64,
+    /// Stable reason label (`invalid_json`, `wrong_schema`, `out_of_range`, `too_large`,
+    /// `future_timestamp`, `poison`, `unknown_build`).
+    pub reason_kind: String,
+    /// The reason in words.
+    pub reason: String,
+    /// The record's first bytes.
+    pub raw_prefix: String,
+}
+
+/// Samples that arrived after their window was final (`late_policy = "late_sink"`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LateRecord {
+    /// Build.
+    pub build_id: String,
+    /// Layer (absent for time windows).
+    pub layer: Option<u32>,
+    /// Laser.
+    pub laser: u8,
+    /// Event time of the first late sample, ns.
+    pub t0_ns: i64,
+    /// Number of late samples in this block.
+    pub sample_count: u64,
+    /// Source offset of the record.
+    pub offset: u64,
+    /// The watermark when it arrived, ns.
+    pub watermark_ns: i64,
+}
+
+/// Any output record, tagged by `kind`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum OutputRecord {
+    /// Per layer and laser statistics.
+    LayerSummary(LayerSummary),
+    /// Per layer grid map.
+    Grid(GridMap),
+    /// Time-window result.
+    Window(WindowResult),
+    /// Rule hit.
+    Anomaly(Anomaly),
+    /// Rejected input.
+    DeadLetter(DeadLetterRecord),
+    /// Late samples.
+    Late(LateRecord),
+}
+
+impl OutputRecord {
+    /// Its kind.
+    pub fn kind(&self) -> RecordKind {
+        match self {
+            OutputRecord::LayerSummary(_) => RecordKind::LayerSummary,
+            OutputRecord::Grid(_) => RecordKind::Grid,
+            OutputRecord::Window(_) => RecordKind::Window,
+            OutputRecord::Anomaly(_) => RecordKind::Anomaly,
+            OutputRecord::DeadLetter(_) => RecordKind::DeadLetter,
+            OutputRecord::Late(_) => RecordKind::Late,
+        }
+    }
+
+    /// A stable identity: the same result always has the same key.
+    pub fn key(&self) -> String {
+        match self {
+            OutputRecord::LayerSummary(s) => format!("layer_summary/{}/{}/{}/{}", s.build_id, s.layer, s.laser, s.revision),
+            OutputRecord::Grid(g) => format!("grid/{}/{}/{}", g.build_id, g.layer, g.revision),
+            OutputRecord::Window(w) => format!("window/{}/{}/{}", w.build_id, w.window, w.window_start_ns),
+            OutputRecord::Anomaly(a) => format!("anomaly/{}/{}/{:?}/{}", a.build_id, a.rule, a.laser, a.time_ns),
+            OutputRecord::DeadLetter(d) => format!("dead_letter/{}/{}/{}", d.source, d.input, d.offset),
+            OutputRecord::Late(l) => format!("late/{}/{}/{}", l.build_id, l.offset, l.t0_ns),
+        }
+    }
+
+    /// The build it belongs to, if any.
+    pub fn build_id(&self) -> Option<&str> {
+        match self {
+            OutputRecord::LayerSummary(s) => Some(&s.build_id),
+            OutputRecord::Grid(g) => Some(&g.build_id),
+            OutputRecord::Window(w) => Some(&w.build_id),
+            OutputRecord::Anomaly(a) => Some(&a.build_id),
+            OutputRecord::Late(l) => Some(&l.build_id),
+            OutputRecord::DeadLetter(_) => None,
+        }
+    }
+}
+
+/// A record on its way to the sinks, with the batch it holds until durable.
+#[derive(Clone, Debug)]
+pub struct Emitted {
+    /// The record.
+    pub record: OutputRecord,
+    /// The batches whose offsets may not be committed before this record is durable.
+    pub hold: HoldSet,
+    /// Wall-clock time (ns) its latency is measured from: the sample's arrival for anomalies,
+    /// the watermark's arrival for window results.
+    pub origin_wall_ns: i64,
+}

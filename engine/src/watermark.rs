@@ -1,0 +1,150 @@
+//! Event-time watermarks over several inputs: bounded out-of-orderness per input, idle inputs
+//! that stop holding the others back after a timeout, and a combined watermark that never goes
+//! backwards. Pure: wall-clock time is passed in, so tests drive it without a runtime.
+//!
+//! Semantics follow Flink's `StatusWatermarkValve`: the watermark is the minimum over active
+//! inputs of `max_event_time − bound`; an input with no data for `idle_timeout` is idle and
+//! ignored; when every input is idle the watermark may advance to the maximum over them; a
+//! finished input no longer counts; when every input has finished the watermark is `MAX`.
+
+use crate::batch::InputId;
+use crate::event::TimeNs;
+
+/// The watermark value once every input has ended: every window closes.
+pub const END_OF_TIME: TimeNs = TimeNs::MAX;
+
+#[derive(Clone, Debug)]
+struct InputState {
+    id: InputId,
+    /// Largest event time seen, `MIN` before any.
+    max_t: TimeNs,
+    /// Wall-clock time of the last data, ns.
+    last_data_wall: i64,
+    finished: bool,
+}
+
+/// Combines the progress of every input into one watermark.
+#[derive(Clone, Debug)]
+pub struct WatermarkTracker {
+    bound_ns: i64,
+    idle_ns: i64,
+    inputs: Vec<InputState>,
+    current: TimeNs,
+}
+
+impl WatermarkTracker {
+    /// A tracker with the given out-of-orderness bound and idle timeout.
+    pub fn new(bound_ns: i64, idle_ns: i64) -> WatermarkTracker {
+        WatermarkTracker { bound_ns, idle_ns, inputs: Vec::new(), current: TimeNs::MIN }
+    }
+
+    /// Declares an input: it holds the watermark back until it has data, goes idle or ends.
+    pub fn register(&mut self, input: InputId, now_wall: i64) {
+        if !self.inputs.iter().any(|i| i.id == input) {
+            self.inputs.push(InputState { id: input, max_t: TimeNs::MIN, last_data_wall: now_wall, finished: false });
+        }
+    }
+
+    /// Records data of `input` up to event time `max_t`.
+    pub fn observe(&mut self, input: InputId, max_t: TimeNs, now_wall: i64) {
+        self.register(input, now_wall);
+        if let Some(s) = self.inputs.iter_mut().find(|i| i.id == input) {
+            s.max_t = s.max_t.max(max_t);
+            s.last_data_wall = now_wall;
+        }
+    }
+
+    /// Records that `input` has no more data.
+    pub fn finish(&mut self, input: InputId, now_wall: i64) {
+        self.register(input, now_wall);
+        if let Some(s) = self.inputs.iter_mut().find(|i| i.id == input) {
+            s.finished = true;
+        }
+    }
+
+    /// Recomputes the watermark at wall time `now_wall`; returns it when it advanced.
+    pub fn advance(&mut self, now_wall: i64) -> Option<TimeNs> {
+        let wm_of = |s: &InputState| if s.max_t == TimeNs::MIN { TimeNs::MIN } else { s.max_t.saturating_sub(self.bound_ns) };
+        let live: Vec<&InputState> = self.inputs.iter().filter(|s| !s.finished).collect();
+        let candidate = if self.inputs.is_empty() {
+            return None;
+        } else if live.is_empty() {
+            END_OF_TIME
+        } else {
+            let active: Vec<&&InputState> = live.iter().filter(|s| now_wall - s.last_data_wall < self.idle_ns).collect();
+            if active.is_empty() {
+                live.iter().map(|s| wm_of(s)).max().unwrap_or(TimeNs::MIN)
+            } else {
+                active.iter().map(|s| wm_of(s)).min().unwrap_or(TimeNs::MIN)
+            }
+        };
+        if candidate > self.current {
+            self.current = candidate;
+            Some(candidate)
+        } else {
+            None
+        }
+    }
+
+    /// The current watermark (`MIN` before any).
+    pub fn current(&self) -> TimeNs {
+        self.current
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn min_over_active_inputs_with_bound() {
+        let mut w = WatermarkTracker::new(10, 1_000);
+        w.register(0, 0);
+        w.register(1, 0);
+        w.observe(0, 100, 0);
+        assert_eq!(w.advance(0), None, "input 1 holds it back");
+        w.observe(1, 50, 0);
+        assert_eq!(w.advance(0), Some(40));
+        w.observe(1, 500, 10);
+        assert_eq!(w.advance(10), Some(90));
+    }
+
+    #[test]
+    fn idle_input_stops_holding_back() {
+        let mut w = WatermarkTracker::new(0, 1_000);
+        w.observe(0, 100, 0);
+        w.observe(1, 10, 0);
+        assert_eq!(w.advance(0), Some(10));
+        w.observe(0, 200, 500);
+        assert_eq!(w.advance(500), None);
+        assert_eq!(w.advance(1_200), Some(200), "input 1 idle after 1000 ns of wall time");
+        w.observe(1, 20, 1_300);
+        assert_eq!(w.advance(1_300), None, "never backwards");
+        assert_eq!(w.current(), 200);
+    }
+
+    #[test]
+    fn end_of_inputs_is_end_of_time() {
+        let mut w = WatermarkTracker::new(0, 1_000);
+        w.observe(0, 100, 0);
+        w.finish(0, 0);
+        assert_eq!(w.advance(0), Some(END_OF_TIME));
+    }
+
+    proptest! {
+        #[test]
+        fn never_backwards(ops in proptest::collection::vec((0u32..3, 0i64..10_000, 0i64..100), 1..200)) {
+            let mut w = WatermarkTracker::new(5, 50);
+            let mut wall = 0;
+            let mut last = TimeNs::MIN;
+            for (input, t, dwall) in ops {
+                wall += dwall;
+                w.observe(input, t, wall);
+                w.advance(wall);
+                prop_assert!(w.current() >= last);
+                last = w.current();
+            }
+        }
+    }
+}

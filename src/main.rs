@@ -1,1 +1,261 @@
-fn main(){}
+//! `meltstream`: the command line. Thin by design: parse arguments, load and check a topology,
+//! start the actor tree, wait for it to drain or for a signal.
+
+mod admin;
+mod bench;
+mod summary;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use meltstream_actors::EngineBuilder;
+use meltstream_engine::topology::{self, SourceKind, Topology};
+
+#[derive(Parser)]
+#[command(name = "meltstream", version, about = "Real-time stream processing for laser powder bed fusion in-situ monitoring")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a topology (the embedded demo when no file is given) until its sources end or SIGINT/SIGTERM.
+    Run {
+        /// Topology file.
+        file: Option<PathBuf>,
+        /// No terminal summary.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Check topology files; report every error with file, line, key and what was expected.
+    Check {
+        /// Topology files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Write the simulated fleet of a topology (the demo's by default) as JSON lines.
+    Simulate {
+        /// Topology whose first simulator source is used.
+        #[arg(long)]
+        topology: Option<PathBuf>,
+        /// Output file (`-` for stdout).
+        #[arg(long, default_value = "-")]
+        out: PathBuf,
+        /// Where to write the injected anomalies' ground truth (JSON lines).
+        #[arg(long)]
+        truth: Option<PathBuf>,
+        /// Override the number of machines.
+        #[arg(long)]
+        machines: Option<u32>,
+        /// Override the number of layers.
+        #[arg(long)]
+        layers: Option<u32>,
+        /// Override the layer exposure time, ms.
+        #[arg(long)]
+        layer_ms: Option<u64>,
+        /// Override the seed.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Reference workloads of DESIGN §4: `r1` (per-sample events) or `r2` (fleet of sample blocks).
+    Bench {
+        /// `r1` or `r2`.
+        workload: bench::Workload,
+        /// Samples to process (R1) or machines (R2: layers and lasers as the design's fleet).
+        #[arg(long)]
+        samples: Option<u64>,
+        /// R2: machines.
+        #[arg(long, default_value_t = 8)]
+        machines: u32,
+        /// R2: layers per build.
+        #[arg(long, default_value_t = 2)]
+        layers: u32,
+        /// R2: run at real pace and report latency.
+        #[arg(long)]
+        real_pace: bool,
+    },
+}
+
+fn load_topology(file: Option<&PathBuf>) -> Result<Topology, ExitCode> {
+    let res = match file {
+        Some(f) => topology::load_file(f),
+        None => topology::load(topology::DEMO_TOML, "topologies/demo.toml (embedded)", std::path::Path::new(".")),
+    };
+    res.map_err(|errs| {
+        eprintln!("{errs}");
+        eprintln!("{} error(s); nothing was started", errs.0.len());
+        ExitCode::from(2)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,meltstream=info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cmd = cli.cmd.unwrap_or(Cmd::Run { file: None, quiet: false });
+    match cmd {
+        Cmd::Check { files } => {
+            let mut bad = 0;
+            for f in &files {
+                match topology::load_file(f) {
+                    Ok(t) => println!("{}: ok (topology {:?}: {} source(s), {} sink(s), {} rule(s))", f.display(), t.name, t.sources.len(), t.sinks.len(), t.rules.len()),
+                    Err(errs) => {
+                        bad += 1;
+                        eprintln!("{errs}");
+                    }
+                }
+            }
+            if bad > 0 {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Cmd::Run { file, quiet } => {
+            let t = match load_topology(file.as_ref()) {
+                Ok(t) => t,
+                Err(c) => return c,
+            };
+            match run(t, quiet) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("meltstream: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Simulate { topology, out, truth, machines, layers, layer_ms, seed } => {
+            let t = match load_topology(topology.as_ref()) {
+                Ok(t) => t,
+                Err(c) => return c,
+            };
+            let Some(mut cfg) = t.sources.iter().find_map(|s| match &s.kind {
+                SourceKind::Simulator(c) => Some(c.clone()),
+                _ => None,
+            }) else {
+                eprintln!("meltstream: the topology has no simulator source");
+                return ExitCode::from(2);
+            };
+            cfg.machines = machines.unwrap_or(cfg.machines);
+            cfg.layers = layers.unwrap_or(cfg.layers);
+            cfg.layer_ms = layer_ms.unwrap_or(cfg.layer_ms);
+            cfg.seed = seed.unwrap_or(cfg.seed);
+            match simulate(&cfg, &out, truth.as_ref()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("meltstream: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Bench { workload, samples, machines, layers, real_pace } => match bench::run(workload, samples, machines, layers, real_pace) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("meltstream: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn simulate(cfg: &meltstream_engine::topology::SimulatorConfig, out: &PathBuf, truth: Option<&PathBuf>) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut sim = meltstream_engine::simulator::Simulator::new(cfg, 0);
+    let mut w: Box<dyn Write> = if out.as_os_str() == "-" {
+        Box::new(std::io::BufWriter::new(std::io::stdout().lock()))
+    } else {
+        Box::new(std::io::BufWriter::new(std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?))
+    };
+    let mut s = String::new();
+    while let Some(b) = sim.next_batch() {
+        s.clear();
+        meltstream_engine::simulator::write_json_lines(&b, &mut s);
+        w.write_all(s.as_bytes())?;
+    }
+    w.flush()?;
+    if let Some(p) = truth {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?);
+        for a in sim.ground_truth() {
+            serde_json::to_writer(&mut f, a)?;
+            f.write_all(b"\n")?;
+        }
+        f.flush()?;
+    }
+    Ok(())
+}
+
+fn run(t: Topology, quiet: bool) -> anyhow::Result<()> {
+    let prometheus = admin::install_metrics();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    rt.block_on(async move {
+        let name = t.name.clone();
+        let admin_addr = t.engine.admin_addr.clone();
+        let summary_ms = t.engine.summary_interval_ms;
+        let handle = EngineBuilder::new(t).start().await?;
+        let stats = handle.stats.clone();
+        if !admin_addr.is_empty() {
+            admin::serve(&admin_addr, prometheus, stats.clone())?;
+        }
+        let summary = (!quiet && summary_ms > 0).then(|| tokio::spawn(summary::print_every(stats.clone(), summary_ms)));
+        tracing::info!(topology = %name, "engine started");
+        let shutdown = Arc::new(tokio::sync::Notify::new());
+        {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::warn!("signal received: draining (send again to exit at once)");
+                shutdown.notify_one();
+                wait_for_signal().await;
+                std::process::exit(130);
+            });
+        }
+        let stopper = {
+            let sup = handle_shutdown_fn(&handle);
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown.notified().await;
+                sup();
+            })
+        };
+        let res = handle.wait().await;
+        stopper.abort();
+        if let Some(s) = summary {
+            s.abort();
+        }
+        let stats = res?;
+        if !quiet {
+            summary::print_final(&stats);
+        }
+        Ok(())
+    })
+}
+
+fn handle_shutdown_fn(h: &meltstream_actors::EngineHandle) -> impl FnOnce() + Send + 'static {
+    let h = h.shutdown_handle();
+    move || h()
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

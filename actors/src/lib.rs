@@ -1,1 +1,238 @@
-pub fn x(){}
+//! meltstream's runtime: the ractor supervision tree around the pure core in
+//! `meltstream-engine` — sources, router, one actor per build, the watermark and commit
+//! coordinators, and sinks — plus [`EngineBuilder`], which turns a checked topology into a
+//! running engine.
+//!
+//! Where a sample enters: `file_source.rs` / `simulator_source.rs` → `router.rs`. Where it is
+//! aggregated: `build_actor.rs` (around `BuildProcessor`). Where it becomes durable: `sink.rs`.
+//! Where its offset is committed: `commit_coordinator.rs`.
+#![warn(missing_docs)]
+
+pub mod build_actor;
+pub mod commit_coordinator;
+pub mod engine_stats;
+pub mod file_sink;
+pub mod file_source;
+pub mod outputs;
+pub mod router;
+pub mod simulator_source;
+pub mod sink;
+pub mod source;
+pub mod supervisor;
+#[cfg(feature = "test_util")]
+pub mod test_util;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+use tokio::sync::Semaphore;
+
+use meltstream_engine::build_processor::BuildSettings;
+use meltstream_engine::decode::DecodeLimits;
+use meltstream_engine::restart_budget::RestartBudget;
+use meltstream_engine::topology::{SinkKind, SourceKind, Topology};
+
+use crate::commit_coordinator::{CommitCoordinator, CommitMsg};
+use crate::engine_stats::EngineStats;
+use crate::file_sink::{FileSink, NullSink};
+use crate::file_source::{FileSource, FileSourceArgs, FileSourceMsg};
+use crate::outputs::{Outputs, SinkHandle};
+use crate::router::{Router, RouterArgs, RouterMsg};
+use crate::simulator_source::{GeneratorConfig, SimulatorArgs, SimulatorMsg, SimulatorSource};
+use crate::sink::{BoxedWriter, SinkActor, SinkArgs};
+use crate::source::SourceCtx;
+use crate::supervisor::{Started, Supervisor, SupervisorArgs, SupervisorMsg};
+use crate::watermark_coordinator::{WatermarkArgs, WatermarkCoordinator, WatermarkMsg};
+
+pub mod watermark_coordinator;
+
+/// Wall clock, ns since the epoch.
+pub fn now_wall_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+/// Why the engine could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// An actor could not be spawned.
+    #[error("cannot start {what}: {message}")]
+    Start {
+        /// Which part.
+        what: String,
+        /// Why.
+        message: String,
+    },
+    /// A failure beyond what supervision absorbs.
+    #[error("engine stopped: {0}")]
+    Failed(String),
+}
+
+/// Turns a checked topology into a running engine.
+pub struct EngineBuilder {
+    topology: Topology,
+    writers: HashMap<String, BoxedWriter>,
+    settings: BuildSettings,
+}
+
+/// A running engine.
+pub struct EngineHandle {
+    supervisor: ActorRef<SupervisorMsg>,
+    join: tokio::task::JoinHandle<()>,
+    failure: Arc<Mutex<Option<String>>>,
+    /// Live counters.
+    pub stats: Arc<EngineStats>,
+    /// The sinks (for latency histograms).
+    pub outputs: Outputs,
+    /// The watermark coordinator.
+    pub watermarks: ActorRef<WatermarkMsg>,
+    /// The commit coordinator.
+    pub commit: ActorRef<CommitMsg>,
+}
+
+impl EngineHandle {
+    /// Asks the engine to stop its sources and drain.
+    pub fn shutdown(&self) {
+        let _ = self.supervisor.cast(SupervisorMsg::Shutdown);
+    }
+
+    /// A function that asks the engine to shut down, usable from another task.
+    pub fn shutdown_handle(&self) -> impl Fn() + Send + Sync + 'static {
+        let s = self.supervisor.clone();
+        move || {
+            let _ = s.cast(SupervisorMsg::Shutdown);
+        }
+    }
+
+    /// Waits until the engine has drained (Ok) or failed (Err with the reason).
+    pub async fn wait(self) -> Result<Arc<EngineStats>, EngineError> {
+        let _ = self.join.await;
+        match self.failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            Some(f) => Err(EngineError::Failed(f)),
+            None => Ok(self.stats),
+        }
+    }
+}
+
+fn start_err(what: &str, e: impl std::fmt::Display) -> EngineError {
+    EngineError::Start { what: what.to_owned(), message: e.to_string() }
+}
+
+impl EngineBuilder {
+    /// A builder for a checked topology.
+    pub fn new(topology: Topology) -> EngineBuilder {
+        let settings = BuildSettings::from_topology(&topology);
+        EngineBuilder { topology, writers: HashMap::new(), settings }
+    }
+
+    /// Replaces the writer of sink `name` (tests: a sink that stalls, fails or panics).
+    pub fn sink_writer(mut self, name: &str, writer: BoxedWriter) -> EngineBuilder {
+        self.writers.insert(name.to_owned(), writer);
+        self
+    }
+
+    /// Adjusts what builds compute (tests: fault injection).
+    pub fn build_settings(mut self, f: impl FnOnce(&mut BuildSettings)) -> EngineBuilder {
+        f(&mut self.settings);
+        self
+    }
+
+    /// Starts the actor tree.
+    pub async fn start(mut self) -> Result<EngineHandle, EngineError> {
+        let t = &self.topology;
+        let e = &t.engine;
+        let stats = Arc::new(EngineStats::default());
+        let failure = Arc::new(Mutex::new(None));
+        let (supervisor, join) = Actor::spawn(Some(format!("meltstream-{}", t.name)), Supervisor, SupervisorArgs { sources: t.sources.len(), failure: failure.clone() })
+            .await
+            .map_err(|e| start_err("supervisor", e))?;
+        let sup_cell = supervisor.get_cell();
+        let (commit, _) = Actor::spawn_linked(Some("commit-coordinator".into()), CommitCoordinator, (stats.clone(), Duration::from_millis(50)), sup_cell.clone())
+            .await
+            .map_err(|e| start_err("commit coordinator", e))?;
+        let mut sinks = Vec::new();
+        for s in &t.sinks {
+            let (writer, flush_ms): (BoxedWriter, u64) = match self.writers.remove(&s.name) {
+                Some(w) => (w, 50),
+                None => match &s.kind {
+                    SinkKind::File(c) => (Box::new(FileSink::new(&s.name, c.path.clone(), c.fsync)), c.flush_ms),
+                    SinkKind::Null(_) => (Box::new(NullSink), 50),
+                },
+            };
+            let args = SinkArgs { name: s.name.clone(), writer, flush_every: Duration::from_millis(flush_ms), commit: commit.clone(), stats: stats.clone() };
+            let (actor, _) = Actor::spawn_linked(Some(format!("sink-{}", s.name)), SinkActor, args, sup_cell.clone())
+                .await
+                .map_err(|e| start_err(&format!("sink {}", s.name), e))?;
+            let cap = e.sink_queue_records as u32;
+            sinks.push(SinkHandle { name: s.name.clone(), kinds: s.kind.records().to_vec(), actor, queue: Arc::new(Semaphore::new(cap as usize)), capacity: cap });
+        }
+        let outputs = Outputs::new(sinks);
+        let source_names: Arc<Vec<String>> = Arc::new(t.sources.iter().map(|s| s.name.clone()).collect());
+        let router_args = RouterArgs {
+            settings: Arc::new(self.settings.clone()),
+            outputs: outputs.clone(),
+            commit: commit.clone(),
+            budget_kib: (e.memory_budget_mb * 1024).min(u64::from(u32::MAX / 2)) as u32,
+            build_idle: Duration::from_millis(e.build_idle_timeout_ms),
+            restarts: RestartBudget::new(e.max_restarts, e.max_restart_window_s as i64 * 1_000_000_000),
+            stats: stats.clone(),
+            source_names: source_names.clone(),
+        };
+        let (router, _) = Actor::spawn_linked(Some("router".into()), Router, router_args, sup_cell.clone()).await.map_err(|e| start_err("router", e))?;
+        let ms = 1_000_000i64;
+        let wm_args = WatermarkArgs {
+            bound_ns: e.watermark_bound_ms as i64 * ms,
+            idle_ns: e.input_idle_timeout_ms as i64 * ms,
+            every: Duration::from_millis(e.watermark_interval_ms),
+            router: router.clone(),
+            stats: stats.clone(),
+        };
+        let (watermarks, _) = Actor::spawn_linked(Some("watermark-coordinator".into()), WatermarkCoordinator, wm_args, sup_cell.clone())
+            .await
+            .map_err(|e| start_err("watermark coordinator", e))?;
+        router.cast(RouterMsg::SetCoordinator(watermarks.clone())).map_err(|e| start_err("router", e))?;
+        let credits = Arc::new(Semaphore::new(e.source_queue_batches));
+        let limits = DecodeLimits { max_record_bytes: e.max_record_bytes, max_future_ns: e.max_future_s as i64 * 1_000_000_000, ..DecodeLimits::default() };
+        let mut sources: Vec<(ractor::ActorCell, Box<dyn Fn() + Send + Sync>)> = Vec::new();
+        for (i, s) in t.sources.iter().enumerate() {
+            let input = i as u32;
+            watermarks.cast(WatermarkMsg::Register(input)).map_err(|e| start_err("watermark coordinator", e))?;
+            let ctx = SourceCtx {
+                input,
+                name: s.name.clone(),
+                router: router.clone(),
+                credits: credits.clone(),
+                when_full: e.when_full,
+                stats: stats.clone(),
+                supervisor: supervisor.clone(),
+            };
+            let name = Some(format!("source-{}", s.name));
+            match &s.kind {
+                SourceKind::Simulator(_) | SourceKind::R1(_) => {
+                    let config = match &s.kind {
+                        SourceKind::Simulator(c) => GeneratorConfig::Simulator(c.clone()),
+                        SourceKind::R1(c) => GeneratorConfig::R1(c.clone()),
+                        SourceKind::File(_) => unreachable!("matched above"),
+                    };
+                    let (a, _) = Actor::spawn_linked(name, SimulatorSource, SimulatorArgs { ctx, config }, sup_cell.clone())
+                        .await
+                        .map_err(|e| start_err(&format!("source {}", s.name), e))?;
+                    let a2 = a.clone();
+                    sources.push((a.get_cell(), Box::new(move || drop(a2.cast(SimulatorMsg::Stop)))));
+                }
+                SourceKind::File(c) => {
+                    let path = if c.path.is_absolute() { c.path.clone() } else { t.base_dir.join(&c.path) };
+                    let args = FileSourceArgs { ctx, path, batch_records: c.batch_records, limits };
+                    let (a, _) = Actor::spawn_linked(name, FileSource, args, sup_cell.clone()).await.map_err(|e| start_err(&format!("source {}", s.name), e))?;
+                    let a2 = a.clone();
+                    sources.push((a.get_cell(), Box::new(move || drop(a2.cast(FileSourceMsg::Stop)))));
+                }
+            }
+        }
+        supervisor
+            .cast(SupervisorMsg::Started(Box::new(Started { sources, router, commit: commit.clone(), outputs: outputs.clone() })))
+            .map_err(|e| start_err("supervisor", e))?;
+        Ok(EngineHandle { supervisor, join, failure, stats, outputs, watermarks, commit })
+    }
+}

@@ -119,6 +119,12 @@ impl BuildProcessor {
         }
     }
 
+    /// Treats every layer as already final: for a build that ended, whose late records must
+    /// not reopen windows.
+    pub fn mark_ended(&mut self) {
+        self.max_closed_layer = Some(NO_LAYER - 1);
+    }
+
     /// The build's id.
     pub fn build_id(&self) -> &BuildId {
         &self.build

@@ -222,12 +222,34 @@ fn default_batch_records() -> usize {
     1024
 }
 
+/// `type = "r1"`: the R1 reference workload of DESIGN §4 (per-sample events).
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct R1Config {
+    /// Builds.
+    pub builds: usize,
+    /// Samples in all.
+    pub samples: u64,
+    /// Samples per batch.
+    pub batch_samples: usize,
+    /// Seed.
+    pub seed: u64,
+}
+
+impl Default for R1Config {
+    fn default() -> Self {
+        R1Config { builds: 8, samples: 10_000_000, batch_samples: 4096, seed: 7 }
+    }
+}
+
 /// A source of the topology.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SourceKind {
     /// Simulated fleet.
     Simulator(SimulatorConfig),
+    /// R1 reference workload.
+    R1(R1Config),
     /// JSON-lines replay.
     File(FileSourceConfig),
 }
@@ -713,13 +735,19 @@ fn take_name_and_type(c: &mut Checker<'_>, key: &str, t: &mut toml::Table, types
 
 /// The source registry: one arm per source type.
 fn parse_source(c: &mut Checker<'_>, key: &str, mut t: toml::Table) -> Option<(String, SourceConfig)> {
-    let (name, ty) = take_name_and_type(c, key, &mut t, &["simulator", "file"])?;
+    let (name, ty) = take_name_and_type(c, key, &mut t, &["simulator", "file", "r1"])?;
     let v = toml::Value::Table(t);
     let kind = match ty.as_str() {
         "simulator" => {
             let s: SimulatorConfig = c.de(key, v)?;
             check_simulator(c, key, &s);
             SourceKind::Simulator(s)
+        }
+        "r1" => {
+            let r: R1Config = c.de(key, v)?;
+            positive(c, &format!("{key}.builds"), r.builds as u64);
+            positive(c, &format!("{key}.batch_samples"), r.batch_samples as u64);
+            SourceKind::R1(r)
         }
         "file" => {
             let f: FileSourceConfig = c.de(key, v)?;

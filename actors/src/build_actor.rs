@@ -1,0 +1,272 @@
+//! One actor per build: feeds its [`BuildProcessor`] the batches and watermarks the router
+//! sends, in arrival order, and routes what it emits to the sinks.
+//!
+//! The processor lives in a [`BuildSlot`] that the router keeps across restarts: if processing
+//! panics, the router restarts the actor on the same slot, the block that was being processed is
+//! dead-lettered as poison (it is never replayed into a crash loop), and the rest of the batch
+//! goes on. A block's checks run before it changes any state, so the state stays whole.
+//!
+//! # Backpressure
+//! A batch arrives with permits of the engine's memory budget; they are released when the batch
+//! is processed and its results handed to the sinks, so a stalled sink holds the budget and the
+//! router waits.
+//!
+//! # Shutdown
+//! `Close` emits every open window, hands the results to the sinks and stops the actor.
+
+use std::sync::{Arc, Mutex};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::OwnedSemaphorePermit;
+
+use meltstream_engine::batch::RecordBatch;
+use meltstream_engine::build_processor::BuildProcessor;
+use meltstream_engine::decode::{DeadLetter, RejectReason};
+use meltstream_engine::event::{BuildId, TimeNs};
+use meltstream_engine::offset_ledger::{HoldSet, HolderId};
+use meltstream_engine::operator::{Ctx, Operator};
+use meltstream_engine::records::{DeadLetterRecord, Emitted, OutputRecord};
+
+use crate::commit_coordinator::CommitMsg;
+use crate::engine_stats::EngineStats;
+use crate::now_wall_ns;
+use crate::outputs::Outputs;
+use crate::router::RouterMsg;
+
+/// A batch being processed, kept so that a restart knows which block failed.
+pub struct InFlight {
+    batch: Arc<RecordBatch>,
+    /// Block being processed; `None` while the batch's events are.
+    block: Option<usize>,
+    origin_wall_ns: i64,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// What the router hands a build: data and watermarks, in order.
+pub enum Inbound {
+    /// A batch with its budget permits and arrival wall time.
+    Batch(Arc<RecordBatch>, Option<OwnedSemaphorePermit>, i64),
+    /// The watermark advanced.
+    Watermark(TimeNs),
+}
+
+/// A build's state, owned by the router so that it outlives a crash of the actor.
+///
+/// The inbox lives here, not in the actor's mailbox, so that a crash loses nothing queued: the
+/// restarted actor finds it as it was. It is bounded by the memory budget the router holds
+/// permits of; the actor's mailbox only ever holds `Wake` and `Close`.
+pub struct BuildSlot {
+    /// The build's windows and rules.
+    pub processor: BuildProcessor,
+    /// The batch in progress, if any.
+    pub in_flight: Option<InFlight>,
+    /// Queued data and watermarks.
+    pub inbox: std::collections::VecDeque<Inbound>,
+    /// A `Wake` is in the mailbox or being handled.
+    pub wake_pending: bool,
+}
+
+impl BuildSlot {
+    /// A slot with an empty inbox.
+    pub fn new(processor: BuildProcessor) -> BuildSlot {
+        BuildSlot { processor, in_flight: None, inbox: Default::default(), wake_pending: false }
+    }
+
+    /// Queues `item`; true when the caller must send a `Wake`.
+    pub fn push(&mut self, item: Inbound) -> bool {
+        self.inbox.push_back(item);
+        !std::mem::replace(&mut self.wake_pending, true)
+    }
+}
+
+/// Shared handle to a slot.
+pub type SharedSlot = Arc<Mutex<BuildSlot>>;
+
+/// Messages of a build actor.
+pub enum BuildMsg {
+    /// The inbox has items.
+    Wake,
+    /// Emit everything, hand it to the sinks, stop; reply when done.
+    Close(Option<RpcReplyPort<()>>),
+}
+
+/// Arguments of a build actor.
+pub struct BuildArgs {
+    /// The build.
+    pub build: BuildId,
+    /// Its holder id in the offset ledger.
+    pub holder: HolderId,
+    /// Its state.
+    pub slot: SharedSlot,
+    /// The sinks.
+    pub outputs: Outputs,
+    /// The commit coordinator.
+    pub commit: ActorRef<CommitMsg>,
+    /// The router (for `BuildFinished`).
+    pub router: ActorRef<RouterMsg>,
+    /// Engine counters.
+    pub stats: Arc<EngineStats>,
+    /// Source name per input, for dead letters.
+    pub source_names: Arc<Vec<String>>,
+    /// Why the previous incarnation failed, when this is a restart.
+    pub restarted_after: Option<String>,
+}
+
+/// The build actor.
+pub struct BuildActor;
+
+/// State of a build actor.
+pub struct BuildState {
+    args: BuildArgs,
+    out: Vec<Emitted>,
+}
+
+fn lock(slot: &SharedSlot) -> std::sync::MutexGuard<'_, BuildSlot> {
+    // A panic while processing poisons the mutex; the state itself is whole (see module docs).
+    slot.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl BuildState {
+    /// Processes blocks of the in-flight batch from `from` on; used for new batches and to
+    /// resume after a poison block.
+    fn run_in_flight(&mut self, from: Option<usize>) {
+        let mut slot = lock(&self.args.slot);
+        let BuildSlot { processor, in_flight, .. } = &mut *slot;
+        let Some(f) = in_flight.as_mut() else { return };
+        let batch = f.batch.clone();
+        let ctx = Ctx { hold: Some((batch.span.input, batch.span.seq)), now_wall_ns: now_wall_ns(), origin_wall_ns: f.origin_wall_ns };
+        if from.is_none() {
+            f.block = None;
+            processor.process_events(&batch, &ctx, &mut self.out);
+        }
+        let start = from.unwrap_or(0);
+        for i in start..batch.blocks.len() {
+            f.block = Some(i);
+            processor.process_block(&batch, i, &ctx, &mut self.out);
+        }
+        processor.finish_batch(&ctx, &mut self.out);
+    }
+
+    /// Hands emitted records to the sinks after reporting them, with the build's holds, to the
+    /// commit coordinator; releases the batch `released`.
+    async fn deliver(&mut self, released: Option<(u32, u64)>) {
+        let (holds, counters, finished) = {
+            let slot = lock(&self.args.slot);
+            (slot.processor.holds(), slot.processor.counters, slot.processor.finished())
+        };
+        let records = std::mem::take(&mut self.out);
+        let plan = self.args.outputs.plan(records);
+        let _ = self.args.commit.cast(CommitMsg::Progress { holder: self.args.holder, emitted: plan.deliveries.clone(), holds, released });
+        self.args.outputs.send(plan).await;
+        self.args.stats.set_build(&self.args.build, counters);
+        if finished {
+            let _ = self.args.router.cast(RouterMsg::BuildFinished(self.args.build.clone()));
+        }
+    }
+}
+
+impl BuildState {
+    async fn drain_inbox(&mut self) {
+        loop {
+            let item = {
+                let mut slot = lock(&self.args.slot);
+                match slot.inbox.pop_front() {
+                    Some(i) => i,
+                    None => {
+                        slot.wake_pending = false;
+                        return;
+                    }
+                }
+            };
+            match item {
+                Inbound::Batch(batch, permit, origin) => {
+                    let hold = (batch.span.input, batch.span.seq);
+                    lock(&self.args.slot).in_flight = Some(InFlight { batch, block: None, origin_wall_ns: origin, _permit: permit });
+                    self.run_in_flight(None);
+                    let done = lock(&self.args.slot).in_flight.take();
+                    self.deliver(Some(hold)).await;
+                    drop(done);
+                }
+                Inbound::Watermark(wm) => {
+                    {
+                        let mut slot = lock(&self.args.slot);
+                        let ctx = Ctx { hold: None, now_wall_ns: now_wall_ns(), origin_wall_ns: now_wall_ns() };
+                        slot.processor.on_watermark(wm, &ctx, &mut self.out);
+                    }
+                    if !self.out.is_empty() {
+                        self.deliver(None).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Actor for BuildActor {
+    type Msg = BuildMsg;
+    type State = BuildState;
+    type Arguments = BuildArgs;
+
+    async fn pre_start(&self, _myself: ActorRef<BuildMsg>, args: BuildArgs) -> Result<BuildState, ActorProcessingErr> {
+        let mut st = BuildState { args, out: Vec::new() };
+        // A restart: the block in flight made the last incarnation fail. Dead-letter it and go on
+        // with the rest of its batch.
+        let poison = {
+            let slot = lock(&st.args.slot);
+            slot.in_flight.as_ref().map(|f| (f.batch.clone(), f.block))
+        };
+        if let Some((batch, block)) = poison {
+            let why = st.args.restarted_after.clone().unwrap_or_else(|| "actor failed".into());
+            let offset = block.and_then(|b| batch.blocks.get(b)).map_or(batch.span.first_offset, |h| h.source_offset);
+            let dl = DeadLetter::new(batch.span.input, offset, RejectReason::Poison(why), b"");
+            tracing::error!(build_id = %st.args.build, input = batch.span.input, offset, reason = %dl.reason, "dead-lettering the record that crashed the build actor");
+            metrics::counter!("meltstream_dead_letters_total", "reason" => "poison").increment(1);
+            EngineStats::add(&st.args.stats.dead_letters, 1);
+            let source = st.args.source_names.get(batch.span.input as usize).cloned().unwrap_or_default();
+            st.out.push(Emitted {
+                record: OutputRecord::DeadLetter(DeadLetterRecord {
+                    source,
+                    input: dl.input,
+                    offset: dl.offset,
+                    reason_kind: dl.reason.label().into(),
+                    reason: dl.reason.to_string(),
+                    raw_prefix: format!("block {} of batch {}", block.map_or(-1, |b| b as i64), batch.span.seq),
+                }),
+                hold: HoldSet::one((batch.span.input, batch.span.seq)),
+                origin_wall_ns: now_wall_ns(),
+            });
+            let next = block.map(|b| b + 1);
+            st.run_in_flight(Some(next.unwrap_or(0)));
+            lock(&st.args.slot).in_flight = None;
+            st.deliver(Some((batch.span.input, batch.span.seq))).await;
+        }
+        Ok(st)
+    }
+
+    async fn post_start(&self, myself: ActorRef<BuildMsg>, _st: &mut BuildState) -> Result<(), ActorProcessingErr> {
+        // After a restart the inbox may hold what the failed incarnation had not reached.
+        let _ = myself.cast(BuildMsg::Wake);
+        Ok(())
+    }
+
+    async fn handle(&self, myself: ActorRef<BuildMsg>, msg: BuildMsg, st: &mut BuildState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            BuildMsg::Wake => st.drain_inbox().await,
+            BuildMsg::Close(reply) => {
+                st.drain_inbox().await;
+                {
+                    let mut slot = lock(&st.args.slot);
+                    let ctx = Ctx { hold: None, now_wall_ns: now_wall_ns(), origin_wall_ns: now_wall_ns() };
+                    slot.processor.on_close(&ctx, &mut st.out);
+                }
+                st.deliver(None).await;
+                let _ = st.args.commit.cast(CommitMsg::HolderGone(st.args.holder));
+                if let Some(r) = reply {
+                    let _ = r.send(());
+                }
+                myself.stop(Some("closed".into()));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,136 @@
+//! The commit coordinator: owns the [`OffsetLedger`] and tells each source which offset it may
+//! commit. This is where an offset becomes committable — only once every result that depends on
+//! the records before it is durable (DESIGN §3.2).
+//!
+//! Ordering: a build actor reports the records it emitted (`Emitted`) before it sends them to
+//! the sinks, and sinks report `Durable` after writing them, so the ledger always learns of a
+//! hold before its release.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use meltstream_engine::batch::{InputId, SourceSpan};
+use meltstream_engine::offset_ledger::{Hold, HoldSet, HolderId, OffsetLedger};
+
+use crate::engine_stats::EngineStats;
+
+/// Told to a source when its committable offset moves.
+pub type CommitListener = Arc<dyn Fn(InputId, u64) + Send + Sync>;
+
+/// Messages of the commit coordinator.
+pub enum CommitMsg {
+    /// A batch entered the engine and will be released by `parts` consumers.
+    Register(SourceSpan, u32),
+    /// A build actor's progress: results it emitted (hold, deliveries), its current window
+    /// holds, and the batch it finished.
+    Progress {
+        /// The build actor.
+        holder: HolderId,
+        /// Deliveries made, per hold.
+        emitted: Vec<(Hold, u32)>,
+        /// Current window holds (replacing the previous ones).
+        holds: HoldSet,
+        /// The batch it finished, if any.
+        released: Option<Hold>,
+    },
+    /// Deliveries emitted outside a build (dead letters by the router).
+    Emitted(Vec<(Hold, u32)>),
+    /// Deliveries made durable by a sink.
+    Durable(Vec<(Hold, u32)>),
+    /// A consumer finished a batch without emitting (e.g. the router for dead letters only).
+    Release(Hold),
+    /// A build actor is gone: its window holds no longer count.
+    HolderGone(HolderId),
+    /// Listen for commits of an input.
+    Listen(InputId, CommitListener),
+    /// Recompute and publish committable offsets.
+    Tick,
+    /// Committed offsets now.
+    Committed(RpcReplyPort<HashMap<InputId, u64>>),
+}
+
+/// State of the commit coordinator.
+pub struct CommitState {
+    ledger: OffsetLedger,
+    holders: HashMap<HolderId, Vec<InputId>>,
+    listeners: HashMap<InputId, Vec<CommitListener>>,
+    stats: Arc<EngineStats>,
+}
+
+/// The commit coordinator actor.
+pub struct CommitCoordinator;
+
+impl CommitState {
+    fn publish(&mut self) {
+        for (input, offset) in self.ledger.advance_all() {
+            self.stats.set_committed(input, offset);
+            metrics::gauge!("meltstream_committed_offset", "input" => input.to_string()).set(offset as f64);
+            if let Some(ls) = self.listeners.get(&input) {
+                for l in ls {
+                    l(input, offset);
+                }
+            }
+        }
+    }
+}
+
+impl Actor for CommitCoordinator {
+    type Msg = CommitMsg;
+    type State = CommitState;
+    type Arguments = (Arc<EngineStats>, Duration);
+
+    async fn pre_start(&self, myself: ActorRef<CommitMsg>, (stats, every): Self::Arguments) -> Result<CommitState, ActorProcessingErr> {
+        myself.send_interval(every, || CommitMsg::Tick);
+        Ok(CommitState { ledger: OffsetLedger::new(), holders: HashMap::new(), listeners: HashMap::new(), stats })
+    }
+
+    async fn handle(&self, _myself: ActorRef<CommitMsg>, msg: CommitMsg, st: &mut CommitState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            CommitMsg::Register(span, parts) => st.ledger.register(span, parts),
+            CommitMsg::Progress { holder, emitted, holds, released } => {
+                for (h, n) in emitted {
+                    st.ledger.emitted(h, n);
+                }
+                let inputs: Vec<InputId> = holds.iter().map(|h| h.0).collect();
+                for old in st.holders.get(&holder).into_iter().flatten() {
+                    if !inputs.contains(old) {
+                        st.ledger.set_window_hold(holder, *old, None);
+                    }
+                }
+                for h in holds.iter() {
+                    st.ledger.set_window_hold(holder, h.0, Some(h.1));
+                }
+                st.holders.insert(holder, inputs);
+                if let Some(r) = released {
+                    st.ledger.release(r);
+                }
+            }
+            CommitMsg::Emitted(v) => {
+                for (h, n) in v {
+                    st.ledger.emitted(h, n);
+                }
+            }
+            CommitMsg::Durable(v) => {
+                for (h, n) in v {
+                    st.ledger.durable(h, n);
+                }
+            }
+            CommitMsg::Release(h) => st.ledger.release(h),
+            CommitMsg::HolderGone(holder) => {
+                st.ledger.drop_holder(holder);
+                st.holders.remove(&holder);
+            }
+            CommitMsg::Listen(input, l) => st.listeners.entry(input).or_default().push(l),
+            CommitMsg::Tick => st.publish(),
+            CommitMsg::Committed(reply) => {
+                st.publish();
+                let m = st.stats.committed().into_iter().collect();
+                let _ = reply.send(m);
+            }
+        }
+        Ok(())
+    }
+}

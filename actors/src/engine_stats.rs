@@ -1,0 +1,80 @@
+//! Live counters of the running engine, shared by the actors that update them and the readers
+//! (terminal summary, admin API, tests). Updated once per batch, never per sample.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use meltstream_engine::build_processor::BuildCounters;
+
+/// What the engine has done so far.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// Samples routed to build actors.
+    pub samples: AtomicU64,
+    /// Records rejected at decoding or dead-lettered as poison.
+    pub dead_letters: AtomicU64,
+    /// Records written durably by all sinks together.
+    pub records_durable: AtomicU64,
+    /// Build-actor restarts.
+    pub restarts: AtomicU64,
+    /// Batches dropped by a `when_full = "drop_newest"` source.
+    pub dropped_batches: AtomicU64,
+    /// Current watermark, ns.
+    pub watermark_ns: AtomicI64,
+    builds: Mutex<BTreeMap<String, BuildCounters>>,
+    latency_us: Mutex<Option<hdrhistogram::Histogram<u64>>>,
+    committed: Mutex<BTreeMap<u32, u64>>,
+}
+
+impl EngineStats {
+    /// Publishes a build's counters.
+    pub fn set_build(&self, build: &str, c: BuildCounters) {
+        let mut m = self.builds.lock().unwrap_or_else(|e| e.into_inner());
+        match m.get_mut(build) {
+            Some(v) => *v = c,
+            None => {
+                m.insert(build.to_owned(), c);
+            }
+        }
+    }
+
+    /// Every build's counters.
+    pub fn builds(&self) -> BTreeMap<String, BuildCounters> {
+        self.builds.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Records a committed offset.
+    pub fn set_committed(&self, input: u32, offset: u64) {
+        self.committed.lock().unwrap_or_else(|e| e.into_inner()).insert(input, offset);
+    }
+
+    /// Committed offset per input.
+    pub fn committed(&self) -> BTreeMap<u32, u64> {
+        self.committed.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Records result latencies (µs from origin to durable), one sink flush at a time.
+    pub fn record_latencies(&self, us: impl Iterator<Item = u64>) {
+        let mut g = self.latency_us.lock().unwrap_or_else(|e| e.into_inner());
+        let h = g.get_or_insert_with(|| hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap_or_else(|_| hdrhistogram::Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant figures is valid"))));
+        for v in us {
+            let _ = h.record(v.max(1));
+        }
+    }
+
+    /// Result latencies so far (µs).
+    pub fn latencies(&self) -> Option<hdrhistogram::Histogram<u64>> {
+        self.latency_us.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Adds to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Reads a counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}

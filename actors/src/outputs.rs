@@ -1,0 +1,101 @@
+//! Routing of emitted records to the sinks that take their kind, with credits: a delivery to a
+//! sink first takes one permit per record of that sink's bounded queue.
+
+use std::sync::Arc;
+
+use ractor::ActorRef;
+use tokio::sync::Semaphore;
+
+use meltstream_engine::offset_ledger::Hold;
+use meltstream_engine::records::Emitted;
+use meltstream_engine::topology::RecordKind;
+
+use crate::sink::SinkMsg;
+
+/// One sink as seen by the producers.
+#[derive(Clone)]
+pub struct SinkHandle {
+    /// Name in the topology.
+    pub name: String,
+    /// Kinds it takes.
+    pub kinds: Vec<RecordKind>,
+    /// The actor.
+    pub actor: ActorRef<SinkMsg>,
+    /// Its queue's credits, one per record.
+    pub queue: Arc<Semaphore>,
+    /// Queue capacity.
+    pub capacity: u32,
+}
+
+/// Records split by sink, ready to send.
+pub struct Plan {
+    per_sink: Vec<Vec<Emitted>>,
+    /// Deliveries per hold, to report to the commit coordinator before sending.
+    pub deliveries: Vec<(Hold, u32)>,
+}
+
+/// All sinks of a topology.
+#[derive(Clone)]
+pub struct Outputs {
+    sinks: Arc<Vec<SinkHandle>>,
+}
+
+impl Outputs {
+    /// Outputs over these sinks.
+    pub fn new(sinks: Vec<SinkHandle>) -> Outputs {
+        Outputs { sinks: Arc::new(sinks) }
+    }
+
+    /// The sinks.
+    pub fn sinks(&self) -> &[SinkHandle] {
+        &self.sinks
+    }
+
+    /// True when some sink takes `kind`.
+    pub fn wants(&self, kind: RecordKind) -> bool {
+        self.sinks.iter().any(|s| s.kinds.contains(&kind))
+    }
+
+    /// Splits records by sink and counts deliveries per hold. Records no sink takes are dropped
+    /// here (the topology chose not to keep them) and hold nothing.
+    pub fn plan(&self, records: Vec<Emitted>) -> Plan {
+        let mut per_sink: Vec<Vec<Emitted>> = vec![Vec::new(); self.sinks.len()];
+        let mut deliveries: Vec<(Hold, u32)> = Vec::new();
+        for r in records {
+            let kind = r.record.kind();
+            let targets: Vec<usize> = (0..self.sinks.len()).filter(|&i| self.sinks[i].kinds.contains(&kind)).collect();
+            for h in r.hold.iter() {
+                let n = targets.len() as u32;
+                if n == 0 {
+                    continue;
+                }
+                match deliveries.iter_mut().find(|(x, _)| x == h) {
+                    Some((_, c)) => *c += n,
+                    None => deliveries.push((*h, n)),
+                }
+            }
+            if let Some((&last, rest)) = targets.split_last() {
+                for &i in rest {
+                    per_sink[i].push(r.clone());
+                }
+                per_sink[last].push(r);
+            }
+        }
+        Plan { per_sink, deliveries }
+    }
+
+    /// Sends a plan, waiting for queue credits (backpressure).
+    pub async fn send(&self, plan: Plan) {
+        for (i, records) in plan.per_sink.into_iter().enumerate() {
+            if records.is_empty() {
+                continue;
+            }
+            let s = &self.sinks[i];
+            let n = (records.len() as u32).min(s.capacity);
+            let Ok(permit) = s.queue.clone().acquire_many_owned(n).await else { continue };
+            if s.actor.cast(SinkMsg::Records(records, permit)).is_err() {
+                tracing::warn!(sink = %s.name, "sink is gone; records not delivered");
+            }
+        }
+    }
+}

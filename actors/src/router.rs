@@ -1,0 +1,303 @@
+//! The router: splits every source batch by build, starts one build actor per build on its
+//! first event (and supervises them), forwards watermarks behind the data, and dead-letters what
+//! the decoders rejected.
+//!
+//! # Backpressure
+//! A source batch arrives with a credit of the source queue; the router takes permits of the
+//! engine's memory budget for each build part before forwarding it and returns the source credit
+//! only once every part is forwarded. With the budget spent, the router waits and the sources,
+//! out of credits, wait too.
+//!
+//! # Supervision
+//! Build actors are linked to the router. A failed build actor is restarted on its preserved
+//! state within the restart intensity (`max_restarts` in `max_restart_window_s`); beyond it the
+//! router fails, and the engine stops with that error.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use meltstream_engine::batch::{InputId, RecordBatch};
+use meltstream_engine::build_processor::{BuildProcessor, BuildSettings};
+use meltstream_engine::event::{BuildId, TimeNs};
+use meltstream_engine::offset_ledger::{HoldSet, HolderId};
+use meltstream_engine::records::{DeadLetterRecord, Emitted, OutputRecord};
+use meltstream_engine::restart_budget::RestartBudget;
+
+use crate::build_actor::{BuildActor, BuildArgs, BuildMsg, BuildSlot, Inbound, SharedSlot};
+use crate::commit_coordinator::CommitMsg;
+use crate::engine_stats::EngineStats;
+use crate::now_wall_ns;
+use crate::outputs::Outputs;
+use crate::watermark_coordinator::WatermarkMsg;
+
+/// Messages of the router.
+pub enum RouterMsg {
+    /// A decoded source batch, its source-queue credit, and its arrival wall time.
+    Batch(RecordBatch, Option<OwnedSemaphorePermit>, i64),
+    /// The input has no more data.
+    InputEnded(InputId),
+    /// The watermark advanced (from the coordinator).
+    Watermark(TimeNs),
+    /// A build's `build_end` is behind the watermark.
+    BuildFinished(BuildId),
+    /// Periodic: idle builds.
+    Tick,
+    /// Close every build and reply when their results are with the sinks.
+    Drain(RpcReplyPort<()>),
+    /// Set the watermark coordinator (it is started after the router).
+    SetCoordinator(ActorRef<WatermarkMsg>),
+}
+
+/// Arguments of the router.
+pub struct RouterArgs {
+    /// What builds compute.
+    pub settings: Arc<BuildSettings>,
+    /// Sinks.
+    pub outputs: Outputs,
+    /// Commit coordinator.
+    pub commit: ActorRef<CommitMsg>,
+    /// Memory budget in KiB.
+    pub budget_kib: u32,
+    /// Build idle timeout.
+    pub build_idle: Duration,
+    /// Restart intensity.
+    pub restarts: RestartBudget,
+    /// Engine counters.
+    pub stats: Arc<EngineStats>,
+    /// Source name per input.
+    pub source_names: Arc<Vec<String>>,
+}
+
+struct BuildEntry {
+    actor: ActorRef<BuildMsg>,
+    slot: SharedSlot,
+    holder: HolderId,
+    last_batch: Instant,
+}
+
+/// State of the router.
+pub struct RouterState {
+    args: RouterArgs,
+    coordinator: Option<ActorRef<WatermarkMsg>>,
+    budget: Arc<Semaphore>,
+    builds: HashMap<BuildId, BuildEntry>,
+    by_actor: HashMap<ActorId, BuildId>,
+    /// Builds that ended: later records for them are late.
+    ended: HashMap<BuildId, ()>,
+    watermark: TimeNs,
+    next_holder: HolderId,
+}
+
+/// The router actor.
+pub struct Router;
+
+impl RouterState {
+    async fn spawn_build(&mut self, myself: &ActorRef<RouterMsg>, build: BuildId, slot: SharedSlot, holder: HolderId, why: Option<String>) -> Result<ActorRef<BuildMsg>, ActorProcessingErr> {
+        let args = BuildArgs {
+            build: build.clone(),
+            holder,
+            slot,
+            outputs: self.args.outputs.clone(),
+            commit: self.args.commit.clone(),
+            router: myself.clone(),
+            stats: self.args.stats.clone(),
+            source_names: self.args.source_names.clone(),
+            restarted_after: why,
+        };
+        let (actor, _) = Actor::spawn_linked(None, BuildActor, args, myself.get_cell()).await?;
+        self.by_actor.insert(actor.get_id(), build);
+        Ok(actor)
+    }
+
+    async fn build_actor(&mut self, myself: &ActorRef<RouterMsg>, build: &BuildId) -> Result<ActorRef<BuildMsg>, ActorProcessingErr> {
+        if let Some(e) = self.builds.get_mut(build) {
+            e.last_batch = Instant::now();
+            return Ok(e.actor.clone());
+        }
+        let mut processor = BuildProcessor::new(build.clone(), self.args.settings.clone());
+        if self.ended.contains_key(build) {
+            // Everything for an ended build is late: a fresh processor must not reopen its layers.
+            processor.mark_ended();
+        }
+        let w = self.watermark;
+        if w > TimeNs::MIN {
+            let ctx = meltstream_engine::operator::Ctx { hold: None, now_wall_ns: now_wall_ns(), origin_wall_ns: now_wall_ns() };
+            meltstream_engine::operator::Operator::on_watermark(&mut processor, w, &ctx, &mut Vec::new());
+        }
+        let slot: SharedSlot = Arc::new(std::sync::Mutex::new(BuildSlot::new(processor)));
+        self.next_holder += 1;
+        let holder = self.next_holder;
+        let actor = self.spawn_build(myself, build.clone(), slot.clone(), holder, None).await?;
+        tracing::info!(build_id = %build, "build actor started");
+        metrics::gauge!("meltstream_active_builds").increment(1.0);
+        self.builds.insert(build.clone(), BuildEntry { actor: actor.clone(), slot, holder, last_batch: Instant::now() });
+        Ok(actor)
+    }
+
+    fn batch_cost_kib(&self, b: &RecordBatch) -> u32 {
+        let bytes = b.data.len() * 4 + b.blocks.len() * std::mem::size_of::<meltstream_engine::batch::BlockHeader>() + 1024;
+        ((bytes / 1024) as u32 + 1).min(self.args.budget_kib)
+    }
+
+    async fn route(&mut self, myself: &ActorRef<RouterMsg>, batch: RecordBatch, origin: i64) -> Result<(), ActorProcessingErr> {
+        let span = batch.span;
+        let max_t = batch.max_t_ns;
+        let (parts, dead) = batch.split_by_build();
+        // One part per build plus the router's own (dead letters).
+        let _ = self.args.commit.cast(CommitMsg::Register(span, parts.len() as u32 + 1));
+        for (build, part) in parts {
+            let samples = part.sample_count();
+            let cost = self.batch_cost_kib(&part);
+            let permit = self.budget.clone().acquire_many_owned(cost).await?;
+            self.build_actor(myself, &build).await?;
+            EngineStats::add(&self.args.stats.samples, samples);
+            metrics::counter!("meltstream_samples_total").increment(samples);
+            self.push(&build, Inbound::Batch(Arc::new(part), Some(permit), origin));
+        }
+        if let Some(c) = &self.coordinator {
+            if max_t > TimeNs::MIN {
+                let _ = c.cast(WatermarkMsg::Observe(span.input, max_t));
+            }
+        }
+        if !dead.is_empty() {
+            let source = self.args.source_names.get(span.input as usize).cloned().unwrap_or_default();
+            let mut records = Vec::with_capacity(dead.len());
+            for d in dead {
+                metrics::counter!("meltstream_dead_letters_total", "reason" => d.reason.label()).increment(1);
+                tracing::warn!(source = %source, offset = d.offset, reason = %d.reason, "dead letter");
+                records.push(Emitted {
+                    record: OutputRecord::DeadLetter(DeadLetterRecord {
+                        source: source.clone(),
+                        input: d.input,
+                        offset: d.offset,
+                        reason_kind: d.reason.label().into(),
+                        reason: d.reason.to_string(),
+                        raw_prefix: d.raw_prefix,
+                    }),
+                    hold: HoldSet::one((span.input, span.seq)),
+                    origin_wall_ns: origin,
+                });
+            }
+            EngineStats::add(&self.args.stats.dead_letters, records.len() as u64);
+            let plan = self.args.outputs.plan(records);
+            let _ = self.args.commit.cast(CommitMsg::Emitted(plan.deliveries.clone()));
+            self.args.outputs.send(plan).await;
+        }
+        let _ = self.args.commit.cast(CommitMsg::Release((span.input, span.seq)));
+        Ok(())
+    }
+
+    /// Queues an item in a build's inbox and wakes its actor if needed.
+    fn push(&self, build: &BuildId, item: Inbound) {
+        if let Some(e) = self.builds.get(build) {
+            let wake = e.slot.lock().unwrap_or_else(|p| p.into_inner()).push(item);
+            if wake && e.actor.cast(BuildMsg::Wake).is_err() {
+                tracing::warn!(build_id = %build, "build actor gone while routing");
+            }
+        }
+    }
+
+    async fn close_build(&mut self, build: &BuildId) {
+        if let Some(e) = self.builds.remove(build) {
+            self.by_actor.remove(&e.actor.get_id());
+            metrics::gauge!("meltstream_active_builds").decrement(1.0);
+            // Ask it to close and wait, so its results are with the sinks before we go on.
+            let _ = ractor::call!(e.actor, |r| BuildMsg::Close(Some(r)));
+            let _ = e.holder;
+        }
+    }
+}
+
+impl Actor for Router {
+    type Msg = RouterMsg;
+    type State = RouterState;
+    type Arguments = RouterArgs;
+
+    async fn pre_start(&self, myself: ActorRef<RouterMsg>, args: RouterArgs) -> Result<RouterState, ActorProcessingErr> {
+        myself.send_interval(Duration::from_millis(500), || RouterMsg::Tick);
+        Ok(RouterState {
+            budget: Arc::new(Semaphore::new(args.budget_kib as usize)),
+            args,
+            coordinator: None,
+            builds: HashMap::new(),
+            by_actor: HashMap::new(),
+            ended: HashMap::new(),
+            watermark: TimeNs::MIN,
+            next_holder: 0,
+        })
+    }
+
+    async fn handle(&self, myself: ActorRef<RouterMsg>, msg: RouterMsg, st: &mut RouterState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RouterMsg::Batch(batch, credit, origin) => {
+                st.route(&myself, batch, origin).await?;
+                drop(credit);
+            }
+            RouterMsg::InputEnded(input) => {
+                if let Some(c) = &st.coordinator {
+                    let _ = c.cast(WatermarkMsg::Finish(input));
+                }
+            }
+            RouterMsg::SetCoordinator(c) => st.coordinator = Some(c),
+            RouterMsg::Watermark(wm) => {
+                st.watermark = st.watermark.max(wm);
+                let all: Vec<BuildId> = st.builds.keys().cloned().collect();
+                for b in all {
+                    st.push(&b, Inbound::Watermark(wm));
+                }
+            }
+            RouterMsg::BuildFinished(build) => {
+                tracing::info!(build_id = %build, "build ended; flushing and stopping its actor");
+                st.ended.insert(build.clone(), ());
+                st.close_build(&build).await;
+            }
+            RouterMsg::Tick => {
+                let idle: Vec<BuildId> = st.builds.iter().filter(|(_, e)| e.last_batch.elapsed() >= st.args.build_idle).map(|(b, _)| b.clone()).collect();
+                for b in idle {
+                    tracing::info!(build_id = %b, "build idle; flushing and stopping its actor");
+                    st.close_build(&b).await;
+                }
+            }
+            RouterMsg::Drain(reply) => {
+                let all: Vec<BuildId> = st.builds.keys().cloned().collect();
+                for b in all {
+                    st.close_build(&b).await;
+                }
+                let _ = reply.send(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(&self, myself: ActorRef<RouterMsg>, evt: SupervisionEvent, st: &mut RouterState) -> Result<(), ActorProcessingErr> {
+        match evt {
+            SupervisionEvent::ActorFailed(cell, err) => {
+                let Some(build) = st.by_actor.remove(&cell.get_id()) else { return Ok(()) };
+                let why = err.to_string();
+                EngineStats::add(&st.args.stats.restarts, 1);
+                metrics::counter!("meltstream_actor_restarts_total", "actor" => "build").increment(1);
+                if !st.args.restarts.allow(now_wall_ns()) {
+                    tracing::error!(build_id = %build, error = %why, "restart intensity exceeded; escalating");
+                    return Err(format!("build actor for {build} failed too often (last: {why}); restart intensity exceeded").into());
+                }
+                tracing::warn!(build_id = %build, error = %why, "build actor failed; restarting it on its preserved state");
+                let Some((slot, holder)) = st.builds.get(&build).map(|e| (e.slot.clone(), e.holder)) else { return Ok(()) };
+                // The failed incarnation's Wake is gone with its mailbox; post_start sends a new one.
+                slot.lock().unwrap_or_else(|p| p.into_inner()).wake_pending = true;
+                let actor = st.spawn_build(&myself, build.clone(), slot, holder, Some(why)).await?;
+                if let Some(e) = st.builds.get_mut(&build) {
+                    e.actor = actor;
+                }
+            }
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                st.by_actor.remove(&cell.get_id());
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,138 @@
+//! The root of the actor tree: starts the commit coordinator, the sinks, the router (which
+//! supervises the build actors), the watermark coordinator and the sources; drains them in order
+//! when the sources end or on shutdown; escalates any failure it cannot absorb by stopping the
+//! engine with the reason.
+//!
+//! # Shutdown
+//! Sources stop → the router closes every build (their results go to the sinks) → every sink is
+//! drained (durable) → the committable offsets are published one last time → the tree stops.
+
+use std::sync::{Arc, Mutex};
+
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
+
+use meltstream_engine::batch::InputId;
+
+use crate::commit_coordinator::CommitMsg;
+use crate::outputs::Outputs;
+use crate::router::RouterMsg;
+use crate::sink::SinkMsg;
+
+/// Messages of the supervisor.
+pub enum SupervisorMsg {
+    /// A source has ended.
+    SourceDone(InputId),
+    /// Stop the sources and drain (SIGINT/SIGTERM).
+    Shutdown,
+    /// The parts it supervises, once started.
+    Started(Box<Started>),
+}
+
+/// What the engine builder started under the supervisor.
+pub struct Started {
+    /// Sources, to be told to stop on shutdown.
+    pub sources: Vec<(ActorCell, Box<dyn Fn() + Send + Sync>)>,
+    /// The router.
+    pub router: ActorRef<RouterMsg>,
+    /// The commit coordinator.
+    pub commit: ActorRef<CommitMsg>,
+    /// The sinks.
+    pub outputs: Outputs,
+}
+
+/// Arguments: how many sources, and where to report a failure.
+pub struct SupervisorArgs {
+    /// Number of sources.
+    pub sources: usize,
+    /// The reason the engine stopped abnormally, for the caller.
+    pub failure: Arc<Mutex<Option<String>>>,
+}
+
+/// State.
+pub struct SupervisorState {
+    remaining: usize,
+    started: Option<Box<Started>>,
+    failure: Arc<Mutex<Option<String>>>,
+    draining: bool,
+    pending_done: usize,
+}
+
+/// The supervisor actor.
+pub struct Supervisor;
+
+impl SupervisorState {
+    async fn drain(&mut self, myself: &ActorRef<SupervisorMsg>) -> Result<(), ActorProcessingErr> {
+        if self.draining {
+            return Ok(());
+        }
+        self.draining = true;
+        let Some(s) = self.started.as_ref() else { return Ok(()) };
+        tracing::info!("sources ended; draining builds and sinks");
+        ractor::call!(s.router, RouterMsg::Drain).map_err(|e| format!("draining the router: {e}"))?;
+        for sink in s.outputs.sinks() {
+            ractor::call!(sink.actor, SinkMsg::Drain).map_err(|e| format!("draining sink {}: {e}", sink.name))?;
+        }
+        let committed = ractor::call!(s.commit, CommitMsg::Committed).map_err(|e| format!("final commit: {e}"))?;
+        tracing::info!(?committed, "drained; committed offsets");
+        myself.stop_children(None);
+        myself.stop(Some("drained".into()));
+        Ok(())
+    }
+}
+
+impl Actor for Supervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(&self, _myself: ActorRef<SupervisorMsg>, args: SupervisorArgs) -> Result<SupervisorState, ActorProcessingErr> {
+        Ok(SupervisorState { remaining: args.sources, started: None, failure: args.failure, draining: false, pending_done: 0 })
+    }
+
+    async fn handle(&self, myself: ActorRef<SupervisorMsg>, msg: SupervisorMsg, st: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupervisorMsg::Started(s) => {
+                st.started = Some(s);
+                // Sources that ended before the tree finished starting.
+                for _ in 0..std::mem::take(&mut st.pending_done) {
+                    st.remaining = st.remaining.saturating_sub(1);
+                }
+                if st.remaining == 0 {
+                    st.drain(&myself).await?;
+                }
+            }
+            SupervisorMsg::SourceDone(input) => {
+                tracing::info!(input, "source ended");
+                if st.started.is_none() {
+                    st.pending_done += 1;
+                    return Ok(());
+                }
+                st.remaining = st.remaining.saturating_sub(1);
+                if st.remaining == 0 {
+                    st.drain(&myself).await?;
+                }
+            }
+            SupervisorMsg::Shutdown => {
+                tracing::info!("shutdown requested; stopping sources");
+                if let Some(s) = &st.started {
+                    for (_, stop) in &s.sources {
+                        stop();
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(&self, myself: ActorRef<SupervisorMsg>, evt: SupervisionEvent, st: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(cell, err) = evt {
+            let who = cell.get_name().unwrap_or_else(|| cell.get_id().to_string());
+            let msg = format!("{who} failed: {err}");
+            tracing::error!(actor = %who, error = %err, "unrecoverable failure; stopping the engine");
+            *st.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(msg);
+            myself.stop_children(None);
+            myself.stop(Some("failed".into()));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,88 @@
+//! The watermark coordinator: combines every input's event-time progress into one watermark
+//! (bounded out-of-orderness, idle inputs, never backwards) and hands each advance to the
+//! router, which forwards it to the build actors behind the data it already sent — so a
+//! watermark never overtakes a batch it covers.
+
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use meltstream_engine::batch::InputId;
+use meltstream_engine::event::TimeNs;
+use meltstream_engine::watermark::WatermarkTracker;
+
+use crate::now_wall_ns;
+use crate::router::RouterMsg;
+
+/// Messages of the watermark coordinator.
+pub enum WatermarkMsg {
+    /// An input exists (it holds the watermark until it has data, idles or ends).
+    Register(InputId),
+    /// The router forwarded data of `input` up to this event time.
+    Observe(InputId, TimeNs),
+    /// The input ended.
+    Finish(InputId),
+    /// Periodic: idleness and publication.
+    Tick,
+    /// The current watermark.
+    Current(RpcReplyPort<TimeNs>),
+}
+
+/// Arguments: bound, idle timeout, publication period, and the router.
+pub struct WatermarkArgs {
+    /// Out-of-orderness bound, ns.
+    pub bound_ns: i64,
+    /// Idle timeout, ns.
+    pub idle_ns: i64,
+    /// Publication period.
+    pub every: Duration,
+    /// Where advances go.
+    pub router: ActorRef<RouterMsg>,
+    /// Engine counters.
+    pub stats: std::sync::Arc<crate::engine_stats::EngineStats>,
+}
+
+/// State.
+pub struct WatermarkState {
+    tracker: WatermarkTracker,
+    args: WatermarkArgs,
+}
+
+/// The watermark coordinator actor.
+pub struct WatermarkCoordinator;
+
+impl WatermarkState {
+    fn publish(&mut self) {
+        if let Some(wm) = self.tracker.advance(now_wall_ns()) {
+            self.args.stats.watermark_ns.store(wm, std::sync::atomic::Ordering::Relaxed);
+            let _ = self.args.router.cast(RouterMsg::Watermark(wm));
+        }
+    }
+}
+
+impl Actor for WatermarkCoordinator {
+    type Msg = WatermarkMsg;
+    type State = WatermarkState;
+    type Arguments = WatermarkArgs;
+
+    async fn pre_start(&self, myself: ActorRef<WatermarkMsg>, args: WatermarkArgs) -> Result<WatermarkState, ActorProcessingErr> {
+        myself.send_interval(args.every, || WatermarkMsg::Tick);
+        Ok(WatermarkState { tracker: WatermarkTracker::new(args.bound_ns, args.idle_ns), args })
+    }
+
+    async fn handle(&self, _myself: ActorRef<WatermarkMsg>, msg: WatermarkMsg, st: &mut WatermarkState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            WatermarkMsg::Register(i) => st.tracker.register(i, now_wall_ns()),
+            WatermarkMsg::Observe(i, t) => st.tracker.observe(i, t, now_wall_ns()),
+            WatermarkMsg::Finish(i) => {
+                st.tracker.finish(i, now_wall_ns());
+                st.publish();
+            }
+            WatermarkMsg::Tick => st.publish(),
+            WatermarkMsg::Current(reply) => {
+                let _ = reply.send(st.tracker.current());
+            }
+        }
+        Ok(())
+    }
+}

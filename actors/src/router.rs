@@ -158,9 +158,11 @@ impl RouterState {
             metrics::counter!("meltstream_samples_total").increment(samples);
             self.push(&build, Inbound::Batch(Arc::new(part), Some(permit), origin));
         }
-        if let Some(c) = &self.coordinator {
+        if let Some(c) = self.coordinator.clone() {
             if max_t > TimeNs::MIN {
-                let _ = c.cast(WatermarkMsg::Observe(span.input, max_t));
+                if let Ok(Some(wm)) = ractor::call!(c, WatermarkMsg::Observe, span.input, max_t) {
+                    self.advance(wm);
+                }
             }
         }
         if !dead.is_empty() {
@@ -189,6 +191,18 @@ impl RouterState {
         }
         let _ = self.args.commit.cast(CommitMsg::Release((span.input, span.seq)));
         Ok(())
+    }
+
+    /// Queues a watermark advance behind the data in every build's inbox.
+    fn advance(&mut self, wm: TimeNs) {
+        if wm <= self.watermark {
+            return;
+        }
+        self.watermark = wm;
+        let all: Vec<BuildId> = self.builds.keys().cloned().collect();
+        for b in all {
+            self.push(&b, Inbound::Watermark(wm));
+        }
     }
 
     /// Queues an item in a build's inbox and wakes its actor if needed.
@@ -243,13 +257,7 @@ impl Actor for Router {
                 }
             }
             RouterMsg::SetCoordinator(c) => st.coordinator = Some(c),
-            RouterMsg::Watermark(wm) => {
-                st.watermark = st.watermark.max(wm);
-                let all: Vec<BuildId> = st.builds.keys().cloned().collect();
-                for b in all {
-                    st.push(&b, Inbound::Watermark(wm));
-                }
-            }
+            RouterMsg::Watermark(wm) => st.advance(wm),
             RouterMsg::BuildFinished(build) => {
                 tracing::info!(build_id = %build, "build ended; flushing and stopping its actor");
                 st.ended.insert(build.clone(), ());

@@ -1,7 +1,9 @@
 //! The watermark coordinator: combines every input's event-time progress into one watermark
 //! (bounded out-of-orderness, idle inputs, never backwards) and hands each advance to the
-//! router, which forwards it to the build actors behind the data it already sent — so a
-//! watermark never overtakes a batch it covers.
+//! router, which queues it in the build inboxes behind the data it already sent — so a
+//! watermark never overtakes a batch it covers. Data-driven advances are answered to the
+//! router's `Observe` call (deterministic with respect to the data order); idle-driven ones are
+//! sent on the coordinator's tick.
 
 use std::time::Duration;
 
@@ -18,8 +20,9 @@ use crate::router::RouterMsg;
 pub enum WatermarkMsg {
     /// An input exists (it holds the watermark until it has data, idles or ends).
     Register(InputId),
-    /// The router forwarded data of `input` up to this event time.
-    Observe(InputId, TimeNs),
+    /// The router forwarded data of `input` up to this event time; replies with the new
+    /// watermark if it advanced, so that the router queues it right behind that data.
+    Observe(InputId, TimeNs, RpcReplyPort<Option<TimeNs>>),
     /// The input ended.
     Finish(InputId),
     /// Periodic: idleness and publication.
@@ -73,7 +76,15 @@ impl Actor for WatermarkCoordinator {
     async fn handle(&self, _myself: ActorRef<WatermarkMsg>, msg: WatermarkMsg, st: &mut WatermarkState) -> Result<(), ActorProcessingErr> {
         match msg {
             WatermarkMsg::Register(i) => st.tracker.register(i, now_wall_ns()),
-            WatermarkMsg::Observe(i, t) => st.tracker.observe(i, t, now_wall_ns()),
+            WatermarkMsg::Observe(i, t, reply) => {
+                let now = now_wall_ns();
+                st.tracker.observe(i, t, now);
+                let adv = st.tracker.advance(now);
+                if let Some(wm) = adv {
+                    st.args.stats.watermark_ns.store(wm, std::sync::atomic::Ordering::Relaxed);
+                }
+                let _ = reply.send(adv);
+            }
             WatermarkMsg::Finish(i) => {
                 st.tracker.finish(i, now_wall_ns());
                 st.publish();

@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ractor::{Actor, ActorRef};
+use ractor::{Actor, ActorName, ActorRef};
 use tokio::sync::Semaphore;
 
 use meltstream_engine::build_processor::BuildSettings;
@@ -144,11 +144,11 @@ impl EngineBuilder {
         let e = &t.engine;
         let stats = Arc::new(EngineStats::default());
         let failure = Arc::new(Mutex::new(None));
-        let (supervisor, join) = Actor::spawn(Some(format!("meltstream-{}", t.name)), Supervisor, SupervisorArgs { sources: t.sources.len(), failure: failure.clone() })
+        let (supervisor, join) = Actor::spawn(None, Supervisor, SupervisorArgs { sources: t.sources.len(), failure: failure.clone() })
             .await
             .map_err(|e| start_err("supervisor", e))?;
         let sup_cell = supervisor.get_cell();
-        let (commit, _) = Actor::spawn_linked(Some("commit-coordinator".into()), CommitCoordinator, (stats.clone(), Duration::from_millis(50)), sup_cell.clone())
+        let (commit, _) = Actor::spawn_linked(None, CommitCoordinator, (stats.clone(), Duration::from_millis(50)), sup_cell.clone())
             .await
             .map_err(|e| start_err("commit coordinator", e))?;
         let mut sinks = Vec::new();
@@ -161,7 +161,7 @@ impl EngineBuilder {
                 },
             };
             let args = SinkArgs { name: s.name.clone(), writer, flush_every: Duration::from_millis(flush_ms), commit: commit.clone(), stats: stats.clone() };
-            let (actor, _) = Actor::spawn_linked(Some(format!("sink-{}", s.name)), SinkActor, args, sup_cell.clone())
+            let (actor, _) = Actor::spawn_linked(None, SinkActor, args, sup_cell.clone())
                 .await
                 .map_err(|e| start_err(&format!("sink {}", s.name), e))?;
             let cap = e.sink_queue_records as u32;
@@ -179,7 +179,7 @@ impl EngineBuilder {
             stats: stats.clone(),
             source_names: source_names.clone(),
         };
-        let (router, _) = Actor::spawn_linked(Some("router".into()), Router, router_args, sup_cell.clone()).await.map_err(|e| start_err("router", e))?;
+        let (router, _) = Actor::spawn_linked(None, Router, router_args, sup_cell.clone()).await.map_err(|e| start_err("router", e))?;
         let ms = 1_000_000i64;
         let wm_args = WatermarkArgs {
             bound_ns: e.watermark_bound_ms as i64 * ms,
@@ -188,7 +188,7 @@ impl EngineBuilder {
             router: router.clone(),
             stats: stats.clone(),
         };
-        let (watermarks, _) = Actor::spawn_linked(Some("watermark-coordinator".into()), WatermarkCoordinator, wm_args, sup_cell.clone())
+        let (watermarks, _) = Actor::spawn_linked(None, WatermarkCoordinator, wm_args, sup_cell.clone())
             .await
             .map_err(|e| start_err("watermark coordinator", e))?;
         router.cast(RouterMsg::SetCoordinator(watermarks.clone())).map_err(|e| start_err("router", e))?;
@@ -207,7 +207,8 @@ impl EngineBuilder {
                 stats: stats.clone(),
                 supervisor: supervisor.clone(),
             };
-            let name = Some(format!("source-{}", s.name));
+            // Unnamed: ractor names are process-global, and several engines may share a process.
+            let name: Option<ActorName> = None;
             match &s.kind {
                 SourceKind::Simulator(_) | SourceKind::R1(_) => {
                     let config = match &s.kind {

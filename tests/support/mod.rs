@@ -1,0 +1,63 @@
+//! Shared harness of the integration tests: run a topology in-process with collecting sinks.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use meltstream_actors::engine_stats::EngineStats;
+use meltstream_actors::test_util::CollectSink;
+use meltstream_actors::EngineBuilder;
+use meltstream_engine::build_processor::BuildSettings;
+use meltstream_engine::records::OutputRecord;
+use meltstream_engine::topology;
+
+/// A fresh temporary directory for one test.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("meltstream-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// A topology reading `input` (JSON lines) into a collecting sink named `out`.
+pub fn file_topology(input: &Path, engine_extra: &str, rest: &str) -> String {
+    format!(
+        r#"name = "test"
+[engine]
+summary_interval_ms = 0
+{engine_extra}
+[[sources]]
+name = "in"
+type = "file"
+path = "{}"
+batch_records = 1
+{rest}
+[[sinks]]
+name = "out"
+type = "null"
+"#,
+        input.display()
+    )
+}
+
+/// Runs a topology to completion with the sink `out` replaced by a collector.
+pub async fn run(text: &str, settings: impl FnOnce(&mut BuildSettings)) -> (Arc<EngineStats>, Vec<OutputRecord>) {
+    let t = topology::load(text, "test.toml", Path::new(".")).unwrap_or_else(|e| panic!("topology: {e}"));
+    let sink = CollectSink::default();
+    let h = EngineBuilder::new(t).sink_writer("out", Box::new(sink.clone())).build_settings(settings).start().await.expect("start");
+    let stats = h.wait().await.expect("engine run");
+    (stats, sink.take())
+}
+
+/// The layer summaries, sorted by (build, layer, laser, revision).
+pub fn summaries(records: &[OutputRecord]) -> Vec<meltstream_engine::records::LayerSummary> {
+    let mut v: Vec<_> = records
+        .iter()
+        .filter_map(|r| match r {
+            OutputRecord::LayerSummary(s) => Some(s.clone()),
+            _ => None,
+        })
+        .collect();
+    v.sort_by(|a, b| (&a.build_id, a.layer, a.laser, a.revision).cmp(&(&b.build_id, b.layer, b.laser, b.revision)));
+    v
+}

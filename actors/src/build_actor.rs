@@ -64,12 +64,15 @@ pub struct BuildSlot {
     pub inbox: std::collections::VecDeque<Inbound>,
     /// A `Wake` is in the mailbox or being handled.
     pub wake_pending: bool,
+    /// Records emitted and not yet handed to the sinks: kept here so that a crash mid-batch does
+    /// not lose the alerts of the blocks before the poison one.
+    pub out: Vec<Emitted>,
 }
 
 impl BuildSlot {
     /// A slot with an empty inbox.
     pub fn new(processor: BuildProcessor) -> BuildSlot {
-        BuildSlot { processor, in_flight: None, inbox: Default::default(), wake_pending: false }
+        BuildSlot { processor, in_flight: None, inbox: Default::default(), wake_pending: false, out: Vec::new() }
     }
 
     /// Queues `item`; true when the caller must send a `Wake`.
@@ -131,20 +134,21 @@ impl BuildState {
     /// resume after a poison block.
     fn run_in_flight(&mut self, from: Option<usize>) {
         let mut slot = lock(&self.args.slot);
-        let BuildSlot { processor, in_flight, .. } = &mut *slot;
+        let BuildSlot { processor, in_flight, out, .. } = &mut *slot;
         let Some(f) = in_flight.as_mut() else { return };
         let batch = f.batch.clone();
         let ctx = Ctx { hold: Some((batch.span.input, batch.span.seq)), now_wall_ns: now_wall_ns(), origin_wall_ns: f.origin_wall_ns };
         if from.is_none() {
             f.block = None;
-            processor.process_events(&batch, &ctx, &mut self.out);
+            processor.process_events(&batch, &ctx, out);
         }
         let start = from.unwrap_or(0);
         for i in start..batch.blocks.len() {
             f.block = Some(i);
-            processor.process_block(&batch, i, &ctx, &mut self.out);
+            processor.process_block(&batch, i, &ctx, out);
         }
-        processor.finish_batch(&ctx, &mut self.out);
+        processor.finish_batch(&ctx, out);
+        self.out.append(out);
     }
 
     /// Hands emitted records to the sinks after reporting them, with the build's holds, to the

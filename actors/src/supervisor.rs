@@ -62,6 +62,14 @@ pub struct Supervisor;
 
 impl SupervisorState {
     async fn drain(&mut self, myself: &ActorRef<SupervisorMsg>) -> Result<(), ActorProcessingErr> {
+        let res = self.drain_inner(myself).await;
+        if let Err(e) = &res {
+            *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("draining failed: {e}"));
+        }
+        res
+    }
+
+    async fn drain_inner(&mut self, myself: &ActorRef<SupervisorMsg>) -> Result<(), ActorProcessingErr> {
         if self.draining {
             return Ok(());
         }

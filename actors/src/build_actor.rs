@@ -122,6 +122,7 @@ pub struct BuildActor;
 pub struct BuildState {
     args: BuildArgs,
     out: Vec<Emitted>,
+    late_reported: u64,
 }
 
 fn lock(slot: &SharedSlot) -> std::sync::MutexGuard<'_, BuildSlot> {
@@ -163,6 +164,10 @@ impl BuildState {
         let _ = self.args.commit.cast(CommitMsg::Progress { holder: self.args.holder, emitted: plan.deliveries.clone(), holds, released });
         self.args.outputs.send(plan).await;
         self.args.stats.set_build(&self.args.build, counters);
+        if counters.late_samples > self.late_reported {
+            metrics::counter!("meltstream_late_samples_total").increment(counters.late_samples - self.late_reported);
+            self.late_reported = counters.late_samples;
+        }
         if finished {
             let _ = self.args.router.cast(RouterMsg::BuildFinished(self.args.build.clone()));
         }
@@ -212,7 +217,7 @@ impl Actor for BuildActor {
     type Arguments = BuildArgs;
 
     async fn pre_start(&self, _myself: ActorRef<BuildMsg>, args: BuildArgs) -> Result<BuildState, ActorProcessingErr> {
-        let mut st = BuildState { args, out: Vec::new() };
+        let mut st = BuildState { args, out: Vec::new(), late_reported: 0 };
         // A restart: the block in flight made the last incarnation fail. Dead-letter it and go on
         // with the rest of its batch.
         let poison = {

@@ -175,7 +175,6 @@ impl BuildProcessor {
         }
         let Some(w) = self.window_for(ev.layer) else {
             // An event for a layer already emitted: nothing to update.
-            self.counters.late_samples += 0;
             return;
         };
         if let Some(h) = ctx.hold {

@@ -227,20 +227,14 @@ impl Actor for BuildActor {
         if let Some((batch, block)) = poison {
             let why = st.args.restarted_after.clone().unwrap_or_else(|| "actor failed".into());
             let offset = block.and_then(|b| batch.blocks.get(b)).map_or(batch.span.first_offset, |h| h.source_offset);
-            let dl = DeadLetter::new(batch.span.input, offset, RejectReason::Poison(why), b"");
+            let what = format!("block {} of batch {}", block.map_or(-1, |b| b as i64), batch.span.seq);
+            let dl = DeadLetter::new(batch.span.input, offset, RejectReason::Poison(why), what.as_bytes());
             tracing::error!(build_id = %st.args.build, input = batch.span.input, offset, reason = %dl.reason, "dead-lettering the record that crashed the build actor");
             metrics::counter!("meltstream_dead_letters_total", "reason" => "poison").increment(1);
             EngineStats::add(&st.args.stats.dead_letters, 1);
             let source = st.args.source_names.get(batch.span.input as usize).cloned().unwrap_or_default();
             st.out.push(Emitted {
-                record: OutputRecord::DeadLetter(DeadLetterRecord {
-                    source,
-                    input: dl.input,
-                    offset: dl.offset,
-                    reason_kind: dl.reason.label().into(),
-                    reason: dl.reason.to_string(),
-                    raw_prefix: format!("block {} of batch {}", block.map_or(-1, |b| b as i64), batch.span.seq),
-                }),
+                record: OutputRecord::DeadLetter(DeadLetterRecord::from_dead_letter(source, &dl)),
                 hold: HoldSet::one((batch.span.input, batch.span.seq)),
                 origin_wall_ns: now_wall_ns(),
             });

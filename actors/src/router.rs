@@ -172,14 +172,7 @@ impl RouterState {
                 metrics::counter!("meltstream_dead_letters_total", "reason" => d.reason.label()).increment(1);
                 tracing::warn!(source = %source, offset = d.offset, reason = %d.reason, "dead letter");
                 records.push(Emitted {
-                    record: OutputRecord::DeadLetter(DeadLetterRecord {
-                        source: source.clone(),
-                        input: d.input,
-                        offset: d.offset,
-                        reason_kind: d.reason.label().into(),
-                        reason: d.reason.to_string(),
-                        raw_prefix: d.raw_prefix,
-                    }),
+                    record: OutputRecord::DeadLetter(DeadLetterRecord::from_dead_letter(source.clone(), &d)),
                     hold: HoldSet::one((span.input, span.seq)),
                     origin_wall_ns: origin,
                 });

@@ -13,7 +13,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hdrhistogram::Histogram;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -81,8 +80,6 @@ pub enum SinkMsg {
     Tick,
     /// Flush everything and reply when durable.
     Drain(RpcReplyPort<()>),
-    /// The sink's latency histogram (µs from origin to durable).
-    Latency(RpcReplyPort<Histogram<u64>>),
 }
 
 /// Arguments of a sink actor.
@@ -106,34 +103,43 @@ pub struct SinkState {
     permits: Vec<OwnedSemaphorePermit>,
     origins: Vec<i64>,
     buffered: usize,
-    latency: Histogram<u64>,
 }
 
 /// The sink actor.
 pub struct SinkActor;
+
+/// Writes `records` (or, with `None`, flushes), retrying a retryable failure with exponential
+/// backoff (50 ms doubling to 5 s); a fatal one fails the actor.
+async fn with_retries(name: &str, writer: &mut BoxedWriter, records: Option<&[Emitted]>) -> Result<(), ActorProcessingErr> {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let res = match records {
+            Some(r) => writer.write(r).await,
+            None => writer.flush().await,
+        };
+        match res {
+            Ok(()) => return Ok(()),
+            Err(SinkError::Retryable { sink, message }) => {
+                let what = if records.is_some() { "write" } else { "flush" };
+                tracing::warn!(sink = %sink, error = %message, backoff_ms = backoff.as_millis() as u64, "sink {what} failed, retrying");
+                metrics::counter!("meltstream_sink_retries_total", "sink" => name.to_owned()).increment(1);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e @ SinkError::Fatal { .. }) => return Err(Box::new(e)),
+        }
+    }
+}
 
 impl SinkState {
     async fn flush(&mut self) -> Result<(), ActorProcessingErr> {
         if self.buffered == 0 {
             return Ok(());
         }
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match self.args.writer.flush().await {
-                Ok(()) => break,
-                Err(SinkError::Retryable { sink, message }) => {
-                    tracing::warn!(sink = %sink, error = %message, backoff_ms = backoff.as_millis() as u64, "sink flush failed, retrying");
-                    metrics::counter!("meltstream_sink_retries_total", "sink" => self.args.name.clone()).increment(1);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                Err(e @ SinkError::Fatal { .. }) => return Err(Box::new(e)),
-            }
-        }
+        with_retries(&self.args.name, &mut self.args.writer, None).await?;
         let now = now_wall_ns();
         self.args.stats.record_latencies(self.origins.iter().map(|&o| ((now - o).max(0) / 1000) as u64));
         for &o in &self.origins {
-            let _ = self.latency.record(((now - o).max(0) / 1000) as u64);
             metrics::histogram!("meltstream_result_latency_seconds", "sink" => self.args.name.clone()).record((now - o).max(0) as f64 / 1e9);
         }
         self.origins.clear();
@@ -158,25 +164,13 @@ impl Actor for SinkActor {
 
     async fn pre_start(&self, myself: ActorRef<SinkMsg>, args: SinkArgs) -> Result<SinkState, ActorProcessingErr> {
         myself.send_interval(args.flush_every, || SinkMsg::Tick);
-        let latency = Histogram::new_with_bounds(1, 3_600_000_000, 3)?;
-        Ok(SinkState { args, pending: Vec::new(), permits: Vec::new(), origins: Vec::new(), buffered: 0, latency })
+        Ok(SinkState { args, pending: Vec::new(), permits: Vec::new(), origins: Vec::new(), buffered: 0 })
     }
 
     async fn handle(&self, _myself: ActorRef<SinkMsg>, msg: SinkMsg, st: &mut SinkState) -> Result<(), ActorProcessingErr> {
         match msg {
             SinkMsg::Records(records, permit) => {
-                let mut backoff = Duration::from_millis(50);
-                loop {
-                    match st.args.writer.write(&records).await {
-                        Ok(()) => break,
-                        Err(SinkError::Retryable { sink, message }) => {
-                            tracing::warn!(sink = %sink, error = %message, "sink write failed, retrying");
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(Duration::from_secs(5));
-                        }
-                        Err(e @ SinkError::Fatal { .. }) => return Err(Box::new(e)),
-                    }
-                }
+                with_retries(&st.args.name, &mut st.args.writer, Some(&records)).await?;
                 for r in &records {
                     for h in r.hold.iter() {
                         match st.pending.iter_mut().find(|(x, _)| x == h) {
@@ -196,9 +190,6 @@ impl Actor for SinkActor {
             SinkMsg::Drain(reply) => {
                 st.flush().await?;
                 let _ = reply.send(());
-            }
-            SinkMsg::Latency(reply) => {
-                let _ = reply.send(st.latency.clone());
             }
         }
         Ok(())

@@ -159,6 +159,20 @@ pub struct DeadLetterRecord {
     pub raw_prefix: String,
 }
 
+impl DeadLetterRecord {
+    /// The record of a dead letter from source `source`.
+    pub fn from_dead_letter(source: String, d: &crate::decode::DeadLetter) -> DeadLetterRecord {
+        DeadLetterRecord {
+            source,
+            input: d.input,
+            offset: d.offset,
+            reason_kind: d.reason.label().into(),
+            reason: d.reason.to_string(),
+            raw_prefix: d.raw_prefix.clone(),
+        }
+    }
+}
+
 /// Samples that arrived after their window was final (`late_policy = "late_sink"`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LateRecord {

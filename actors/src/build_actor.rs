@@ -89,8 +89,11 @@ pub type SharedSlot = Arc<Mutex<BuildSlot>>;
 pub enum BuildMsg {
     /// The inbox has items.
     Wake,
-    /// Emit everything, hand it to the sinks, stop; reply when done.
-    Close(Option<RpcReplyPort<()>>),
+    /// Process the inbox, then (with `true`) emit every open window, hand the results to the
+    /// sinks and stop; with `false`, stop without emitting the open windows — a replayable
+    /// source reads them again after a restart — and keep their holds so that the final
+    /// progress stops before them. Replies when done.
+    Close(Option<RpcReplyPort<()>>, bool),
 }
 
 /// Arguments of a build actor.
@@ -232,11 +235,12 @@ impl Actor for BuildActor {
             tracing::error!(build_id = %st.args.build, input = batch.span.input, offset, reason = %dl.reason, "dead-lettering the record that crashed the build actor");
             metrics::counter!("meltstream_dead_letters_total", "reason" => "poison").increment(1);
             EngineStats::add(&st.args.stats.dead_letters, 1);
-            let source = st.args.source_names.get(batch.span.input as usize).cloned().unwrap_or_default();
+            let source = st.args.source_names.get(crate::kafka_source::source_index(batch.span.input)).cloned().unwrap_or_default();
             st.out.push(Emitted {
                 record: OutputRecord::DeadLetter(DeadLetterRecord::from_dead_letter(source, &dl)),
                 hold: HoldSet::one((batch.span.input, batch.span.seq)),
                 origin_wall_ns: now_wall_ns(),
+                position: Some((batch.span.input, offset)),
             });
             let next = block.map(|b| b + 1);
             st.run_in_flight(Some(next.unwrap_or(0)));
@@ -255,15 +259,17 @@ impl Actor for BuildActor {
     async fn handle(&self, myself: ActorRef<BuildMsg>, msg: BuildMsg, st: &mut BuildState) -> Result<(), ActorProcessingErr> {
         match msg {
             BuildMsg::Wake => st.drain_inbox().await,
-            BuildMsg::Close(reply) => {
+            BuildMsg::Close(reply, emit_open) => {
                 st.drain_inbox().await;
-                {
+                if emit_open {
                     let mut slot = lock(&st.args.slot);
                     let ctx = Ctx { hold: None, now_wall_ns: now_wall_ns(), origin_wall_ns: now_wall_ns() };
                     slot.processor.on_close(&ctx, &mut st.out);
                 }
                 st.deliver(None).await;
-                let _ = st.args.commit.cast(CommitMsg::HolderGone(st.args.holder));
+                if emit_open {
+                    let _ = st.args.commit.cast(CommitMsg::HolderGone(st.args.holder));
+                }
                 if let Some(r) = reply {
                     let _ = r.send(());
                 }

@@ -16,6 +16,7 @@ use meltstream_engine::batch::{InputId, SourceSpan};
 use meltstream_engine::offset_ledger::{Hold, HoldSet, HolderId, OffsetLedger};
 
 use crate::engine_stats::EngineStats;
+use crate::progress::{Progress, ProgressBoard};
 
 /// Told to a source when its committable offset moves.
 pub type CommitListener = Arc<dyn Fn(InputId, u64) + Send + Sync>;
@@ -58,6 +59,7 @@ pub struct CommitState {
     holders: HashMap<HolderId, Vec<InputId>>,
     listeners: HashMap<InputId, Vec<CommitListener>>,
     stats: Arc<EngineStats>,
+    board: ProgressBoard,
 }
 
 /// The commit coordinator actor.
@@ -65,7 +67,13 @@ pub struct CommitCoordinator;
 
 impl CommitState {
     fn publish(&mut self) {
-        for (input, offset) in self.ledger.advance_all() {
+        let advanced = self.ledger.advance_all();
+        for input in self.ledger.inputs() {
+            if let (Some(resume), Some(emitted_through)) = (self.ledger.committed(input), self.ledger.emitted_through(input)) {
+                self.board.publish(input, Progress { resume, emitted_through });
+            }
+        }
+        for (input, offset) in advanced {
             self.stats.set_committed(input, offset);
             metrics::gauge!("meltstream_committed_offset", "input" => input.to_string()).set(offset as f64);
             if let Some(ls) = self.listeners.get(&input) {
@@ -80,11 +88,11 @@ impl CommitState {
 impl Actor for CommitCoordinator {
     type Msg = CommitMsg;
     type State = CommitState;
-    type Arguments = (Arc<EngineStats>, Duration);
+    type Arguments = (Arc<EngineStats>, Duration, ProgressBoard);
 
-    async fn pre_start(&self, myself: ActorRef<CommitMsg>, (stats, every): Self::Arguments) -> Result<CommitState, ActorProcessingErr> {
+    async fn pre_start(&self, myself: ActorRef<CommitMsg>, (stats, every, board): Self::Arguments) -> Result<CommitState, ActorProcessingErr> {
         myself.send_interval(every, || CommitMsg::Tick);
-        Ok(CommitState { ledger: OffsetLedger::new(), holders: HashMap::new(), listeners: HashMap::new(), stats })
+        Ok(CommitState { ledger: OffsetLedger::new(), holders: HashMap::new(), listeners: HashMap::new(), stats, board })
     }
 
     async fn handle(&self, _myself: ActorRef<CommitMsg>, msg: CommitMsg, st: &mut CommitState) -> Result<(), ActorProcessingErr> {

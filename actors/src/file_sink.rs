@@ -7,6 +7,7 @@ use tokio::io::AsyncWriteExt;
 
 use meltstream_engine::records::Emitted;
 
+use crate::progress::Checkpoint;
 use crate::sink::{SinkError, SinkWriter};
 
 /// Writes JSON lines to a file.
@@ -38,7 +39,7 @@ impl SinkWriter for FileSink {
         Ok(())
     }
 
-    async fn flush(&mut self) -> Result<(), SinkError> {
+    async fn flush(&mut self, _checkpoint: &Checkpoint) -> Result<(), SinkError> {
         if self.file.is_none() {
             if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 tokio::fs::create_dir_all(dir).await.map_err(|e| self.err("cannot create directory for", e))?;
@@ -71,7 +72,7 @@ impl SinkWriter for NullSink {
         Ok(())
     }
 
-    async fn flush(&mut self) -> Result<(), SinkError> {
+    async fn flush(&mut self, _checkpoint: &Checkpoint) -> Result<(), SinkError> {
         Ok(())
     }
 }

@@ -13,9 +13,13 @@ pub mod commit_coordinator;
 pub mod engine_stats;
 pub mod file_sink;
 pub mod file_source;
+pub mod kafka_sink;
+pub mod kafka_source;
 pub mod outputs;
+pub mod pg_sink;
 pub mod router;
 pub mod simulator_source;
+pub mod progress;
 pub mod sink;
 pub mod source;
 pub mod supervisor;
@@ -32,12 +36,16 @@ use tokio::sync::Semaphore;
 use meltstream_engine::build_processor::BuildSettings;
 use meltstream_engine::decode::DecodeLimits;
 use meltstream_engine::restart_budget::RestartBudget;
-use meltstream_engine::topology::{SinkKind, SourceKind, Topology};
+use meltstream_engine::topology::{expand_env, SinkKind, SourceKind, Topology};
 
 use crate::commit_coordinator::{CommitCoordinator, CommitMsg};
 use crate::engine_stats::EngineStats;
 use crate::file_sink::{FileSink, NullSink};
 use crate::file_source::{FileSource, FileSourceArgs, FileSourceMsg};
+use crate::kafka_sink::KafkaSink;
+use crate::kafka_source::{KafkaSource, KafkaSourceArgs, KafkaSourceMsg};
+use crate::pg_sink::PgSink;
+use crate::progress::{resume_offsets, ProgressBoard, StoredProgress};
 use crate::outputs::{Outputs, SinkHandle};
 use crate::router::{Router, RouterArgs, RouterMsg};
 use crate::simulator_source::{GeneratorConfig, SimulatorArgs, SimulatorMsg, SimulatorSource};
@@ -89,6 +97,8 @@ pub struct EngineHandle {
     pub watermarks: ActorRef<WatermarkMsg>,
     /// The commit coordinator.
     pub commit: ActorRef<CommitMsg>,
+    /// Source progress as stored with the sinks' transactions.
+    pub progress: ProgressBoard,
 }
 
 impl EngineHandle {
@@ -144,23 +154,37 @@ impl EngineBuilder {
         let e = &t.engine;
         let stats = Arc::new(EngineStats::default());
         let failure = Arc::new(Mutex::new(None));
-        let (supervisor, join) = Actor::spawn(None, Supervisor, SupervisorArgs { sources: t.sources.len(), failure: failure.clone() })
-            .await
-            .map_err(|e| start_err("supervisor", e))?;
+        let board = ProgressBoard::default();
+        // Writers first: the transactional ones tell where the sources resume.
+        let mut writers: Vec<(BoxedWriter, u64, Option<StoredProgress>)> = Vec::new();
+        for s in &t.sinks {
+            let (mut writer, flush_ms): (BoxedWriter, u64) = match self.writers.remove(&s.name) {
+                Some(w) => (w, 50),
+                None => make_writer(t, &s.name, &s.kind)?,
+            };
+            let stored = stored_progress(&s.name, &mut writer).await?;
+            writers.push((writer, flush_ms, stored));
+        }
+        let stored: Vec<StoredProgress> = writers.iter().filter_map(|w| w.2.clone()).collect();
+        let resume = resume_offsets(&stored);
+        let replayable = t.sources.iter().any(|s| matches!(s.kind, SourceKind::Kafka(_)));
+        let sup_args = SupervisorArgs { sources: t.sources.len(), failure: failure.clone(), keep_open_on_shutdown: replayable };
+        let (supervisor, join) = Actor::spawn(None, Supervisor, sup_args).await.map_err(|e| start_err("supervisor", e))?;
         let sup_cell = supervisor.get_cell();
-        let (commit, _) = Actor::spawn_linked(None, CommitCoordinator, (stats.clone(), Duration::from_millis(50)), sup_cell.clone())
+        let (commit, _) = Actor::spawn_linked(None, CommitCoordinator, (stats.clone(), Duration::from_millis(50), board.clone()), sup_cell.clone())
             .await
             .map_err(|e| start_err("commit coordinator", e))?;
         let mut sinks = Vec::new();
-        for s in &t.sinks {
-            let (writer, flush_ms): (BoxedWriter, u64) = match self.writers.remove(&s.name) {
-                Some(w) => (w, 50),
-                None => match &s.kind {
-                    SinkKind::File(c) => (Box::new(FileSink::new(&s.name, c.path.clone(), c.fsync)), c.flush_ms),
-                    SinkKind::Null(_) => (Box::new(NullSink), 50),
-                },
+        for (s, (writer, flush_ms, stored)) in t.sinks.iter().zip(writers) {
+            let args = SinkArgs {
+                name: s.name.clone(),
+                writer,
+                flush_every: Duration::from_millis(flush_ms),
+                commit: commit.clone(),
+                stats: stats.clone(),
+                board: board.clone(),
+                stored,
             };
-            let args = SinkArgs { name: s.name.clone(), writer, flush_every: Duration::from_millis(flush_ms), commit: commit.clone(), stats: stats.clone() };
             let (actor, _) = Actor::spawn_linked(None, SinkActor, args, sup_cell.clone())
                 .await
                 .map_err(|e| start_err(&format!("sink {}", s.name), e))?;
@@ -214,7 +238,7 @@ impl EngineBuilder {
                     let config = match &s.kind {
                         SourceKind::Simulator(c) => GeneratorConfig::Simulator(c.clone()),
                         SourceKind::R1(c) => GeneratorConfig::R1(c.clone()),
-                        SourceKind::File(_) => unreachable!("matched above"),
+                        SourceKind::File(_) | SourceKind::Kafka(_) => unreachable!("matched above"),
                     };
                     let (a, _) = Actor::spawn_linked(name, SimulatorSource, SimulatorArgs { ctx, config }, sup_cell.clone())
                         .await
@@ -229,11 +253,74 @@ impl EngineBuilder {
                     let a2 = a.clone();
                     sources.push((a.get_cell(), Box::new(move || drop(a2.cast(FileSourceMsg::Stop)))));
                 }
+                SourceKind::Kafka(c) => {
+                    let mut config = c.clone();
+                    config.brokers = expand_env(&c.brokers);
+                    let args = KafkaSourceArgs {
+                        ctx,
+                        source_index: i,
+                        config,
+                        resume: resume.clone(),
+                        limits,
+                        board: board.clone(),
+                        watermarks: watermarks.clone(),
+                    };
+                    let (a, _) = Actor::spawn_linked(name, KafkaSource, args, sup_cell.clone()).await.map_err(|e| start_err(&format!("source {}", s.name), e))?;
+                    let a2 = a.clone();
+                    sources.push((a.get_cell(), Box::new(move || drop(a2.cast(KafkaSourceMsg::Stop)))));
+                }
             }
         }
         supervisor
             .cast(SupervisorMsg::Started(Box::new(Started { sources, router, commit: commit.clone(), outputs: outputs.clone() })))
             .map_err(|e| start_err("supervisor", e))?;
-        Ok(EngineHandle { supervisor, join, failure, stats, outputs, watermarks, commit })
+        Ok(EngineHandle { supervisor, join, failure, stats, outputs, watermarks, commit, progress: board })
+    }
+}
+
+/// The writer of a sink from its configuration, and its flush period in ms.
+fn make_writer(t: &Topology, name: &str, kind: &SinkKind) -> Result<(BoxedWriter, u64), EngineError> {
+    Ok(match kind {
+        SinkKind::File(c) => (Box::new(FileSink::new(name, c.path.clone(), c.fsync)), c.flush_ms),
+        SinkKind::Null(_) => (Box::new(NullSink), 50),
+        SinkKind::Postgres(c) => {
+            let w = PgSink::new(name, &expand_env(&c.url), &c.pipeline, &c.schema).map_err(|e| start_err(&format!("sink {name}"), e))?;
+            (Box::new(w), c.flush_ms)
+        }
+        SinkKind::Kafka(c) => {
+            let Some(k) = t.sources.iter().find_map(|s| match &s.kind {
+                SourceKind::Kafka(k) => Some(k),
+                _ => None,
+            }) else {
+                return Err(start_err(&format!("sink {name}"), "a Kafka sink needs a Kafka source"));
+            };
+            let mut config = c.clone();
+            config.brokers = expand_env(&c.brokers);
+            let w = KafkaSink::new(name, config, k.topics.clone(), k.group_id.clone()).map_err(|e| start_err(&format!("sink {name}"), e))?;
+            (Box::new(w), c.flush_ms)
+        }
+    })
+}
+
+/// What a transactional sink stored, retrying while its service is unreachable (up to a
+/// minute, then the engine refuses to start with the reason).
+async fn stored_progress(name: &str, writer: &mut BoxedWriter) -> Result<Option<StoredProgress>, EngineError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match writer.stored_progress().await {
+            Ok(p) => {
+                if let Some(p) = &p {
+                    tracing::info!(sink = name, partitions = p.len(), "read stored progress");
+                }
+                return Ok(p);
+            }
+            Err(crate::sink::SinkError::Retryable { message, .. }) if std::time::Instant::now() < deadline => {
+                tracing::warn!(sink = name, error = %message, backoff_ms = backoff.as_millis() as u64, "cannot read stored progress yet; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(start_err(&format!("sink {name}"), e)),
+        }
     }
 }

@@ -47,7 +47,7 @@ pub enum RouterMsg {
     /// Periodic: idle builds.
     Tick,
     /// Close every build and reply when their results are with the sinks.
-    Drain(RpcReplyPort<()>),
+    Drain(RpcReplyPort<()>, bool),
     /// Set the watermark coordinator (it is started after the router).
     SetCoordinator(ActorRef<WatermarkMsg>),
 }
@@ -166,7 +166,7 @@ impl RouterState {
             }
         }
         if !dead.is_empty() {
-            let source = self.args.source_names.get(span.input as usize).cloned().unwrap_or_default();
+            let source = self.args.source_names.get(crate::kafka_source::source_index(span.input)).cloned().unwrap_or_default();
             let mut records = Vec::with_capacity(dead.len());
             for d in dead {
                 metrics::counter!("meltstream_dead_letters_total", "reason" => d.reason.label()).increment(1);
@@ -175,6 +175,7 @@ impl RouterState {
                     record: OutputRecord::DeadLetter(DeadLetterRecord::from_dead_letter(source.clone(), &d)),
                     hold: HoldSet::one((span.input, span.seq)),
                     origin_wall_ns: origin,
+                    position: Some((span.input, d.offset)),
                 });
             }
             EngineStats::add(&self.args.stats.dead_letters, records.len() as u64);
@@ -209,11 +210,17 @@ impl RouterState {
     }
 
     async fn close_build(&mut self, build: &BuildId) {
+        self.stop_build(build, true).await;
+    }
+
+    /// Stops a build's actor, emitting its open windows or (for a stop that a replay resumes)
+    /// not.
+    async fn stop_build(&mut self, build: &BuildId, emit_open: bool) {
         if let Some(e) = self.builds.remove(build) {
             self.by_actor.remove(&e.actor.get_id());
             metrics::gauge!("meltstream_active_builds").decrement(1.0);
             // Ask it to close and wait, so its results are with the sinks before we go on.
-            let _ = ractor::call!(e.actor, |r| BuildMsg::Close(Some(r)));
+            let _ = ractor::call!(e.actor, |r| BuildMsg::Close(Some(r), emit_open));
             let _ = e.holder;
         }
     }
@@ -263,10 +270,10 @@ impl Actor for Router {
                     st.close_build(&b).await;
                 }
             }
-            RouterMsg::Drain(reply) => {
+            RouterMsg::Drain(reply, emit_open) => {
                 let all: Vec<BuildId> = st.builds.keys().cloned().collect();
                 for b in all {
-                    st.close_build(&b).await;
+                    st.stop_build(&b, emit_open).await;
                 }
                 let _ = reply.send(());
             }

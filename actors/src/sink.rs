@@ -7,8 +7,16 @@
 //! only when the records are durable. A sink that stalls therefore stops the build actors that
 //! feed it, which stop the router, which stops the sources: memory stays bounded.
 //!
+//! # Exactly-once
+//! A transactional writer (PostgreSQL, Kafka) stores the [`Checkpoint`] it is given with every
+//! flush, in the same transaction as the records (see `progress.rs`). The actor flushes when it
+//! has records *or* when the progress moved, so that offsets advance through quiet stretches
+//! too. After a restart, positioned records below what the sink stored as emitted-through are
+//! already durable there: the actor drops them (and acknowledges them) instead of writing them.
+//!
 //! # Shutdown
-//! `Drain` flushes what is buffered and replies once it is durable.
+//! `Drain` flushes what is buffered, asks the commit coordinator for the final progress, stores
+//! it, and replies once it is durable.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,13 +30,22 @@ use meltstream_engine::records::Emitted;
 use crate::commit_coordinator::CommitMsg;
 use crate::engine_stats::EngineStats;
 use crate::now_wall_ns;
+use crate::progress::{Checkpoint, ProgressBoard, StoredProgress};
+
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// Where records end up. `write` may buffer; `flush` makes everything written so far durable.
 pub trait SinkWriter: Send + 'static {
     /// Buffers or writes records.
     fn write(&mut self, records: &[Emitted]) -> impl std::future::Future<Output = Result<(), SinkError>> + Send;
-    /// Makes everything written durable.
-    fn flush(&mut self) -> impl std::future::Future<Output = Result<(), SinkError>> + Send;
+    /// Makes everything written durable; a transactional sink stores `checkpoint` atomically
+    /// with it (a flush with no records then stores just the checkpoint).
+    fn flush(&mut self, checkpoint: &Checkpoint) -> impl std::future::Future<Output = Result<(), SinkError>> + Send;
+    /// For a transactional sink, the progress it stored (read once, before the engine starts);
+    /// `None` for a sink that stores none.
+    fn stored_progress(&mut self) -> impl std::future::Future<Output = Result<Option<StoredProgress>, SinkError>> + Send {
+        async { Ok(None) }
+    }
 }
 
 /// An object-safe wrapper so that a topology can hold sinks of different types.
@@ -39,15 +56,20 @@ pub trait DynWriter: Send + 'static {
     /// See [`SinkWriter::write`].
     fn write<'a>(&'a mut self, records: &'a [Emitted]) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SinkError>> + Send + 'a>>;
     /// See [`SinkWriter::flush`].
-    fn flush(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SinkError>> + Send + '_>>;
+    fn flush<'a>(&'a mut self, checkpoint: &'a Checkpoint) -> BoxFuture<'a, Result<(), SinkError>>;
+    /// See [`SinkWriter::stored_progress`].
+    fn stored_progress(&mut self) -> BoxFuture<'_, Result<Option<StoredProgress>, SinkError>>;
 }
 
 impl<W: SinkWriter> DynWriter for W {
     fn write<'a>(&'a mut self, records: &'a [Emitted]) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SinkError>> + Send + 'a>> {
         Box::pin(SinkWriter::write(self, records))
     }
-    fn flush(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SinkError>> + Send + '_>> {
-        Box::pin(SinkWriter::flush(self))
+    fn flush<'a>(&'a mut self, checkpoint: &'a Checkpoint) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(SinkWriter::flush(self, checkpoint))
+    }
+    fn stored_progress(&mut self) -> BoxFuture<'_, Result<Option<StoredProgress>, SinkError>> {
+        Box::pin(SinkWriter::stored_progress(self))
     }
 }
 
@@ -94,6 +116,10 @@ pub struct SinkArgs {
     pub commit: ActorRef<CommitMsg>,
     /// Engine counters.
     pub stats: Arc<EngineStats>,
+    /// Where the progress to store comes from.
+    pub board: ProgressBoard,
+    /// What a transactional writer stored before this run (`None`: not transactional).
+    pub stored: Option<StoredProgress>,
 }
 
 /// State of a sink actor.
@@ -103,6 +129,7 @@ pub struct SinkState {
     permits: Vec<OwnedSemaphorePermit>,
     origins: Vec<i64>,
     buffered: usize,
+    stored_version: u64,
 }
 
 /// The sink actor.
@@ -110,12 +137,12 @@ pub struct SinkActor;
 
 /// Writes `records` (or, with `None`, flushes), retrying a retryable failure with exponential
 /// backoff (50 ms doubling to 5 s); a fatal one fails the actor.
-async fn with_retries(name: &str, writer: &mut BoxedWriter, records: Option<&[Emitted]>) -> Result<(), ActorProcessingErr> {
+async fn with_retries(name: &str, writer: &mut BoxedWriter, records: Option<&[Emitted]>, checkpoint: &Checkpoint) -> Result<(), ActorProcessingErr> {
     let mut backoff = Duration::from_millis(50);
     loop {
         let res = match records {
             Some(r) => writer.write(r).await,
-            None => writer.flush().await,
+            None => writer.flush(checkpoint).await,
         };
         match res {
             Ok(()) => return Ok(()),
@@ -132,11 +159,24 @@ async fn with_retries(name: &str, writer: &mut BoxedWriter, records: Option<&[Em
 }
 
 impl SinkState {
+    fn transactional(&self) -> bool {
+        self.args.stored.is_some()
+    }
+
+    /// True when `e` is already durable in this sink from before a restart.
+    fn already_stored(&self, e: &Emitted) -> bool {
+        let (Some(stored), Some((input, offset))) = (&self.args.stored, e.position) else { return false };
+        self.args.board.partition_of(input).and_then(|tp| stored.get(&tp)).is_some_and(|p| offset < p.emitted_through)
+    }
+
     async fn flush(&mut self) -> Result<(), ActorProcessingErr> {
-        if self.buffered == 0 {
+        let progressed = self.transactional() && self.args.board.version() != self.stored_version;
+        if self.buffered == 0 && self.pending.is_empty() && !progressed {
             return Ok(());
         }
-        with_retries(&self.args.name, &mut self.args.writer, None).await?;
+        let checkpoint = if self.transactional() { self.args.board.checkpoint() } else { Checkpoint::default() };
+        with_retries(&self.args.name, &mut self.args.writer, None, &checkpoint).await?;
+        self.stored_version = checkpoint.version;
         let now = now_wall_ns();
         self.args.stats.record_latencies(self.origins.iter().map(|&o| ((now - o).max(0) / 1000) as u64));
         for &o in &self.origins {
@@ -164,13 +204,29 @@ impl Actor for SinkActor {
 
     async fn pre_start(&self, myself: ActorRef<SinkMsg>, args: SinkArgs) -> Result<SinkState, ActorProcessingErr> {
         myself.send_interval(args.flush_every, || SinkMsg::Tick);
-        Ok(SinkState { args, pending: Vec::new(), permits: Vec::new(), origins: Vec::new(), buffered: 0 })
+        Ok(SinkState { args, pending: Vec::new(), permits: Vec::new(), origins: Vec::new(), buffered: 0, stored_version: 0 })
     }
 
     async fn handle(&self, _myself: ActorRef<SinkMsg>, msg: SinkMsg, st: &mut SinkState) -> Result<(), ActorProcessingErr> {
         match msg {
-            SinkMsg::Records(records, permit) => {
-                with_retries(&st.args.name, &mut st.args.writer, Some(&records)).await?;
+            SinkMsg::Records(mut records, permit) => {
+                let mut replayed = Vec::new();
+                if st.args.stored.is_some() {
+                    let (old, new): (Vec<Emitted>, Vec<Emitted>) = records.into_iter().partition(|r| st.already_stored(r));
+                    records = new;
+                    replayed = old;
+                }
+                if !replayed.is_empty() {
+                    metrics::counter!("meltstream_sink_replayed_skipped_total", "sink" => st.args.name.clone()).increment(replayed.len() as u64);
+                    for r in &replayed {
+                        for h in r.hold.iter() {
+                            st.pending.push((*h, 1));
+                        }
+                    }
+                }
+                if !records.is_empty() {
+                    with_retries(&st.args.name, &mut st.args.writer, Some(&records), &Checkpoint::default()).await?;
+                }
                 for r in &records {
                     for h in r.hold.iter() {
                         match st.pending.iter_mut().find(|(x, _)| x == h) {
@@ -189,6 +245,12 @@ impl Actor for SinkActor {
             SinkMsg::Tick => st.flush().await?,
             SinkMsg::Drain(reply) => {
                 st.flush().await?;
+                if st.transactional() {
+                    // The coordinator sees our last acknowledgements first (one mailbox, in
+                    // order), then publishes the final progress, which we store.
+                    let _ = ractor::call!(st.args.commit, CommitMsg::Committed);
+                    st.flush().await?;
+                }
                 let _ = reply.send(());
             }
         }

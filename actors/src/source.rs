@@ -54,6 +54,11 @@ impl SourceCtx {
                 }
             },
         };
+        self.send_credited(batch, credit)
+    }
+
+    /// Sends a batch with a credit the caller already holds.
+    pub fn send_credited(&self, batch: RecordBatch, credit: tokio::sync::OwnedSemaphorePermit) -> bool {
         self.router.cast(RouterMsg::Batch(batch, Some(credit), now_wall_ns())).is_ok()
     }
 

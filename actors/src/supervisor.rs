@@ -6,6 +6,9 @@
 //! # Shutdown
 //! Sources stop → the router closes every build (their results go to the sinks) → every sink is
 //! drained (durable) → the committable offsets are published one last time → the tree stops.
+//! With a replayable source (Kafka), a requested shutdown closes builds *without* emitting their
+//! open windows: the stored progress stops before them and a restart reads them whole again, so
+//! a stop never produces a partial layer.
 
 use std::sync::{Arc, Mutex};
 
@@ -46,6 +49,9 @@ pub struct SupervisorArgs {
     pub sources: usize,
     /// The reason the engine stopped abnormally, for the caller.
     pub failure: Arc<Mutex<Option<String>>>,
+    /// On a requested shutdown, stop without emitting open windows (the sources are
+    /// replayable from stored progress: Kafka).
+    pub keep_open_on_shutdown: bool,
 }
 
 /// State.
@@ -55,6 +61,8 @@ pub struct SupervisorState {
     failure: Arc<Mutex<Option<String>>>,
     draining: bool,
     pending_done: usize,
+    shutdown_requested: bool,
+    keep_open_on_shutdown: bool,
 }
 
 /// The supervisor actor.
@@ -76,7 +84,11 @@ impl SupervisorState {
         self.draining = true;
         let Some(s) = self.started.as_ref() else { return Ok(()) };
         tracing::info!("sources ended; draining builds and sinks");
-        ractor::call!(s.router, RouterMsg::Drain).map_err(|e| format!("draining the router: {e}"))?;
+        let emit_open = !(self.shutdown_requested && self.keep_open_on_shutdown);
+        if !emit_open {
+            tracing::info!("stopping without emitting open windows: they are read again from the stored progress on restart");
+        }
+        ractor::call!(s.router, |r| RouterMsg::Drain(r, emit_open)).map_err(|e| format!("draining the router: {e}"))?;
         for sink in s.outputs.sinks() {
             ractor::call!(sink.actor, SinkMsg::Drain).map_err(|e| format!("draining sink {}: {e}", sink.name))?;
         }
@@ -94,7 +106,15 @@ impl Actor for Supervisor {
     type Arguments = SupervisorArgs;
 
     async fn pre_start(&self, _myself: ActorRef<SupervisorMsg>, args: SupervisorArgs) -> Result<SupervisorState, ActorProcessingErr> {
-        Ok(SupervisorState { remaining: args.sources, started: None, failure: args.failure, draining: false, pending_done: 0 })
+        Ok(SupervisorState {
+            remaining: args.sources,
+            started: None,
+            failure: args.failure,
+            draining: false,
+            pending_done: 0,
+            shutdown_requested: false,
+            keep_open_on_shutdown: args.keep_open_on_shutdown,
+        })
     }
 
     async fn handle(&self, myself: ActorRef<SupervisorMsg>, msg: SupervisorMsg, st: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
@@ -122,6 +142,7 @@ impl Actor for Supervisor {
             }
             SupervisorMsg::Shutdown => {
                 tracing::info!("shutdown requested; stopping sources");
+                st.shutdown_requested = true;
                 if let Some(s) = &st.started {
                     for (_, stop) in &s.sources {
                         stop();

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use meltstream_engine::records::{Emitted, OutputRecord};
 
+use crate::progress::Checkpoint;
 use crate::sink::{SinkError, SinkWriter};
 
 /// Collects every record it is given; they count as durable on flush.
@@ -30,7 +31,7 @@ impl SinkWriter for CollectSink {
         Ok(())
     }
 
-    async fn flush(&mut self) -> Result<(), SinkError> {
+    async fn flush(&mut self, _checkpoint: &Checkpoint) -> Result<(), SinkError> {
         self.records.lock().unwrap_or_else(|e| e.into_inner()).append(&mut self.pending);
         Ok(())
     }
@@ -52,11 +53,11 @@ impl SinkWriter for StallSink {
         self.inner.write(records).await
     }
 
-    async fn flush(&mut self) -> Result<(), SinkError> {
+    async fn flush(&mut self, checkpoint: &Checkpoint) -> Result<(), SinkError> {
         while self.stalled.load(Ordering::SeqCst) {
             self.waits.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.inner.flush().await
+        self.inner.flush(checkpoint).await
     }
 }

@@ -158,7 +158,7 @@ impl BuildProcessor {
     }
 
     fn emit(&self, out: &mut Vec<Emitted>, record: OutputRecord, hold: HoldSet, origin_wall_ns: i64) {
-        out.push(Emitted { record, hold, origin_wall_ns });
+        out.push(Emitted { record, hold, origin_wall_ns, position: None });
     }
 
     fn rule_names(&self) -> Vec<&str> {
@@ -210,7 +210,7 @@ impl BuildProcessor {
             for (ri, rule) in self.s.rules.iter().enumerate() {
                 let RuleTarget::Log(name) = &rule.target else { continue };
                 for (k, v) in rec.values.iter().filter(|(k, _)| &**k == name.as_str()) {
-                    if rule.op.fires(*v, rule.limit) && self.cooldowns[ri * MAX_LASERS].admit(rec.t_ns, rule.cooldown_ns) {
+                    if rule.op.fires(*v, rule.limit) && self.cooldowns[ri * MAX_LASERS].admit(rec.t_ns, rule.cooldown_ns, NO_LAYER) {
                         self.counters.anomalies += 1;
                         let a = Anomaly {
                             build_id: self.build.to_string(),
@@ -226,7 +226,7 @@ impl BuildProcessor {
                             x_mm: None,
                             y_mm: None,
                         };
-                        out.push(Emitted { record: OutputRecord::Anomaly(a), hold: hold_of(ctx), origin_wall_ns: ctx.origin_wall_ns });
+                        out.push(Emitted { record: OutputRecord::Anomaly(a), hold: hold_of(ctx), origin_wall_ns: ctx.origin_wall_ns, position: position_of(ctx, rec.source_offset) });
                     }
                 }
             }
@@ -261,7 +261,7 @@ impl BuildProcessor {
             if let Some(j) = first {
                 let t = h.t0_ns + h.dt_ns * j as i64;
                 let slot = ri * MAX_LASERS + usize::from(h.laser).min(MAX_LASERS - 1);
-                if self.cooldowns[slot].admit(t, rule.cooldown_ns) {
+                if self.cooldowns[slot].admit(t, rule.cooldown_ns, h.layer) {
                     self.counters.anomalies += 1;
                     let xy = |c: usize| batch.column(&h, c).map(|v| f64::from(v[j]));
                     let a = Anomaly {
@@ -278,7 +278,7 @@ impl BuildProcessor {
                         x_mm: xy(COL_X),
                         y_mm: xy(COL_Y),
                     };
-                    out.push(Emitted { record: OutputRecord::Anomaly(a), hold: hold_of(ctx), origin_wall_ns: ctx.origin_wall_ns });
+                    out.push(Emitted { record: OutputRecord::Anomaly(a), hold: hold_of(ctx), origin_wall_ns: ctx.origin_wall_ns, position: position_of(ctx, h.source_offset) });
                 }
             }
         }
@@ -331,7 +331,7 @@ impl BuildProcessor {
                             offset: h.source_offset,
                             watermark_ns: self.watermark,
                         };
-                        out.push(Emitted { record: OutputRecord::Late(r), hold: hold_of(ctx), origin_wall_ns: ctx.origin_wall_ns });
+                        out.push(Emitted { record: OutputRecord::Late(r), hold: hold_of(ctx), origin_wall_ns: ctx.origin_wall_ns, position: position_of(ctx, h.source_offset) });
                     }
                 }
             }
@@ -376,7 +376,7 @@ impl BuildProcessor {
                             x_mm: None,
                             y_mm: None,
                         };
-                        out.push(Emitted { record: OutputRecord::Anomaly(a), hold: hold.clone(), origin_wall_ns: origin });
+                        out.push(Emitted { record: OutputRecord::Anomaly(a), hold: hold.clone(), origin_wall_ns: origin, position: None });
                     }
                 }
             }
@@ -417,6 +417,10 @@ impl BuildProcessor {
             self.emit(out, OutputRecord::Window(r), hold, ctx.now_wall_ns);
         }
     }
+}
+
+fn position_of(ctx: &Ctx, offset: u64) -> Option<(crate::batch::InputId, u64)> {
+    ctx.hold.map(|(input, _)| (input, offset))
 }
 
 fn hold_of(ctx: &Ctx) -> HoldSet {

@@ -275,7 +275,7 @@ impl Decoder {
                     vals.push((Arc::from(k.as_str()), v));
                 }
                 vals.sort_by(|a, b| a.0.cmp(&b.0));
-                batch.push_log(LogRecord { build, t_ns, values: vals });
+                batch.push_log(LogRecord { build, t_ns, values: vals, source_offset: offset });
                 Ok(())
             }
             Some(other) => Err(RejectReason::Schema(format!("unknown record type {other:?}; expected sample, block, layer or log"))),

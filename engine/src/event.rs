@@ -157,4 +157,6 @@ pub struct LogRecord {
     pub t_ns: TimeNs,
     /// Channel name (units in the name, e.g. `o2_ppm`) and value.
     pub values: Vec<(Arc<str>, f64)>,
+    /// Source offset of the record it came from.
+    pub source_offset: u64,
 }

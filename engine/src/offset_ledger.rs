@@ -28,14 +28,22 @@ struct InputLedger {
     result_holds: BTreeMap<u64, u32>,
     /// Offset committed last (next offset to read).
     committed: Option<u64>,
+    emitted_through: Option<u64>,
 }
 
 impl InputLedger {
-    fn frontier(&self) -> u64 {
+    /// Lowest batch that is still being processed or whose results are not durable.
+    fn results_frontier(&self) -> u64 {
         let pending = self.batches.iter().find(|(_, (_, parts))| *parts > 0).map(|(s, _)| *s);
-        let window = self.window_holds.values().min().copied();
         let result = self.result_holds.keys().next().copied();
-        [pending, window, result].into_iter().flatten().min().unwrap_or(u64::MAX)
+        [pending, result].into_iter().flatten().min().unwrap_or(u64::MAX)
+    }
+
+    /// Lowest batch that must be read again after a crash: the results frontier, or the first
+    /// batch of a window still open.
+    fn frontier(&self) -> u64 {
+        let window = self.window_holds.values().min().copied().unwrap_or(u64::MAX);
+        self.results_frontier().min(window)
     }
 }
 
@@ -117,12 +125,33 @@ impl OffsetLedger {
             next = Some(next_offset);
             l.batches.remove(&seq);
         }
+        // Batches below the commit frontier are gone; those between it and the results
+        // frontier are still listed.
+        let rf = l.results_frontier();
+        if let Some((_, &(n, _))) = l.batches.range(..rf).next_back() {
+            l.emitted_through = l.emitted_through.max(Some(n));
+        }
+        if let Some(n) = next {
+            l.emitted_through = l.emitted_through.max(Some(n));
+        }
         let n = next?;
         if l.committed.is_some_and(|c| c >= n) {
             return None;
         }
         l.committed = Some(n);
         Some(n)
+    }
+
+    /// The offset below which every record of `input` has been processed and every result it
+    /// produced is durable (open windows aside): a replay must not emit a positioned result
+    /// (an alert, a dead letter) below it again. Never below [`OffsetLedger::committed`].
+    pub fn emitted_through(&self, input: InputId) -> Option<u64> {
+        self.inputs.get(&input).and_then(|l| l.emitted_through)
+    }
+
+    /// Every input seen.
+    pub fn inputs(&self) -> Vec<InputId> {
+        self.inputs.keys().copied().collect()
     }
 
     /// Advances every input; returns the inputs whose committable offset moved.
@@ -172,6 +201,28 @@ mod tests {
         assert_eq!(l.advance(0), None, "no change");
     }
 
+    #[test]
+    fn emitted_through_passes_open_windows_but_not_pending_results() {
+        let mut l = OffsetLedger::new();
+        for s in 0..4 {
+            l.register(span(s), 1);
+        }
+        l.set_window_hold(7, 0, Some(0));
+        l.release((0, 0));
+        l.release((0, 1));
+        l.emitted((0, 2), 1);
+        l.release((0, 2));
+        assert_eq!(l.advance(0), None, "window open on batch 0");
+        assert_eq!(l.emitted_through(0), Some(20), "batch 2's alert is not durable");
+        l.durable((0, 2), 1);
+        l.advance(0);
+        assert_eq!(l.emitted_through(0), Some(30), "batch 3 is still being processed");
+        l.release((0, 3));
+        l.set_window_hold(7, 0, None);
+        assert_eq!(l.advance(0), Some(40));
+        assert_eq!(l.emitted_through(0), Some(40));
+    }
+
     proptest! {
         /// Random interleavings: the committed offset never passes a batch that is still held.
         #[test]
@@ -196,6 +247,12 @@ mod tests {
                 if let Some(c) = l.committed(0) {
                     let lowest_held = pending.iter().chain(results.iter()).chain(window.iter()).min().copied();
                     if let Some(h) = lowest_held { prop_assert!(c <= h * 10, "committed {} past held batch {}", c, h); }
+                }
+                if let Some(f) = l.emitted_through(0) {
+                    prop_assert!(l.committed(0).is_none_or(|c| c <= f), "emitted-through {} below the commit", f);
+                    if let Some(h) = pending.iter().chain(results.iter()).min() {
+                        prop_assert!(f <= h * 10, "emitted-through {} past unfinished batch {}", f, h);
+                    }
                 }
             }
         }

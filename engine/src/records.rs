@@ -258,4 +258,10 @@ pub struct Emitted {
     /// Wall-clock time (ns) its latency is measured from: the sample's arrival for anomalies,
     /// the watermark's arrival for window results.
     pub origin_wall_ns: i64,
+    /// Source position (input, offset) of the one record that produced it: set for anomalies
+    /// raised by a sample or a log record, late records and dead letters; `None` for window
+    /// results, which many records produce. On a replay after a crash, a transactional sink
+    /// drops a positioned record whose offset lies below the "emitted through" offset it stored
+    /// with its last transaction (it is already durable there).
+    pub position: Option<(crate::batch::InputId, u64)>,
 }

@@ -124,14 +124,23 @@ impl Rule {
 /// Event-time cooldown of one rule for one (build, laser): an alert is admitted when it is at
 /// least `cooldown` away, in event time, from the last admitted one (either side, so that an
 /// out-of-order sample does not re-arm it).
+///
+/// The cooldown is scoped (to a layer, for sample rules): a new scope starts fresh. That makes
+/// the alerts of a layer a function of that layer's records alone, so that a replay from the
+/// start of an open layer after a crash raises exactly the alerts of an uninterrupted run.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Cooldown {
     last_ns: Option<TimeNs>,
+    scope: u32,
 }
 
 impl Cooldown {
-    /// True (and remembers `t_ns`) when an alert at `t_ns` may be raised.
-    pub fn admit(&mut self, t_ns: TimeNs, cooldown_ns: i64) -> bool {
+    /// True (and remembers `t_ns`) when an alert at `t_ns` in `scope` may be raised.
+    pub fn admit(&mut self, t_ns: TimeNs, cooldown_ns: i64, scope: u32) -> bool {
+        if scope != self.scope {
+            self.scope = scope;
+            self.last_ns = None;
+        }
         match self.last_ns {
             Some(l) if t_ns.abs_diff(l) < cooldown_ns.max(1) as u64 => false,
             _ => {
@@ -165,10 +174,11 @@ mod tests {
     #[test]
     fn cooldown_admits_once_per_period() {
         let mut c = Cooldown::default();
-        assert!(c.admit(0, 100));
-        assert!(!c.admit(50, 100));
-        assert!(c.admit(100, 100));
-        assert!(c.admit(1_000_000, 100));
-        assert!(!c.admit(999_950, 100), "out of order within the period");
+        assert!(c.admit(0, 100, 1));
+        assert!(!c.admit(50, 100, 1));
+        assert!(c.admit(100, 100, 1));
+        assert!(c.admit(1_000_000, 100, 1));
+        assert!(!c.admit(999_950, 100, 1), "out of order within the period");
+        assert!(c.admit(999_960, 100, 2), "a new layer starts fresh");
     }
 }

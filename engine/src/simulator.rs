@@ -395,7 +395,7 @@ impl Machine {
     ) {
         let Some(item) = self.next_item(s) else { return };
         let t = match item {
-            Item::Log(t) => return self.emit_log(s, truth, batch, t),
+            Item::Log(t) => return self.emit_log(s, truth, batch, t, offset),
             Item::Stage(t) => t,
         };
         let layer = self.layer;
@@ -431,7 +431,7 @@ impl Machine {
         }
     }
 
-    fn emit_log(&mut self, s: &Setup, truth: &mut Vec<InjectedAnomaly>, batch: &mut RecordBatch, t: TimeNs) {
+    fn emit_log(&mut self, s: &Setup, truth: &mut Vec<InjectedAnomaly>, batch: &mut RecordBatch, t: TimeNs, offset: u64) {
         if t == self.next_tick_ns {
             self.next_tick_ns = self.next_tick_ns.saturating_add(LOG_PERIOD_NS);
         }
@@ -460,7 +460,7 @@ impl Machine {
             (s.log_keys[2].clone(), round(o2, 10.0)),
             (s.log_keys[3].clone(), round(80.0 + 0.5 * self.rng.sym(), 10.0)),
         ];
-        batch.push_log(LogRecord { build: self.build.clone(), t_ns: t, values });
+        batch.push_log(LogRecord { build: self.build.clone(), t_ns: t, values, source_offset: offset });
     }
 
     fn start_layer(&mut self, s: &Setup, truth: &mut Vec<InjectedAnomaly>, batch: &mut RecordBatch, t: TimeNs) {

@@ -242,6 +242,40 @@ impl Default for R1Config {
     }
 }
 
+/// `type = "kafka"` source: a consumer-group member reading JSON messages (the seed's format,
+/// sample blocks, layer events, logs).
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSourceConfig {
+    /// Bootstrap servers (`host:port,...`); `${VAR}` and `${VAR:-default}` are expanded.
+    pub brokers: String,
+    /// Topics to read.
+    pub topics: Vec<String>,
+    /// Consumer group (default: `meltstream-<topology name>`).
+    #[serde(default)]
+    pub group_id: String,
+    /// Messages per batch (per partition).
+    #[serde(default = "default_batch_records")]
+    pub batch_records: usize,
+    /// A partial batch is sent after this long, ms.
+    #[serde(default = "default_linger_ms")]
+    pub linger_ms: u64,
+    /// librdkafka's read-ahead bound per consumer, KiB (`queued.max.messages.kbytes`).
+    #[serde(default = "default_prefetch_kib")]
+    pub prefetch_kib: u64,
+    /// Extra librdkafka properties (security, timeouts).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_linger_ms() -> u64 {
+    5
+}
+
+fn default_prefetch_kib() -> u64 {
+    16 * 1024
+}
+
 /// A source of the topology.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -252,6 +286,8 @@ pub enum SourceKind {
     R1(R1Config),
     /// JSON-lines replay.
     File(FileSourceConfig),
+    /// Kafka consumer.
+    Kafka(KafkaSourceConfig),
 }
 
 /// A named source.
@@ -339,6 +375,59 @@ pub struct NullSinkConfig {
     pub records: Vec<RecordKind>,
 }
 
+/// `type = "postgres"` sink: tables per record kind, written in batches, each flush one
+/// transaction together with the source progress.
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSinkConfig {
+    /// Connection URL; `${VAR}` and `${VAR:-default}` are expanded.
+    pub url: String,
+    /// Schema holding the tables (created and migrated by the engine).
+    #[serde(default = "default_pg_schema")]
+    pub schema: String,
+    /// Pipeline name keying every row and the progress (default: the topology's name).
+    #[serde(default)]
+    pub pipeline: String,
+    /// Record kinds written.
+    #[serde(default = "all_kinds")]
+    pub records: Vec<RecordKind>,
+    /// Flush (one transaction) at least this often, ms.
+    #[serde(default = "default_flush_ms")]
+    pub flush_ms: u64,
+}
+
+fn default_pg_schema() -> String {
+    "meltstream".into()
+}
+
+/// `type = "kafka"` sink: a transactional producer; records and the source offsets that
+/// produced them commit together.
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkConfig {
+    /// Bootstrap servers; `${VAR}` and `${VAR:-default}` are expanded.
+    pub brokers: String,
+    /// Topic written.
+    pub topic: String,
+    /// Transactional id (default: `meltstream-<topology name>-<sink name>`); one per running
+    /// engine instance.
+    #[serde(default)]
+    pub transactional_id: String,
+    /// Record kinds written: only kinds with a source position (`anomaly`, `dead_letter`, `late`).
+    #[serde(default = "alert_kinds")]
+    pub records: Vec<RecordKind>,
+    /// Flush (one transaction) at least this often, ms.
+    #[serde(default = "default_flush_ms")]
+    pub flush_ms: u64,
+    /// Extra librdkafka properties.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn alert_kinds() -> Vec<RecordKind> {
+    vec![RecordKind::Anomaly]
+}
+
 /// A sink of the topology.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -347,6 +436,10 @@ pub enum SinkKind {
     File(FileSinkConfig),
     /// Discards.
     Null(NullSinkConfig),
+    /// PostgreSQL tables.
+    Postgres(PostgresSinkConfig),
+    /// Kafka topic, transactional.
+    Kafka(KafkaSinkConfig),
 }
 
 impl SinkKind {
@@ -355,8 +448,36 @@ impl SinkKind {
         match self {
             SinkKind::File(c) => &c.records,
             SinkKind::Null(c) => &c.records,
+            SinkKind::Postgres(c) => &c.records,
+            SinkKind::Kafka(c) => &c.records,
         }
     }
+}
+
+/// Expands `${VAR}` and `${VAR:-default}` in `s` from the environment (an unset variable
+/// without a default expands to nothing).
+pub fn expand_env(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        let Some(j) = rest[i..].find('}') else {
+            out.push_str(&rest[i..]);
+            return out;
+        };
+        let inner = &rest[i + 2..i + j];
+        let (name, default) = match inner.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (inner, None),
+        };
+        match std::env::var(name) {
+            Ok(v) if !v.is_empty() => out.push_str(&v),
+            _ => out.push_str(default.unwrap_or("")),
+        }
+        rest = &rest[i + j + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A named sink.
@@ -663,6 +784,12 @@ pub fn load(text: &str, file: &str, base_dir: &Path) -> Result<Topology, ConfigE
             c.err(&format!("{key}.records"), "expected at least one record kind");
         }
     }
+    let kafka_sources = sources.iter().filter(|(_, s)| matches!(s.kind, SourceKind::Kafka(_))).count();
+    for (key, s) in &sinks {
+        if matches!(s.kind, SinkKind::Kafka(_)) && kafka_sources != 1 {
+            c.err(&format!("{key}.type"), format!("a Kafka sink commits the offsets of exactly one Kafka source's group; this topology has {kafka_sources}"));
+        }
+    }
     let late_needs_sink = engine.late_policy == LatePolicy::LateSink;
     if late_needs_sink && !sinks.iter().any(|(_, s)| s.kind.records().contains(&RecordKind::Late)) {
         c.err("engine.late_policy", "\"late_sink\" needs a sink whose `records` include \"late\"");
@@ -671,15 +798,23 @@ pub fn load(text: &str, file: &str, base_dir: &Path) -> Result<Topology, ConfigE
         c.errors.sort_by_key(|e| e.line);
         return Err(ConfigErrors(c.errors));
     }
-    Ok(Topology {
-        name,
-        base_dir: base_dir.to_path_buf(),
-        engine,
-        sources: sources.into_iter().map(|(_, s)| s).collect(),
-        windows,
-        rules: rules.into_iter().map(|(_, r)| r).collect(),
-        sinks: sinks.into_iter().map(|(_, s)| s).collect(),
-    })
+    let mut sources: Vec<SourceConfig> = sources.into_iter().map(|(_, s)| s).collect();
+    for s in &mut sources {
+        if let SourceKind::Kafka(k) = &mut s.kind {
+            if k.group_id.is_empty() {
+                k.group_id = format!("meltstream-{name}");
+            }
+        }
+    }
+    let mut sinks: Vec<SinkConfig> = sinks.into_iter().map(|(_, s)| s).collect();
+    for s in &mut sinks {
+        match &mut s.kind {
+            SinkKind::Postgres(p) if p.pipeline.is_empty() => p.pipeline = name.clone(),
+            SinkKind::Kafka(k) if k.transactional_id.is_empty() => k.transactional_id = format!("meltstream-{name}-{}", s.name),
+            _ => {}
+        }
+    }
+    Ok(Topology { name, base_dir: base_dir.to_path_buf(), engine, sources, windows, rules: rules.into_iter().map(|(_, r)| r).collect(), sinks })
 }
 
 fn array_of_tables(c: &mut Checker<'_>, root: &toml::Table, key: &str) -> Vec<(String, toml::Table)> {
@@ -735,7 +870,7 @@ fn take_name_and_type(c: &mut Checker<'_>, key: &str, t: &mut toml::Table, types
 
 /// The source registry: one arm per source type.
 fn parse_source(c: &mut Checker<'_>, key: &str, mut t: toml::Table) -> Option<(String, SourceConfig)> {
-    let (name, ty) = take_name_and_type(c, key, &mut t, &["simulator", "file", "r1"])?;
+    let (name, ty) = take_name_and_type(c, key, &mut t, &["simulator", "file", "r1", "kafka"])?;
     let v = toml::Value::Table(t);
     let kind = match ty.as_str() {
         "simulator" => {
@@ -756,6 +891,22 @@ fn parse_source(c: &mut Checker<'_>, key: &str, mut t: toml::Table) -> Option<(S
             }
             SourceKind::File(f)
         }
+        "kafka" => {
+            let k: KafkaSourceConfig = c.de(key, v)?;
+            if k.brokers.trim().is_empty() {
+                c.err(&format!("{key}.brokers"), "expected `host:port[,host:port...]`");
+            }
+            if k.topics.is_empty() || k.topics.iter().any(|t| t.is_empty()) {
+                c.err(&format!("{key}.topics"), "expected at least one non-empty topic name");
+            }
+            if k.topics.len() > 256 {
+                c.err(&format!("{key}.topics"), "at most 256 topics per source");
+            }
+            positive(c, &format!("{key}.batch_records"), k.batch_records as u64);
+            positive(c, &format!("{key}.linger_ms"), k.linger_ms);
+            positive(c, &format!("{key}.prefetch_kib"), k.prefetch_kib);
+            SourceKind::Kafka(k)
+        }
         _ => return None,
     };
     Some((key.to_owned(), SourceConfig { name, kind }))
@@ -763,7 +914,7 @@ fn parse_source(c: &mut Checker<'_>, key: &str, mut t: toml::Table) -> Option<(S
 
 /// The sink registry: one arm per sink type.
 fn parse_sink(c: &mut Checker<'_>, key: &str, mut t: toml::Table) -> Option<(String, SinkConfig)> {
-    let (name, ty) = take_name_and_type(c, key, &mut t, &["file", "null"])?;
+    let (name, ty) = take_name_and_type(c, key, &mut t, &["file", "null", "postgres", "kafka"])?;
     let v = toml::Value::Table(t);
     let kind = match ty.as_str() {
         "file" => {
@@ -774,6 +925,36 @@ fn parse_sink(c: &mut Checker<'_>, key: &str, mut t: toml::Table) -> Option<(Str
             SinkKind::File(f)
         }
         "null" => SinkKind::Null(c.de(key, v)?),
+        "postgres" => {
+            let p: PostgresSinkConfig = c.de(key, v)?;
+            if p.url.trim().is_empty() {
+                c.err(&format!("{key}.url"), "expected a connection URL such as \"postgres://user@host:5432/db\"");
+            }
+            if p.schema.is_empty() || !p.schema.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_') || p.schema.starts_with(|ch: char| ch.is_ascii_digit()) {
+                c.err(&format!("{key}.schema"), "expected an identifier (letters, digits, `_`, not starting with a digit)");
+            }
+            positive(c, &format!("{key}.flush_ms"), p.flush_ms);
+            SinkKind::Postgres(p)
+        }
+        "kafka" => {
+            let k: KafkaSinkConfig = c.de(key, v)?;
+            if k.brokers.trim().is_empty() {
+                c.err(&format!("{key}.brokers"), "expected `host:port[,host:port...]`");
+            }
+            if k.topic.is_empty() {
+                c.err(&format!("{key}.topic"), "expected a topic name");
+            }
+            for r in &k.records {
+                if matches!(r, RecordKind::LayerSummary | RecordKind::Grid | RecordKind::Window) {
+                    c.err(
+                        &format!("{key}.records"),
+                        format!("{:?} cannot go to a Kafka sink exactly once (window results are deduplicated by key; a topic has none): use a postgres or file sink; expected anomaly, dead_letter or late", r.name()),
+                    );
+                }
+            }
+            positive(c, &format!("{key}.flush_ms"), k.flush_ms);
+            SinkKind::Kafka(k)
+        }
         _ => return None,
     };
     Some((key.to_owned(), SinkConfig { name, kind }))

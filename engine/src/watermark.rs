@@ -73,7 +73,11 @@ impl WatermarkTracker {
         } else {
             let active: Vec<&&InputState> = live.iter().filter(|s| now_wall - s.last_data_wall < self.idle_ns).collect();
             if active.is_empty() {
-                live.iter().map(|s| wm_of(s)).max().unwrap_or(TimeNs::MIN)
+                // Nothing arrived anywhere for the idle timeout: the out-of-order stragglers the
+                // bound waits for are not coming, so everything seen so far is complete. This is
+                // what closes the last layer and ends the last build of a stream that never
+                // ends (Kafka) once it goes quiet.
+                live.iter().map(|s| s.max_t).max().unwrap_or(TimeNs::MIN)
             } else {
                 active.iter().map(|s| wm_of(s)).min().unwrap_or(TimeNs::MIN)
             }
@@ -122,6 +126,14 @@ mod tests {
         w.observe(1, 20, 1_300);
         assert_eq!(w.advance(1_300), None, "never backwards");
         assert_eq!(w.current(), 200);
+    }
+
+    #[test]
+    fn all_idle_releases_the_bound() {
+        let mut w = WatermarkTracker::new(50, 1_000);
+        w.observe(0, 100, 0);
+        assert_eq!(w.advance(0), Some(50));
+        assert_eq!(w.advance(1_000), Some(100), "quiet for the idle timeout: everything seen is complete");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Shared harness of the integration tests: run a topology in-process with collecting sinks.
 #![allow(dead_code)]
 
+pub mod services;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

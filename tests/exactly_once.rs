@@ -1,0 +1,326 @@
+//! Exactly-once across crashes, with a real Kafka broker and a real PostgreSQL server (both
+//! started by `./scripts/test` through `scripts/services/`).
+//!
+//! A fixed input (a simulated fleet, with malformed records mixed in) is written to Kafka once.
+//! A reference pipeline processes it without interruption. Then the same input goes through:
+//! - a pipeline whose engine is killed with SIGKILL at random instants and restarted each time;
+//! - a pipeline whose PostgreSQL server is stopped for 30 s mid-run;
+//! - a pipeline whose Kafka broker is restarted mid-run.
+//! Each one's PostgreSQL tables and its `read_committed` Kafka output must equal the
+//! reference's, row for row and record for record.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use meltstream_engine::simulator::{write_json_lines, Simulator};
+use meltstream_engine::topology::SimulatorConfig;
+
+mod support;
+use support::services::{end_offsets, env, pg, produce, read_committed};
+
+struct Fixture {
+    brokers: String,
+    db_url: String,
+    schema: String,
+    /// Prefix of the topics; each pipeline reads its own copy of the input.
+    prefix: String,
+    dir: PathBuf,
+    lines: Vec<(String, String)>,
+    /// Messages written per partition (the high watermark of each).
+    end_offsets: BTreeMap<i32, i64>,
+    total: i64,
+}
+
+impl Fixture {
+    fn input_topic(&self, pipeline: &str) -> String {
+        format!("{}-{pipeline}", self.prefix)
+    }
+
+    fn alerts_topic(&self, pipeline: &str) -> String {
+        format!("{}-{pipeline}-alerts", self.prefix)
+    }
+
+    /// Writes part of the input (`..` for all) to the pipeline's topic.
+    async fn produce(&self, pipeline: &str, range: std::ops::Range<usize>) {
+        produce(&self.brokers, &self.input_topic(pipeline), &self.lines[range]).await;
+    }
+}
+
+/// The fixed input: 3 machines, 4 layers each, 2 lasers at 10 kHz, with injected anomalies,
+/// keyed by build; plus malformed records.
+fn input_lines() -> Vec<(String, String)> {
+    let cfg = SimulatorConfig { machines: 3, lasers: 2, sample_rate_hz: 10_000, layers: 4, layer_ms: 400, recoat_ms: 50, seed: 11, ..SimulatorConfig::default() };
+    let mut sim = Simulator::new(&cfg, 0);
+    let mut text = String::new();
+    while let Some(b) = sim.next_batch() {
+        write_json_lines(&b, &mut text);
+    }
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("simulator JSON");
+        let key = v.get("build_id").and_then(|b| b.as_str()).unwrap_or("none").to_owned();
+        if i % 997 == 500 {
+            out.push((key.clone(), "{not json".to_owned()));
+            out.push((key.clone(), r#"{"build_id": "b", "layer": "four", "timestamp": "2024-01-15T10:30:00Z"}"#.to_owned()));
+        }
+        out.push((key, line.to_owned()));
+    }
+    out
+}
+
+/// Every row of every result table of `pipeline`, without the write times, sorted per table.
+async fn tables(f: &Fixture, pipeline: &str) -> BTreeMap<String, Vec<String>> {
+    let c = pg(&f.db_url).await;
+    let names = c
+        .query("SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1 AND table_name NOT IN ('progress', 'schema_version') ORDER BY 1", &[&f.schema])
+        .await
+        .expect("tables");
+    let mut out = BTreeMap::new();
+    for n in names {
+        let t: String = n.get(0);
+        let q = format!("SELECT (to_jsonb(t) - 'pipeline' - 'written_at')::text FROM {}.{} t WHERE pipeline = $1", f.schema, t);
+        let mut rows: Vec<String> = c.query(&q, &[&pipeline]).await.expect("rows").iter().map(|r| r.get(0)).collect();
+        rows.sort();
+        out.insert(t, rows);
+    }
+    out
+}
+
+/// Sum over partitions of the progress `pipeline` stored in PostgreSQL and in the group's
+/// offsets (what the Kafka sink committed).
+async fn stored_offsets(f: &Fixture, pipeline: &str) -> (i64, i64) {
+    let c = pg(&f.db_url).await;
+    let q = format!("SELECT coalesce(sum(resume_offset), 0)::bigint FROM {}.progress WHERE pipeline = $1", f.schema);
+    let in_pg: i64 = match c.query_one(&q, &[&pipeline]).await {
+        Ok(r) => r.get(0),
+        Err(_) => 0,
+    };
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &f.brokers).set("group.id", format!("g-{pipeline}")).create().expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in f.end_offsets.keys() {
+        tpl.add_partition(&f.input_topic(pipeline), *p);
+    }
+    let in_kafka = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .map(|t| t.elements().iter().map(|e| if let Offset::Offset(o) = e.offset() { o } else { 0 }).sum())
+        .unwrap_or(0);
+    (in_pg, in_kafka)
+}
+
+fn topology(f: &Fixture, pipeline: &str) -> PathBuf {
+    let path = f.dir.join(format!("{pipeline}.toml"));
+    let text = format!(
+        r#"name = "{pipeline}"
+[engine]
+summary_interval_ms = 0
+build_idle_timeout_ms = 600000
+input_idle_timeout_ms = 500
+watermark_bound_ms = 20
+
+[[sources]]
+name = "ispm"
+type = "kafka"
+brokers = "{brokers}"
+topics = ["{topic}"]
+group_id = "g-{pipeline}"
+batch_records = 200
+
+[[rules]]
+name = "hot_spot"
+channel = "photodiode_on_axis"
+op = ">"
+limit = 3000.0
+cooldown_ms = 50
+
+[[rules]]
+name = "power_drop"
+channel = "laser_power_w"
+op = "<"
+limit = 150.0
+cooldown_ms = 50
+
+[[sinks]]
+name = "pg"
+type = "postgres"
+url = "{url}"
+schema = "{schema}"
+records = ["layer_summary", "grid", "anomaly", "dead_letter"]
+flush_ms = 50
+
+[[sinks]]
+name = "alerts"
+type = "kafka"
+brokers = "{brokers}"
+topic = "{alerts}"
+records = ["anomaly", "dead_letter"]
+flush_ms = 50
+"#,
+        brokers = f.brokers,
+        topic = f.input_topic(pipeline),
+        alerts = f.alerts_topic(pipeline),
+        url = f.db_url,
+        schema = f.schema,
+    );
+    std::fs::write(&path, text).expect("write topology");
+    path
+}
+
+fn spawn(f: &Fixture, topo: &Path, run: usize) -> Child {
+    let name = topo.file_stem().unwrap().to_string_lossy().into_owned();
+    let log = std::fs::File::create(f.dir.join(format!("{name}-{run}.log"))).expect("log file");
+    Command::new(env!("CARGO_BIN_EXE_meltstream"))
+        .arg("run")
+        .arg("--quiet")
+        .arg(topo)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn meltstream")
+}
+
+/// Waits until both sinks stored progress at the end of the input, then stops with SIGTERM.
+async fn finish(f: &Fixture, pipeline: &str, mut child: Child) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let (in_pg, in_kafka) = stored_offsets(f, pipeline).await;
+        if in_pg == f.total && in_kafka == f.total {
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("engine of {pipeline} exited early with {status}; logs in {}", f.dir.display());
+        }
+        assert!(Instant::now() < deadline, "{pipeline} did not catch up: PostgreSQL at {in_pg}, Kafka at {in_kafka}, input {}; logs in {}", f.total, f.dir.display());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let term = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("kill");
+    assert!(term.success());
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0), "{pipeline}: exit status after SIGTERM; logs in {}", f.dir.display());
+}
+
+/// Waits until `pipeline` stored some progress (so that an interruption lands mid-run).
+async fn started(f: &Fixture, pipeline: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while stored_offsets(f, pipeline).await.0 == 0 {
+        assert!(Instant::now() < deadline, "{pipeline} stored no progress; logs in {}", f.dir.display());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn assert_same_as_reference(f: &Fixture, reference: &(BTreeMap<String, Vec<String>>, Vec<String>), pipeline: &str) {
+    let got = tables(f, pipeline).await;
+    for (table, rows) in &reference.0 {
+        let other = &got[table];
+        if rows != other {
+            let missing: Vec<&String> = rows.iter().filter(|r| !other.contains(r)).take(3).collect();
+            let extra: Vec<&String> = other.iter().filter(|r| !rows.contains(r)).take(3).collect();
+            panic!("{pipeline}: table {table} differs from the reference ({} rows vs {}); missing e.g. {missing:?}; extra e.g. {extra:?}", other.len(), rows.len());
+        }
+    }
+    let out = read_committed(&f.brokers, &f.alerts_topic(pipeline));
+    assert_eq!(out.len(), reference.1.len(), "{pipeline}: read_committed alert count");
+    assert!(out == reference.1, "{pipeline}: read_committed alerts differ from the reference");
+}
+
+fn service(script: &str, cmd: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/services").join(script);
+    let st = Command::new(&path).arg(cmd).status().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(st.success(), "{script} {cmd} failed");
+}
+
+/// A small deterministic generator for the kill instants (the seed is printed).
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_are_exactly_once_across_crashes_outages_and_broker_restarts() {
+    let brokers = env("KAFKA_BOOTSTRAP");
+    let db_url = env("DATABASE_URL");
+    let run = format!("{}_{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis());
+    let dir = std::env::temp_dir().join(format!("meltstream-xo-{run}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let lines = input_lines();
+    let half = lines.len() / 2;
+    let all = 0..lines.len();
+    let mut f = Fixture {
+        brokers,
+        db_url,
+        schema: format!("xo_{run}"),
+        prefix: format!("ispm-xo-{run}"),
+        dir,
+        lines,
+        end_offsets: BTreeMap::new(),
+        total: 0,
+    };
+    f.produce("reference", all.clone()).await;
+    f.end_offsets = end_offsets(&f.brokers, &f.input_topic("reference"));
+    f.total = f.end_offsets.values().sum();
+    assert_eq!(f.total as usize, f.lines.len(), "every input message written");
+    eprintln!("input: {} messages in {} partitions; logs in {}", f.total, f.end_offsets.len(), f.dir.display());
+
+    // The reference: one uninterrupted run.
+    let topo = topology(&f, "reference");
+    finish(&f, "reference", spawn(&f, &topo, 0)).await;
+    let reference = (tables(&f, "reference").await, read_committed(&f.brokers, &f.alerts_topic("reference")));
+    let count = |t: &str| reference.0.get(t).map_or(0, Vec::len);
+    assert!(count("layer_summaries") >= 3 * 4 * 2, "layer summaries of every build, layer and laser: {}", count("layer_summaries"));
+    assert!(count("anomalies") > 0, "the injected anomalies raise alerts");
+    assert!(count("dead_letters") > 0, "the malformed records are dead-lettered");
+    assert!(!reference.1.is_empty(), "alerts reach the Kafka sink");
+
+    // SIGKILL at random instants, restarting each time; the input arrives in two halves.
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    eprintln!("kill instants seed: {seed}");
+    let mut rng = Lcg(seed);
+    let topo = topology(&f, "crash");
+    f.produce("crash", 0..half).await;
+    for i in 0..6 {
+        let mut child = spawn(&f, &topo, i);
+        let ms = 200 + rng.next(2000);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        let _ = child.kill();
+        let _ = child.wait();
+        eprintln!("crash run {i}: killed after {ms} ms; stored {:?}", stored_offsets(&f, "crash").await);
+        if i == 2 {
+            f.produce("crash", half..f.lines.len()).await;
+        }
+    }
+    finish(&f, "crash", spawn(&f, &topo, 6)).await;
+    assert_same_as_reference(&f, &reference, "crash").await;
+
+    // PostgreSQL down for 30 s mid-run, while the second half of the input arrives.
+    let topo = topology(&f, "outage");
+    f.produce("outage", 0..half).await;
+    let child = spawn(&f, &topo, 0);
+    started(&f, "outage").await;
+    service("postgres.sh", "stop-server");
+    f.produce("outage", half..f.lines.len()).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    service("postgres.sh", "start-server");
+    finish(&f, "outage", child).await;
+    assert_same_as_reference(&f, &reference, "outage").await;
+
+    // The broker restarted mid-run; the second half arrives after it is back.
+    let topo = topology(&f, "bounce");
+    f.produce("bounce", 0..half).await;
+    let child = spawn(&f, &topo, 0);
+    started(&f, "bounce").await;
+    service("kafka.sh", "stop-server");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    service("kafka.sh", "start-server");
+    f.produce("bounce", half..f.lines.len()).await;
+    finish(&f, "bounce", child).await;
+    assert_same_as_reference(&f, &reference, "bounce").await;
+}

@@ -1,6 +1,12 @@
-//! `meltstream bench r1|r2`: the reference workloads of DESIGN §4 through the whole engine
-//! (generator source → router → build actors → windows → null sink), printing the command line,
-//! the machine, throughput, peak resident memory and result-latency percentiles (hdrhistogram).
+//! `meltstream bench r1|r2|kafka-pg`: the reference workloads of DESIGN §4 through the whole
+//! engine, printing the command line, the machine, throughput, peak resident memory and
+//! result-latency percentiles (hdrhistogram).
+//!
+//! - `r1`, `r2`: generator source → router → build actors → windows → null sink.
+//! - `kafka-pg`: R2 sample blocks written to a fresh Kafka topic first (not timed), then
+//!   Kafka source → engine → PostgreSQL sink with exactly-once on (results and offsets in one
+//!   transaction), timed from the engine's start until every offset is stored with its results.
+//!   Needs `KAFKA_BOOTSTRAP` and `DATABASE_URL` (`scripts/services/*.sh start` and `env`).
 
 use std::time::Instant;
 
@@ -16,6 +22,8 @@ pub enum Workload {
     R1,
     /// A fleet of 4-laser machines sending 1 ms sample blocks.
     R2,
+    /// R2's blocks through Kafka into PostgreSQL, exactly-once on.
+    KafkaPg,
 }
 
 fn r1_topology(samples: u64) -> String {
@@ -88,15 +96,136 @@ fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
+fn kafka_pg_topology(brokers: &str, topic: &str, url: &str, pipeline: &str) -> String {
+    let demo = topology::DEMO_TOML;
+    let rules_and_windows: String = demo[demo.find("[windows]").unwrap_or(0)..demo.find("[[sinks]]").unwrap_or(demo.len())].to_string();
+    format!(
+        r#"name = "{pipeline}"
+[engine]
+watermark_bound_ms = 50
+input_idle_timeout_ms = 500
+summary_interval_ms = 0
+memory_budget_mb = 128
+[[sources]]
+name = "ispm"
+type = "kafka"
+brokers = "{brokers}"
+topics = ["{topic}"]
+batch_records = 512
+{rules_and_windows}
+[[sinks]]
+name = "pg"
+type = "postgres"
+url = "{url}"
+schema = "bench"
+records = ["layer_summary", "grid", "window", "anomaly", "dead_letter"]
+flush_ms = 20
+"#
+    )
+}
+
+/// Writes R2's stream (4 lasers at 100 kHz, 1 ms blocks) as JSON messages keyed by build;
+/// returns (messages, samples).
+async fn produce_r2(brokers: &str, topic: &str, machines: u32, layers: u32) -> anyhow::Result<(u64, u64)> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let cfg = topology::SimulatorConfig { machines, lasers: 4, sample_rate_hz: 100_000, layers, layer_ms: 2000, recoat_ms: 200, ..Default::default() };
+    let mut sim = meltstream_engine::simulator::Simulator::new(&cfg, 0);
+    let p: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.kbytes", "262144")
+        .create()
+        .context("producer")?;
+    let (mut messages, mut samples) = (0u64, 0u64);
+    let mut text = String::new();
+    let mut pending = Vec::new();
+    while let Some(b) = sim.next_batch() {
+        samples += b.sample_count();
+        text.clear();
+        meltstream_engine::simulator::write_json_lines(&b, &mut text);
+        for line in text.lines() {
+            let key = line.split("\"build_id\":\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or("").to_owned();
+            let f = p.send_result(FutureRecord::to(topic).key(key.as_str()).payload(line)).map_err(|(e, _)| e).context("enqueue")?;
+            pending.push(f);
+            messages += 1;
+        }
+        if pending.len() > 20_000 {
+            for f in pending.drain(..) {
+                f.await.context("delivery")?.map_err(|(e, _)| e).context("delivery")?;
+            }
+        }
+    }
+    for f in pending {
+        f.await.context("delivery")?.map_err(|(e, _)| e).context("delivery")?;
+    }
+    Ok((messages, samples))
+}
+
+fn kafka_pg(machines: u32, layers: u32) -> anyhow::Result<()> {
+    let brokers = std::env::var("KAFKA_BOOTSTRAP").context("KAFKA_BOOTSTRAP is not set: eval \"$(scripts/services/kafka.sh env)\" after scripts/services/kafka.sh start")?;
+    let url = std::env::var("DATABASE_URL").context("DATABASE_URL is not set: eval \"$(scripts/services/postgres.sh env)\" after scripts/services/postgres.sh start")?;
+    let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    let topic = format!("bench-r2-{run}");
+    let pipeline = format!("bench-{run}");
+    println!("command: {}", std::env::args().collect::<Vec<_>>().join(" "));
+    print_machine();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("runtime")?;
+    rt.block_on(async move {
+        let t0 = Instant::now();
+        let (messages, samples) = produce_r2(&brokers, &topic, machines, layers).await?;
+        println!("input: {messages} messages, {samples} samples written to {topic} in {:.1} s (not timed below)", t0.elapsed().as_secs_f64());
+        let text = kafka_pg_topology(&brokers, &topic, &url, &pipeline);
+        let t = topology::load(&text, "bench", std::path::Path::new(".")).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let start = Instant::now();
+        let h = EngineBuilder::new(t).start().await?;
+        let board = h.progress.clone();
+        // Every offset stored with its results: the board's checkpoint reached the end, and the
+        // sink has written it (it does within flush_ms; the drain below writes the last one).
+        loop {
+            let stored: u64 = board.checkpoint().entries.iter().map(|(_, p)| p.resume).sum();
+            if stored >= messages {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        h.shutdown();
+        let stats = h.wait().await?;
+        let secs = start.elapsed().as_secs_f64();
+        let n = EngineStats::get(&stats.samples);
+        println!("samples: {n} in {secs:.2} s = {:.2} M samples/s (Kafka → engine → PostgreSQL, exactly-once)", n as f64 / secs / 1e6);
+        println!("peak resident memory: {:.1} MiB", peak_rss_mib());
+        println!("records durable in PostgreSQL: {}", EngineStats::get(&stats.records_durable));
+        print_latency(&stats, "result latency (window results: watermark passes the end → row committed in PostgreSQL; alerts: sample read → committed), µs");
+        anyhow::Ok(())
+    })
+}
+
+fn print_machine() {
+    println!(
+        "machine: {} cores, {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())).unwrap_or_default()
+    );
+}
+
+fn print_latency(stats: &EngineStats, what: &str) {
+    if let Some(h) = stats.latencies() {
+        println!("{what}: p50 {} p99 {} p99.9 {} max {} (n = {})", h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.value_at_quantile(0.999), h.max(), h.len());
+    }
+}
+
 /// Runs a workload and prints its figures.
 pub fn run(w: Workload, samples: Option<u64>, machines: u32, layers: u32, real_pace: bool) -> anyhow::Result<()> {
     let text = match w {
         Workload::R1 => r1_topology(samples.unwrap_or(50_000_000)),
         Workload::R2 => r2_topology(machines, layers, real_pace),
+        Workload::KafkaPg => return kafka_pg(machines, layers),
     };
     let t = topology::load(&text, "bench", std::path::Path::new(".")).map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("command: {}", std::env::args().collect::<Vec<_>>().join(" "));
-    println!("machine: {} cores, {}", std::thread::available_parallelism().map_or(0, |n| n.get()), std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())).unwrap_or_default());
+    print_machine();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("runtime")?;
     let (stats, secs) = rt.block_on(async move {
         let start = Instant::now();
@@ -108,15 +237,6 @@ pub fn run(w: Workload, samples: Option<u64>, machines: u32, layers: u32, real_p
     println!("samples: {n} in {secs:.2} s = {:.2} M samples/s", n as f64 / secs / 1e6);
     println!("peak resident memory: {:.1} MiB", peak_rss_mib());
     println!("records durable: {}", EngineStats::get(&stats.records_durable));
-    if let Some(h) = stats.latencies() {
-        println!(
-            "result latency (origin → durable in the sink), µs: p50 {} p99 {} p99.9 {} max {} (n = {})",
-            h.value_at_quantile(0.5),
-            h.value_at_quantile(0.99),
-            h.value_at_quantile(0.999),
-            h.max(),
-            h.len()
-        );
-    }
+    print_latency(&stats, "result latency (origin → durable in the sink), µs");
     Ok(())
 }

@@ -62,7 +62,9 @@ enum Cmd {
         #[arg(long)]
         seed: Option<u64>,
     },
-    /// Reference workloads of DESIGN §4: `r1` (per-sample events) or `r2` (fleet of sample blocks).
+    /// Reference workloads of DESIGN §4: `r1` (per-sample events), `r2` (fleet of sample blocks), or
+    /// `kafka-pg` (R2 blocks through Kafka into PostgreSQL, exactly-once; needs KAFKA_BOOTSTRAP and
+    /// DATABASE_URL).
     Bench {
         /// `r1` or `r2`.
         workload: bench::Workload,
@@ -198,6 +200,7 @@ fn run(t: Topology, quiet: bool) -> anyhow::Result<()> {
         let name = t.name.clone();
         let admin_addr = t.engine.admin_addr.clone();
         let summary_ms = t.engine.summary_interval_ms;
+        let mut signals = Signals::install().context("installing the signal handlers")?;
         let handle = EngineBuilder::new(t).start().await?;
         let stats = handle.stats.clone();
         if !admin_addr.is_empty() {
@@ -209,10 +212,10 @@ fn run(t: Topology, quiet: bool) -> anyhow::Result<()> {
         {
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
-                wait_for_signal().await;
+                signals.next().await;
                 tracing::warn!("signal received: draining (send again to exit at once)");
                 shutdown.notify_one();
-                wait_for_signal().await;
+                signals.next().await;
                 std::process::exit(130);
             });
         }
@@ -242,20 +245,33 @@ fn handle_shutdown_fn(h: &meltstream_actors::EngineHandle) -> impl FnOnce() + Se
     move || h()
 }
 
-async fn wait_for_signal() {
+/// SIGINT and SIGTERM, listened to from before the engine starts, so that a signal that
+/// arrives while it is starting still drains it.
+struct Signals {
     #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
         }
+        #[cfg(not(unix))]
+        Ok(Signals {})
     }
-    #[cfg(not(unix))]
-    {
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -185,8 +185,9 @@ fn spawn(f: &Fixture, topo: &Path, run: usize) -> Child {
         .expect("spawn meltstream")
 }
 
-/// Waits until both sinks stored progress at the end of the input, then stops with SIGTERM.
-async fn finish(f: &Fixture, pipeline: &str, mut child: Child) {
+/// Waits until both sinks stored progress at the end of the input, then stops with SIGTERM
+/// (once the engine is up, so that it has its signal handlers).
+async fn finish(f: &Fixture, pipeline: &str, mut child: Child, run: usize) {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let (in_pg, in_kafka) = stored_offsets(f, pipeline).await;
@@ -198,6 +199,11 @@ async fn finish(f: &Fixture, pipeline: &str, mut child: Child) {
         }
         assert!(Instant::now() < deadline, "{pipeline} did not catch up: PostgreSQL at {in_pg}, Kafka at {in_kafka}, input {}; logs in {}", f.total, f.dir.display());
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = f.dir.join(format!("{pipeline}-{run}.log"));
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("engine started") {
+        assert!(Instant::now() < deadline, "{pipeline}: the engine did not start; log {}", log.display());
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let term = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("kill");
     assert!(term.success());
@@ -272,7 +278,7 @@ async fn results_are_exactly_once_across_crashes_outages_and_broker_restarts() {
 
     // The reference: one uninterrupted run.
     let topo = topology(&f, "reference");
-    finish(&f, "reference", spawn(&f, &topo, 0)).await;
+    finish(&f, "reference", spawn(&f, &topo, 0), 0).await;
     let reference = (tables(&f, "reference").await, read_committed(&f.brokers, &f.alerts_topic("reference")));
     let count = |t: &str| reference.0.get(t).map_or(0, Vec::len);
     assert!(count("layer_summaries") >= 3 * 4 * 2, "layer summaries of every build, layer and laser: {}", count("layer_summaries"));
@@ -280,24 +286,33 @@ async fn results_are_exactly_once_across_crashes_outages_and_broker_restarts() {
     assert!(count("dead_letters") > 0, "the malformed records are dead-lettered");
     assert!(!reference.1.is_empty(), "alerts reach the Kafka sink");
 
-    // SIGKILL at random instants, restarting each time; the input arrives in two halves.
+    // SIGKILL at random instants, restarting each time; the input arrives in three parts.
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
     eprintln!("kill instants seed: {seed}");
     let mut rng = Lcg(seed);
     let topo = topology(&f, "crash");
-    f.produce("crash", 0..half).await;
+    let third = f.lines.len() / 3;
+    f.produce("crash", 0..third).await;
     for i in 0..6 {
+        // Kill once the engine is working: after its stored progress moved, at a random instant.
+        let before = stored_offsets(&f, "crash").await;
         let mut child = spawn(&f, &topo, i);
-        let ms = 200 + rng.next(2000);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stored_offsets(&f, "crash").await == before && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let ms = rng.next(800);
         tokio::time::sleep(Duration::from_millis(ms)).await;
         let _ = child.kill();
         let _ = child.wait();
-        eprintln!("crash run {i}: killed after {ms} ms; stored {:?}", stored_offsets(&f, "crash").await);
-        if i == 2 {
-            f.produce("crash", half..f.lines.len()).await;
+        eprintln!("crash run {i}: killed {ms} ms after progress moved; stored {:?}", stored_offsets(&f, "crash").await);
+        match i {
+            1 => f.produce("crash", third..2 * third).await,
+            3 => f.produce("crash", 2 * third..f.lines.len()).await,
+            _ => {}
         }
     }
-    finish(&f, "crash", spawn(&f, &topo, 6)).await;
+    finish(&f, "crash", spawn(&f, &topo, 6), 6).await;
     assert_same_as_reference(&f, &reference, "crash").await;
 
     // PostgreSQL down for 30 s mid-run, while the second half of the input arrives.
@@ -309,7 +324,7 @@ async fn results_are_exactly_once_across_crashes_outages_and_broker_restarts() {
     f.produce("outage", half..f.lines.len()).await;
     tokio::time::sleep(Duration::from_secs(30)).await;
     service("postgres.sh", "start-server");
-    finish(&f, "outage", child).await;
+    finish(&f, "outage", child, 0).await;
     assert_same_as_reference(&f, &reference, "outage").await;
 
     // The broker restarted mid-run; the second half arrives after it is back.
@@ -321,6 +336,6 @@ async fn results_are_exactly_once_across_crashes_outages_and_broker_restarts() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     service("kafka.sh", "start-server");
     f.produce("bounce", half..f.lines.len()).await;
-    finish(&f, "bounce", child).await;
+    finish(&f, "bounce", child, 0).await;
     assert_same_as_reference(&f, &reference, "bounce").await;
 }

@@ -74,6 +74,9 @@ async fn seed_messages_become_rows_and_an_alert() {
         "an alert record for 1750 on ispm-alerts: {alerts:?}"
     );
 
+    while !std::fs::read_to_string(dir.join("engine.log")).unwrap_or_default().contains("engine started") {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let term = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("kill");
     assert!(term.success());
     assert_eq!(child.wait().expect("wait").code(), Some(0), "exit status after SIGTERM; log in {}", dir.display());

@@ -180,6 +180,10 @@ impl Reader {
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
             .set("partition.assignment.strategy", "range")
+            // Static membership: a restarted engine takes its partitions back at once instead of
+            // waiting for its killed predecessor's session to expire (a second process in the
+            // same group sets its own `group.instance.id` in `properties`).
+            .set("group.instance.id", format!("{}-{}", c.group_id, args.ctx.name))
             .set("queued.max.messages.kbytes", c.prefetch_kib.to_string())
             .set("message.max.bytes", (args.limits.max_record_bytes + 4096).max(1_000_000).to_string());
         for (k, v) in &c.properties {

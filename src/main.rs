@@ -3,6 +3,7 @@
 
 mod admin;
 mod bench;
+mod reset;
 mod summary;
 
 use std::path::PathBuf;
@@ -37,6 +38,12 @@ enum Cmd {
         /// Topology files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+    /// Make a pipeline start over: delete its PostgreSQL rows and stored progress and its Kafka
+    /// consumer group's offsets (stop the engine first).
+    Reset {
+        /// Topology file.
+        topology: PathBuf,
     },
     /// Write the simulated fleet of a topology (the demo's by default) as JSON lines.
     Simulate {
@@ -103,6 +110,19 @@ fn main() -> ExitCode {
         .init();
     let cmd = cli.cmd.unwrap_or(Cmd::Run { file: None, quiet: false });
     match cmd {
+        Cmd::Reset { topology } => {
+            let t = match load_topology(Some(&topology)) {
+                Ok(t) => t,
+                Err(c) => return c,
+            };
+            match reset::run(&t) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("meltstream: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Check { files } => {
             let mut bad = 0;
             for f in &files {

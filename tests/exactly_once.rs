@@ -84,11 +84,27 @@ async fn tables(f: &Fixture, pipeline: &str) -> BTreeMap<String, Vec<String>> {
     let mut out = BTreeMap::new();
     for n in names {
         let t: String = n.get(0);
-        let q = format!("SELECT (to_jsonb(t) - 'pipeline' - 'written_at')::text FROM {}.{} t WHERE pipeline = $1", f.schema, t);
+        let q = format!("SELECT (to_jsonb(t) - 'pipeline' - 'written_at' - 'topic')::text FROM {}.{} t WHERE pipeline = $1", f.schema, t);
         let mut rows: Vec<String> = c.query(&q, &[&pipeline]).await.expect("rows").iter().map(|r| r.get(0)).collect();
         rows.sort();
         out.insert(t, rows);
     }
+    out
+}
+
+/// The pipeline's committed alert records, without the input topic (each pipeline has its own).
+fn alerts(f: &Fixture, pipeline: &str) -> Vec<String> {
+    let mut out: Vec<String> = read_committed(&f.brokers, &f.alerts_topic(pipeline))
+        .iter()
+        .map(|a| {
+            let mut v: serde_json::Value = serde_json::from_str(a).expect("alert JSON");
+            if let Some(o) = v.as_object_mut() {
+                o.remove("topic");
+            }
+            v.to_string()
+        })
+        .collect();
+    out.sort();
     out
 }
 
@@ -230,7 +246,7 @@ async fn assert_same_as_reference(f: &Fixture, reference: &(BTreeMap<String, Vec
             panic!("{pipeline}: table {table} differs from the reference ({} rows vs {}); missing e.g. {missing:?}; extra e.g. {extra:?}", other.len(), rows.len());
         }
     }
-    let out = read_committed(&f.brokers, &f.alerts_topic(pipeline));
+    let out = alerts(f, pipeline);
     assert_eq!(out.len(), reference.1.len(), "{pipeline}: read_committed alert count");
     assert!(out == reference.1, "{pipeline}: read_committed alerts differ from the reference");
 }
@@ -276,15 +292,19 @@ async fn results_are_exactly_once_across_crashes_outages_and_broker_restarts() {
     assert_eq!(f.total as usize, f.lines.len(), "every input message written");
     eprintln!("input: {} messages in {} partitions; logs in {}", f.total, f.end_offsets.len(), f.dir.display());
 
-    // The reference: one uninterrupted run.
+    // The reference: one uninterrupted run. Dead letters name their topic and partition.
     let topo = topology(&f, "reference");
     finish(&f, "reference", spawn(&f, &topo, 0), 0).await;
-    let reference = (tables(&f, "reference").await, read_committed(&f.brokers, &f.alerts_topic("reference")));
+    let reference = (tables(&f, "reference").await, alerts(&f, "reference"));
     let count = |t: &str| reference.0.get(t).map_or(0, Vec::len);
     assert!(count("layer_summaries") >= 3 * 4 * 2, "layer summaries of every build, layer and laser: {}", count("layer_summaries"));
     assert!(count("anomalies") > 0, "the injected anomalies raise alerts");
     assert!(count("dead_letters") > 0, "the malformed records are dead-lettered");
     assert!(!reference.1.is_empty(), "alerts reach the Kafka sink");
+    let c = pg(&f.db_url).await;
+    let q = format!("SELECT count(*) FROM {}.dead_letters WHERE pipeline = 'reference' AND topic = $1 AND partition IS NOT NULL", f.schema);
+    let named: i64 = c.query_one(&q, &[&f.input_topic("reference")]).await.expect("dead letters").get(0);
+    assert_eq!(named as usize, count("dead_letters"), "every dead letter names its topic and partition");
 
     // SIGKILL at random instants, restarting each time; the input arrives in three parts.
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;

@@ -110,6 +110,8 @@ fn records() -> Vec<Emitted> {
     let dead = DeadLetterRecord {
         source: "in".into(),
         input: 0,
+        topic: Some("ispm-monitoring".into()),
+        partition: Some(3),
         offset: 17,
         reason_kind: "invalid_json".into(),
         reason: "expected value at line 1 column 1".into(),

@@ -114,6 +114,8 @@ pub struct BuildArgs {
     pub stats: Arc<EngineStats>,
     /// Source name per input, for dead letters.
     pub source_names: Arc<Vec<String>>,
+    /// Names Kafka partitions (for dead letters).
+    pub board: crate::progress::ProgressBoard,
     /// Why the previous incarnation failed, when this is a restart.
     pub restarted_after: Option<String>,
 }
@@ -237,7 +239,7 @@ impl Actor for BuildActor {
             EngineStats::add(&st.args.stats.dead_letters, 1);
             let source = st.args.source_names.get(crate::kafka_source::source_index(batch.span.input)).cloned().unwrap_or_default();
             st.out.push(Emitted {
-                record: OutputRecord::DeadLetter(DeadLetterRecord::from_dead_letter(source, &dl)),
+                record: OutputRecord::DeadLetter(DeadLetterRecord::from_dead_letter(source, st.args.board.partition_of(batch.span.input), &dl)),
                 hold: HoldSet::one((batch.span.input, batch.span.seq)),
                 origin_wall_ns: now_wall_ns(),
                 position: Some((batch.span.input, offset)),

@@ -202,6 +202,7 @@ impl EngineBuilder {
             restarts: RestartBudget::new(e.max_restarts, e.max_restart_window_s as i64 * 1_000_000_000),
             stats: stats.clone(),
             source_names: source_names.clone(),
+            board: board.clone(),
         };
         let (router, _) = Actor::spawn_linked(None, Router, router_args, sup_cell.clone()).await.map_err(|e| start_err("router", e))?;
         let ms = 1_000_000i64;

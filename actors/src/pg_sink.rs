@@ -12,7 +12,7 @@
 //! | `grid_maps` | grid map | `pipeline, build_id, layer, revision` |
 //! | `window_results` | time-window result | `pipeline, build_id, window, window_start_ns` |
 //! | `anomalies` | rule hit | `pipeline, build_id, rule, laser_key, time_ns` (`laser_key` = laser, or −1 when none) |
-//! | `dead_letters` | rejected input record | `pipeline, source, input, kafka_offset` |
+//! | `dead_letters` | rejected input record (with Kafka topic and partition) | `pipeline, source, input, kafka_offset` |
 //! | `late_records` | block of late samples | `pipeline, build_id, source_offset, t0_ns, laser` |
 //! | `progress` | Kafka partition | `pipeline, topic, partition` |
 //!
@@ -187,6 +187,8 @@ columns! {
     DeadLetterColumns {
         source: String = "text",
         input: i32 = "int",
+        topic: Option<String> = "text",
+        partition: Option<i32> = "int",
         kafka_offset: i64 = "bigint",
         reason_kind: String = "text",
         reason: String = "text",
@@ -335,6 +337,8 @@ impl DeadLetterColumns {
         let (input, offset) = (int(d.input, "input")?, bigint(d.offset, "offset")?);
         self.source.push(pg_text(&d.source));
         self.input.push(input);
+        self.topic.push(d.topic.as_deref().map(pg_text));
+        self.partition.push(d.partition);
         self.kafka_offset.push(offset);
         self.reason_kind.push(pg_text(&d.reason_kind));
         self.reason.push(pg_text(&d.reason));
@@ -594,7 +598,7 @@ impl Sql {
         );
         let insert_dead_letters = format!(
             "INSERT INTO {s}.dead_letters (pipeline, source, input, topic, partition, kafka_offset, reason_kind, reason, raw_prefix)
-             SELECT $1, u.source, u.input, NULL, NULL, u.kafka_offset, u.reason_kind, u.reason, u.raw_prefix
+             SELECT $1, u.source, u.input, u.topic, u.partition, u.kafka_offset, u.reason_kind, u.reason, u.raw_prefix
              FROM {}
              ON CONFLICT DO NOTHING",
             DeadLetterColumns::unnest()
@@ -934,7 +938,7 @@ mod tests {
     fn unnest_lists_columns_in_parameter_order() {
         assert_eq!(
             DeadLetterColumns::unnest(),
-            "UNNEST($2::text[], $3::int[], $4::bigint[], $5::text[], $6::text[], $7::text[]) AS u(source, input, kafka_offset, reason_kind, reason, raw_prefix)"
+            "UNNEST($2::text[], $3::int[], $4::text[], $5::int[], $6::bigint[], $7::text[], $8::text[], $9::text[]) AS u(source, input, topic, partition, kafka_offset, reason_kind, reason, raw_prefix)"
         );
         let cols = DeadLetterColumns::default();
         let pipeline = String::from("p");

@@ -70,6 +70,8 @@ pub struct RouterArgs {
     pub stats: Arc<EngineStats>,
     /// Source name per input.
     pub source_names: Arc<Vec<String>>,
+    /// Names Kafka partitions (for dead letters).
+    pub board: crate::progress::ProgressBoard,
 }
 
 struct BuildEntry {
@@ -106,6 +108,7 @@ impl RouterState {
             router: myself.clone(),
             stats: self.args.stats.clone(),
             source_names: self.args.source_names.clone(),
+            board: self.args.board.clone(),
             restarted_after: why,
         };
         let (actor, _) = Actor::spawn_linked(None, BuildActor, args, myself.get_cell()).await?;
@@ -172,7 +175,7 @@ impl RouterState {
                 metrics::counter!("meltstream_dead_letters_total", "reason" => d.reason.label()).increment(1);
                 tracing::warn!(source = %source, offset = d.offset, reason = %d.reason, "dead letter");
                 records.push(Emitted {
-                    record: OutputRecord::DeadLetter(DeadLetterRecord::from_dead_letter(source.clone(), &d)),
+                    record: OutputRecord::DeadLetter(DeadLetterRecord::from_dead_letter(source.clone(), self.args.board.partition_of(span.input), &d)),
                     hold: HoldSet::one((span.input, span.seq)),
                     origin_wall_ns: origin,
                     position: Some((span.input, d.offset)),

@@ -146,8 +146,14 @@ pub struct Anomaly {
 pub struct DeadLetterRecord {
     /// The source's name.
     pub source: String,
-    /// Input (partition) number.
+    /// Input number (engine-internal: one per file, simulator or Kafka partition).
     pub input: u32,
+    /// Kafka topic, for a Kafka source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// Kafka partition, for a Kafka source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<i32>,
     /// Offset (line number from 0, Kafka offset).
     pub offset: u64,
     /// Stable reason label (`invalid_json`, `wrong_schema`, `out_of_range`, `too_large`,
@@ -160,11 +166,15 @@ pub struct DeadLetterRecord {
 }
 
 impl DeadLetterRecord {
-    /// The record of a dead letter from source `source`.
-    pub fn from_dead_letter(source: String, d: &crate::decode::DeadLetter) -> DeadLetterRecord {
+    /// The record of a dead letter from source `source`, read from Kafka partition `partition`
+    /// (topic, partition) when it was.
+    pub fn from_dead_letter(source: String, partition: Option<(String, i32)>, d: &crate::decode::DeadLetter) -> DeadLetterRecord {
+        let (topic, partition) = partition.map_or((None, None), |(t, p)| (Some(t), Some(p)));
         DeadLetterRecord {
             source,
             input: d.input,
+            topic,
+            partition,
             offset: d.offset,
             reason_kind: d.reason.label().into(),
             reason: d.reason.to_string(),

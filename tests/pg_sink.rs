@@ -201,7 +201,7 @@ async fn records_and_progress_are_written_once_and_read_back() {
         let lasers = query_text(&url, &format!("SELECT laser, laser_key FROM {s}.anomalies WHERE pipeline = '{pipeline}' ORDER BY laser_key")).await.expect("anomalies");
         assert_eq!(lasers, vec![vec![None, Some("-1".to_owned())], vec![Some("2".to_owned()), Some("2".to_owned())]]);
         let dead = query_text(&url, &format!("SELECT raw_prefix, topic, partition, kafka_offset FROM {s}.dead_letters WHERE pipeline = '{pipeline}'")).await.expect("dead letters");
-        assert_eq!(dead, vec![vec![Some("{not json\u{FFFD}with a NUL".to_owned()), None, None, Some("17".to_owned())]]);
+        assert_eq!(dead, vec![vec![Some("{not json\u{FFFD}with a NUL".to_owned()), Some("ispm-monitoring".to_owned()), Some("3".to_owned()), Some("17".to_owned())]]);
 
         // Another pipeline in the same schema is kept apart, and reset empties only its own rows.
         let mut other = PgSink::new("pg-other", &url, "other", &schema).expect("sink");

@@ -942,7 +942,7 @@ mod tests {
         );
         let cols = DeadLetterColumns::default();
         let pipeline = String::from("p");
-        assert_eq!(cols.params(&pipeline).len(), 7);
+        assert_eq!(cols.params(&pipeline).len(), 9);
     }
 
     #[test]

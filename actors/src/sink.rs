@@ -163,6 +163,21 @@ impl SinkState {
         self.args.stored.is_some()
     }
 
+    /// The progress to store now. A restarted engine starts its ledger afresh, so until it has
+    /// caught up its emitted-through lies below what this sink stored before; storing that
+    /// would make a second crash re-emit what is already here. Emitted-through never goes back.
+    fn checkpoint(&self) -> Checkpoint {
+        let mut c = self.args.board.checkpoint();
+        if let Some(stored) = &self.args.stored {
+            for (tp, p) in &mut c.entries {
+                if let Some(s) = stored.get(tp) {
+                    p.emitted_through = p.emitted_through.max(s.emitted_through);
+                }
+            }
+        }
+        c
+    }
+
     /// True when `e` is already durable in this sink from before a restart.
     fn already_stored(&self, e: &Emitted) -> bool {
         let (Some(stored), Some((input, offset))) = (&self.args.stored, e.position) else { return false };
@@ -174,7 +189,7 @@ impl SinkState {
         if self.buffered == 0 && self.pending.is_empty() && !progressed {
             return Ok(());
         }
-        let checkpoint = if self.transactional() { self.args.board.checkpoint() } else { Checkpoint::default() };
+        let checkpoint = if self.transactional() { self.checkpoint() } else { Checkpoint::default() };
         with_retries(&self.args.name, &mut self.args.writer, None, &checkpoint).await?;
         self.stored_version = checkpoint.version;
         let now = now_wall_ns();

@@ -15,9 +15,10 @@
 //! PostgreSQL sink keeps them in its `progress` table.
 //!
 //! # Backpressure
-//! Out of source-queue credits, the source pauses all its partitions and keeps polling (so that
-//! it stays in the group) until a credit frees up, then resumes them: librdkafka's prefetch is
-//! bounded by `queued.max.messages.kbytes` and nothing is read ahead beyond it.
+//! Out of source-queue credits, the source waits; after 500 ms it pauses all its partitions and
+//! keeps polling (so that it stays in the group) until a credit frees up, then resumes them.
+//! librdkafka's read-ahead is bounded by `queued.max.messages.kbytes`, and nothing is read
+//! ahead beyond it. A message delivered while pausing joins its batch; it is never dropped.
 //!
 //! # Revocation
 //! A revoked partition stops holding the watermark. Its open windows are not handed over: the
@@ -45,6 +46,9 @@ use crate::now_wall_ns;
 use crate::progress::{ProgressBoard, TopicPartition};
 use crate::source::SourceCtx;
 use crate::watermark_coordinator::WatermarkMsg;
+
+/// How long a source waits for a credit before it pauses its partitions.
+const PAUSE_AFTER: Duration = Duration::from_millis(500);
 
 /// The input id of `partition` of the `topic`-th topic of source `source`.
 pub fn kafka_input(source: usize, topic: usize, partition: i32) -> InputId {
@@ -105,6 +109,24 @@ struct Hooks {
 }
 
 impl ClientContext for Hooks {
+    /// Every `statistics.interval.ms`: a partition whose last stable offset is ahead of what
+    /// the engine has read has a backlog, and must not count as idle (or the watermark would run
+    /// ahead of it under backpressure and make its records late).
+    fn stats(&self, stats: rdkafka::Statistics) {
+        let assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
+        for ((topic, p), input) in assigned.iter() {
+            let Some(part) = stats.topics.get(topic).and_then(|t| t.partitions.get(p)) else { continue };
+            let end = if part.ls_offset >= 0 { part.ls_offset } else { part.hi_offset };
+            let read = if part.app_offset >= 0 { part.app_offset } else { part.next_offset };
+            // Unknown offsets (no fetch answer yet, broker down): data may still come; hold.
+            // One offset of slack: a transactional input ends with a commit marker that is never
+            // delivered.
+            if end < 0 || read < 0 || end > read + 1 {
+                let _ = self.watermarks.cast(WatermarkMsg::Backlog(*input));
+            }
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(source = %self.name, %error, reason, "kafka client error (librdkafka retries by itself)");
         metrics::counter!("meltstream_kafka_client_errors_total", "source" => self.name.clone()).increment(1);
@@ -185,6 +207,7 @@ impl Reader {
             // same group sets its own `group.instance.id` in `properties`).
             .set("group.instance.id", format!("{}-{}", c.group_id, args.ctx.name))
             .set("queued.max.messages.kbytes", c.prefetch_kib.to_string())
+            .set("statistics.interval.ms", "100")
             .set("message.max.bytes", (args.limits.max_record_bytes + 4096).max(1_000_000).to_string());
         for (k, v) in &c.properties {
             cfg.set(k, v);
@@ -246,40 +269,51 @@ impl Reader {
         part.seq += 1;
         let credit = match self.args.ctx.credits.clone().try_acquire_owned() {
             Ok(c) => c,
-            Err(_) => {
-                let tpl = self.assignment();
-                if let Err(e) = self.consumer.pause(&tpl) {
-                    tracing::warn!(source = %self.args.ctx.name, error = %e, "pausing partitions failed");
-                }
-                self.paused = true;
-                metrics::counter!("meltstream_kafka_pauses_total", "source" => self.args.ctx.name.clone()).increment(1);
-                let credits = self.args.ctx.credits.clone();
-                let acquire = credits.acquire_owned();
-                tokio::pin!(acquire);
-                let credit = loop {
-                    tokio::select! {
-                        c = &mut acquire => break c.ok(),
-                        _ = stop.changed() => break None,
-                        // Keep polling while paused so that the group does not evict us.
-                        m = self.consumer.recv() => {
-                            if let Ok(m) = m {
-                                tracing::debug!(offset = m.offset(), "message while paused; librdkafka refetches it on resume");
-                            }
-                        }
-                    }
-                };
-                let tpl = self.assignment();
-                if let Err(e) = self.consumer.resume(&tpl) {
-                    tracing::warn!(source = %self.args.ctx.name, error = %e, "resuming partitions failed");
-                }
-                self.paused = false;
-                match credit {
+            // A short wait is the normal rhythm of a busy engine: wait without pausing (a pause
+            // drops librdkafka's read-ahead, which it then fetches again).
+            Err(_) => match tokio::time::timeout(PAUSE_AFTER, self.args.ctx.credits.clone().acquire_owned()).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(_)) => return false,
+                Err(_) => match self.wait_paused(stop).await {
                     Some(c) => c,
                     None => return false,
+                },
+            },
+        };
+        self.args.ctx.send_credited(batch, credit)
+    }
+
+    /// Pauses every assigned partition and keeps polling (so that the group keeps us) until a
+    /// credit frees up; then resumes them. A message already fetched before the pause took
+    /// effect is still delivered: it joins its partition's batch (librdkafka's position is past
+    /// it, so dropping it would lose it).
+    async fn wait_paused(&mut self, stop: &mut watch::Receiver<bool>) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let tpl = self.assignment();
+        if let Err(e) = self.consumer.pause(&tpl) {
+            tracing::warn!(source = %self.args.ctx.name, error = %e, "pausing partitions failed");
+        }
+        self.paused = true;
+        metrics::counter!("meltstream_kafka_pauses_total", "source" => self.args.ctx.name.clone()).increment(1);
+        let credits = self.args.ctx.credits.clone();
+        let acquire = credits.acquire_owned();
+        tokio::pin!(acquire);
+        let credit = loop {
+            tokio::select! {
+                c = &mut acquire => break c.ok(),
+                _ = stop.changed() => break None,
+                m = self.consumer.recv() => {
+                    if let Ok(m) = m {
+                        Self::add(&self.args, &mut self.parts, &m);
+                    }
                 }
             }
         };
-        self.args.ctx.send_credited(batch, credit)
+        let tpl = self.assignment();
+        if let Err(e) = self.consumer.resume(&tpl) {
+            tracing::warn!(source = %self.args.ctx.name, error = %e, "resuming partitions failed");
+        }
+        self.paused = false;
+        credit
     }
 
     async fn flush_all(&mut self, stop: &mut watch::Receiver<bool>) -> bool {

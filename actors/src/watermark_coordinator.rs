@@ -23,6 +23,8 @@ pub enum WatermarkMsg {
     /// The router forwarded data of `input` up to this event time; replies with the new
     /// watermark if it advanced, so that the router queues it right behind that data.
     Observe(InputId, TimeNs, RpcReplyPort<Option<TimeNs>>),
+    /// The input has a backlog (records not read yet): it is not idle.
+    Backlog(InputId),
     /// The input ended.
     Finish(InputId),
     /// Periodic: idleness and publication.
@@ -85,6 +87,7 @@ impl Actor for WatermarkCoordinator {
                 }
                 let _ = reply.send(adv);
             }
+            WatermarkMsg::Backlog(i) => st.tracker.touch(i, now_wall_ns()),
             WatermarkMsg::Finish(i) => {
                 st.tracker.finish(i, now_wall_ns());
                 st.publish();

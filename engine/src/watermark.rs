@@ -62,6 +62,15 @@ impl WatermarkTracker {
         }
     }
 
+    /// Marks `input` as not idle at wall time `now_wall` without data: it has a backlog (a Kafka
+    /// partition behind its end, e.g. under backpressure), so the watermark must wait for it
+    /// rather than run ahead and make its records late.
+    pub fn touch(&mut self, input: InputId, now_wall: i64) {
+        if let Some(s) = self.inputs.iter_mut().find(|i| i.id == input) {
+            s.last_data_wall = s.last_data_wall.max(now_wall);
+        }
+    }
+
     /// Recomputes the watermark at wall time `now_wall`; returns it when it advanced.
     pub fn advance(&mut self, now_wall: i64) -> Option<TimeNs> {
         let wm_of = |s: &InputState| if s.max_t == TimeNs::MIN { TimeNs::MIN } else { s.max_t.saturating_sub(self.bound_ns) };
@@ -126,6 +135,17 @@ mod tests {
         w.observe(1, 20, 1_300);
         assert_eq!(w.advance(1_300), None, "never backwards");
         assert_eq!(w.current(), 200);
+    }
+
+    #[test]
+    fn an_input_with_a_backlog_is_not_idle() {
+        let mut w = WatermarkTracker::new(0, 1_000);
+        w.observe(0, 100, 0);
+        w.observe(1, 10, 0);
+        w.observe(0, 500, 900);
+        w.touch(1, 900);
+        assert_eq!(w.advance(1_500), Some(10), "input 1 is behind, not idle: it holds the watermark");
+        assert_eq!(w.advance(2_000), Some(500), "no backlog reported for 1000 ns: idle");
     }
 
     #[test]

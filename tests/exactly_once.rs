@@ -53,7 +53,8 @@ impl Fixture {
 }
 
 /// The fixed input: 3 machines, 4 layers each, 2 lasers at 10 kHz, with injected anomalies,
-/// keyed by build; plus malformed records.
+/// keyed by build; plus malformed records: not JSON, a wrong type, and one over the topology's
+/// `max_record_bytes`.
 fn input_lines() -> Vec<(String, String)> {
     let cfg = SimulatorConfig { machines: 3, lasers: 2, sample_rate_hz: 10_000, layers: 4, layer_ms: 400, recoat_ms: 50, seed: 11, ..SimulatorConfig::default() };
     let mut sim = Simulator::new(&cfg, 0);
@@ -68,6 +69,7 @@ fn input_lines() -> Vec<(String, String)> {
         if i % 997 == 500 {
             out.push((key.clone(), "{not json".to_owned()));
             out.push((key.clone(), r#"{"build_id": "b", "layer": "four", "timestamp": "2024-01-15T10:30:00Z"}"#.to_owned()));
+            out.push((key.clone(), format!(r#"{{"build_id": "b", "layer": 1, "timestamp": "2024-01-15T10:30:00Z", "note": "{}"}}"#, "x".repeat(20_000))));
         }
         out.push((key, line.to_owned()));
     }
@@ -138,6 +140,7 @@ summary_interval_ms = 0
 build_idle_timeout_ms = 600000
 input_idle_timeout_ms = 500
 watermark_bound_ms = 20
+max_record_bytes = 16384
 
 [[sources]]
 name = "ispm"
@@ -300,6 +303,9 @@ async fn results_are_exactly_once_across_crashes_outages_and_broker_restarts() {
     assert!(count("layer_summaries") >= 3 * 4 * 2, "layer summaries of every build, layer and laser: {}", count("layer_summaries"));
     assert!(count("anomalies") > 0, "the injected anomalies raise alerts");
     assert!(count("dead_letters") > 0, "the malformed records are dead-lettered");
+    for kind in ["invalid_json", "wrong_schema", "too_large"] {
+        assert!(reference.0["dead_letters"].iter().any(|r| r.contains(&format!("\"reason_kind\": \"{kind}\""))), "a {kind} dead letter");
+    }
     assert!(!reference.1.is_empty(), "alerts reach the Kafka sink");
     let c = pg(&f.db_url).await;
     let q = format!("SELECT count(*) FROM {}.dead_letters WHERE pipeline = 'reference' AND topic = $1 AND partition IS NOT NULL", f.schema);

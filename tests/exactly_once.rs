@@ -3,9 +3,11 @@
 //!
 //! A fixed input (a simulated fleet, with malformed records mixed in) is written to Kafka once.
 //! A reference pipeline processes it without interruption. Then the same input goes through:
-//! - a pipeline whose engine is killed with SIGKILL at random instants and restarted each time;
+//! - a pipeline whose engine aborts right after a Kafka commit (a fault hook), then is killed
+//!   with SIGKILL at random instants, and is restarted each time;
 //! - a pipeline whose PostgreSQL server is stopped for 30 s mid-run;
 //! - a pipeline whose Kafka broker is restarted mid-run.
+//!
 //! Each one's PostgreSQL tables and its `read_committed` Kafka output must equal the
 //! reference's, row for row and record for record.
 
@@ -53,8 +55,8 @@ impl Fixture {
 }
 
 /// The fixed input: 3 machines, 4 layers each, 2 lasers at 10 kHz, with injected anomalies,
-/// keyed by build; plus malformed records: not JSON, a wrong type, and one over the topology's
-/// `max_record_bytes`.
+/// keyed by build; plus bad records: not JSON, a wrong type, one over the topology's
+/// `max_record_bytes`, and a layer end of a build never started.
 fn input_lines() -> Vec<(String, String)> {
     let cfg = SimulatorConfig { machines: 3, lasers: 2, sample_rate_hz: 10_000, layers: 4, layer_ms: 400, recoat_ms: 50, seed: 11, ..SimulatorConfig::default() };
     let mut sim = Simulator::new(&cfg, 0);
@@ -70,6 +72,9 @@ fn input_lines() -> Vec<(String, String)> {
             out.push((key.clone(), "{not json".to_owned()));
             out.push((key.clone(), r#"{"build_id": "b", "layer": "four", "timestamp": "2024-01-15T10:30:00Z"}"#.to_owned()));
             out.push((key.clone(), format!(r#"{{"build_id": "b", "layer": 1, "timestamp": "2024-01-15T10:30:00Z", "note": "{}"}}"#, "x".repeat(20_000))));
+            // A build nobody started that ends a layer, at the stream's own time.
+            let t = v.get("t0_ns").or_else(|| v.get("t_ns")).and_then(|t| t.as_i64()).expect("simulator time");
+            out.push((key.clone(), format!(r#"{{"type": "layer", "build_id": "ghost-{i}", "layer": 7, "phase": "end", "t_ns": {t}}}"#)));
         }
         out.push((key, line.to_owned()));
     }
@@ -191,6 +196,10 @@ flush_ms = 50
 }
 
 fn spawn(f: &Fixture, topo: &Path, run: usize) -> Child {
+    spawn_with(f, topo, run, &[])
+}
+
+fn spawn_with(f: &Fixture, topo: &Path, run: usize, env: &[(&str, &str)]) -> Child {
     let name = topo.file_stem().unwrap().to_string_lossy().into_owned();
     let log = std::fs::File::create(f.dir.join(format!("{name}-{run}.log"))).expect("log file");
     Command::new(env!("CARGO_BIN_EXE_meltstream"))
@@ -198,6 +207,7 @@ fn spawn(f: &Fixture, topo: &Path, run: usize) -> Child {
         .arg("--quiet")
         .arg(topo)
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -303,7 +313,7 @@ async fn results_are_exactly_once_across_crashes_outages_and_broker_restarts() {
     assert!(count("layer_summaries") >= 3 * 4 * 2, "layer summaries of every build, layer and laser: {}", count("layer_summaries"));
     assert!(count("anomalies") > 0, "the injected anomalies raise alerts");
     assert!(count("dead_letters") > 0, "the malformed records are dead-lettered");
-    for kind in ["invalid_json", "wrong_schema", "too_large"] {
+    for kind in ["invalid_json", "wrong_schema", "too_large", "unknown_build"] {
         assert!(reference.0["dead_letters"].iter().any(|r| r.contains(&format!("\"reason_kind\": \"{kind}\""))), "a {kind} dead letter");
     }
     assert!(!reference.1.is_empty(), "alerts reach the Kafka sink");
@@ -319,6 +329,19 @@ async fn results_are_exactly_once_across_crashes_outages_and_broker_restarts() {
     let topo = topology(&f, "crash");
     let third = f.lines.len() / 3;
     f.produce("crash", 0..third).await;
+    // First, the worst instant for the Kafka sink: right after a transaction with alerts
+    // committed, before the next one stores the progress that covers them.
+    let mut child = spawn_with(&f, &topo, 100, &[("MELTSTREAM_FAULT_ABORT_AFTER_KAFKA_TX", "1")]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the engine did not abort after its first Kafka transaction with alerts; logs in {}", f.dir.display());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success(), "aborted by the fault hook: {status}");
+    eprintln!("crash run 100: aborted right after a Kafka commit; stored {:?}", stored_offsets(&f, "crash").await);
     for i in 0..6 {
         // Kill once the engine is working: after its stored progress moved, at a random instant.
         let before = stored_offsets(&f, "crash").await;

@@ -73,6 +73,13 @@ fn bad_input_lines() -> Vec<String> {
         r#"{"build_id": "build_001", "layer": 45, "timestamp": "2199-01-15T10:30:00Z", "temperature": 1650.5}"#.to_string(),
         r#"{"sensor_id": "pyro_7", "timestamp": "2024-01-15T10:30:00Z", "temperature": 1650.5, "pressure": 1013.2}"#.to_string(),
         good("2024-01-15T10:30:00.200Z", 1660.0),
+        // A layer end for a build the engine has never seen: it ends a layer nobody started.
+        r#"{"type": "layer", "build_id": "ghost", "layer": 7, "phase": "end", "timestamp": "2024-01-15T10:30:00.210Z"}"#.to_string(),
+        // A layer end for a known build, but for a layer without a window.
+        r#"{"type": "layer", "build_id": "build_001", "layer": 44, "phase": "end", "timestamp": "2024-01-15T10:30:00.220Z"}"#.to_string(),
+        // Samples and then their layer's end, without a start: the end closes their window.
+        r#"{"build_id": "b2", "layer": 3, "timestamp": "2024-01-15T10:30:00.230Z", "temperature": 1600.0}"#.to_string(),
+        r#"{"type": "layer", "build_id": "b2", "layer": 3, "phase": "end", "timestamp": "2024-01-15T10:30:00.240Z"}"#.to_string(),
     ]
 }
 
@@ -97,12 +104,27 @@ fn dead_letters(records: &[OutputRecord]) -> Vec<(u64, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_dead_lettered_and_the_rest_processed() {
     let (stats, records) = run_bad(None, None).await;
-    let expect: Vec<(u64, String)> = [(1, "invalid_json"), (2, "wrong_schema"), (3, "invalid_json"), (5, "out_of_range"), (6, "wrong_schema"), (7, "too_large"), (8, "future_timestamp")]
-        .iter()
-        .map(|(o, r)| (*o, r.to_string()))
-        .collect();
+    let expect: Vec<(u64, String)> = [
+        (1, "invalid_json"),
+        (2, "wrong_schema"),
+        (3, "invalid_json"),
+        (5, "out_of_range"),
+        (6, "wrong_schema"),
+        (7, "too_large"),
+        (8, "future_timestamp"),
+        (11, "unknown_build"),
+        (12, "unknown_layer"),
+    ]
+    .iter()
+    .map(|(o, r)| (*o, r.to_string()))
+    .collect();
     assert_eq!(dead_letters(&records), expect);
-    assert_eq!(EngineStats::get(&stats.dead_letters), 7);
+    assert_eq!(EngineStats::get(&stats.dead_letters), 9);
+    let ghost = records.iter().find_map(|r| if let OutputRecord::DeadLetter(d) = r { (d.offset == 11).then(|| d.clone()) } else { None }).expect("ghost dead letter");
+    assert_eq!(ghost.source, "in", "named after its source");
+    assert!(ghost.reason.contains("ghost") && ghost.raw_prefix.contains(r#""phase":"end""#), "{ghost:?}");
+    let b2 = support::summaries(&records).into_iter().find(|s| s.build_id == "b2").expect("summary of b2");
+    assert_eq!(b2.window_end, "2024-01-15T10:30:00.240000Z", "the layer's end event closes it");
     let s = support::summaries(&records);
     let b = s.iter().find(|s| s.build_id == "build_001" && s.layer == 45).expect("summary of build_001 layer 45");
     assert_eq!(b.sample_count, 3, "the three good samples");

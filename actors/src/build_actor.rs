@@ -30,7 +30,7 @@ use meltstream_engine::records::{DeadLetterRecord, Emitted, OutputRecord};
 use crate::commit_coordinator::CommitMsg;
 use crate::engine_stats::EngineStats;
 use crate::now_wall_ns;
-use crate::outputs::Outputs;
+use crate::outputs::{DeadLetterDesk, Outputs};
 use crate::router::RouterMsg;
 
 /// A batch being processed, kept so that a restart knows which block failed.
@@ -112,10 +112,8 @@ pub struct BuildArgs {
     pub router: ActorRef<RouterMsg>,
     /// Engine counters.
     pub stats: Arc<EngineStats>,
-    /// Source name per input, for dead letters.
-    pub source_names: Arc<Vec<String>>,
-    /// Names Kafka partitions (for dead letters).
-    pub board: crate::progress::ProgressBoard,
+    /// Names, logs and counts dead letters.
+    pub dead_letters: DeadLetterDesk,
     /// Why the previous incarnation failed, when this is a restart.
     pub restarted_after: Option<String>,
 }
@@ -154,6 +152,14 @@ impl BuildState {
             processor.process_block(&batch, i, &ctx, out);
         }
         processor.finish_batch(&ctx, out);
+        // Dead letters of the processor (unmatched layer ends) still need their source's names.
+        for e in out.iter_mut() {
+            if let OutputRecord::DeadLetter(r) = &mut e.record {
+                if r.source.is_empty() {
+                    self.args.dead_letters.file(r);
+                }
+            }
+        }
         self.out.append(out);
     }
 
@@ -235,11 +241,10 @@ impl Actor for BuildActor {
             let what = format!("block {} of batch {}", block.map_or(-1, |b| b as i64), batch.span.seq);
             let dl = DeadLetter::new(batch.span.input, offset, RejectReason::Poison(why), what.as_bytes());
             tracing::error!(build_id = %st.args.build, input = batch.span.input, offset, reason = %dl.reason, "dead-lettering the record that crashed the build actor");
-            metrics::counter!("meltstream_dead_letters_total", "reason" => "poison").increment(1);
-            EngineStats::add(&st.args.stats.dead_letters, 1);
-            let source = st.args.source_names.get(crate::kafka_source::source_index(batch.span.input)).cloned().unwrap_or_default();
+            let mut r = DeadLetterRecord::from_dead_letter(String::new(), None, &dl);
+            st.args.dead_letters.file(&mut r);
             st.out.push(Emitted {
-                record: OutputRecord::DeadLetter(DeadLetterRecord::from_dead_letter(source, st.args.board.partition_of(batch.span.input), &dl)),
+                record: OutputRecord::DeadLetter(r),
                 hold: HoldSet::one((batch.span.input, batch.span.seq)),
                 origin_wall_ns: now_wall_ns(),
                 position: Some((batch.span.input, offset)),

@@ -6,9 +6,19 @@
 //! # What is stored with the offsets
 //! The committed offset of each source partition is its `resume` offset; its metadata string
 //! holds the partition's `emitted_through` and the transaction's id
-//! (`meltstream:v1:et=<offset>:tx=<run>-<n>`). After a restart the sink drops positioned records
-//! below `emitted_through` (already in the topic), and the tx id tells whether a commit whose
-//! outcome was lost with the connection did land.
+//! (`meltstream:v1:et=<offset>:tx=<run>-<n>:out=<partition>@<offset>,…`). After a restart the
+//! sink drops positioned records below `emitted_through` (already in the topic), and the tx id
+//! tells whether a commit whose outcome was lost with the connection did land.
+//!
+//! # Records ahead of the stored progress
+//! A transaction's checkpoint covers only what was durable *before* it, so its own records lie
+//! at or above the `emitted_through` it stores; the next transaction's checkpoint covers them.
+//! A crash between the two would let a replay write them again. So every record carries its
+//! source position in a header (`meltstream-position: <topic>:<partition>:<offset>`), and `out`
+//! names, per output partition, the first record of the oldest committed transaction that the
+//! checkpoint does not cover yet. After a restart the sink settles its last transaction
+//! (`init_transactions`), reads its topic from `out` to the end with `read_committed`, and drops
+//! replayed records at the positions it finds there too.
 //!
 //! # What it accepts
 //! Only records with a source position (alerts raised by a sample or a log record, dead letters,
@@ -29,6 +39,7 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
@@ -36,10 +47,69 @@ use rdkafka::types::RDKafkaErrorCode;
 use meltstream_engine::records::Emitted;
 use meltstream_engine::topology::KafkaSinkConfig;
 
-use crate::progress::{Checkpoint, Progress, StoredProgress};
+use crate::progress::{Checkpoint, Progress, ProgressBoard, StoredProgress, TopicPartition, Written};
 use crate::sink::{SinkError, SinkWriter};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The header that carries a record's source position.
+const POSITION_HEADER: &str = "meltstream-position";
+
+/// A record waiting for the next transaction.
+struct Buffered {
+    key: String,
+    payload: Vec<u8>,
+    position: Option<(TopicPartition, u64)>,
+}
+
+/// Where a committed transaction's records went, and the source positions they came from.
+#[derive(Clone, Debug, Default)]
+struct TxSpan {
+    /// First output offset per output partition.
+    first_out: BTreeMap<i32, i64>,
+    /// Highest source offset per source partition.
+    max_pos: BTreeMap<TopicPartition, u64>,
+}
+
+impl TxSpan {
+    /// True when `c` covers every position of the span: a replay drops them by emitted-through.
+    fn covered_by(&self, c: &Checkpoint) -> bool {
+        self.max_pos.iter().all(|(tp, &o)| c.entries.iter().any(|(t, p)| t == tp && o < p.emitted_through))
+    }
+}
+
+/// The `out` field: the lowest first offset per output partition over `spans`.
+fn out_field(spans: &[&TxSpan]) -> String {
+    let mut low: BTreeMap<i32, i64> = BTreeMap::new();
+    for (p, o) in spans.iter().flat_map(|s| s.first_out.iter()) {
+        low.entry(*p).and_modify(|x| *x = (*x).min(*o)).or_insert(*o);
+    }
+    low.iter().map(|(p, o)| format!("{p}@{o}")).collect::<Vec<_>>().join(",")
+}
+
+/// Test hook: with `MELTSTREAM_FAULT_ABORT_AFTER_KAFKA_TX=n`, the process aborts right after
+/// its n-th committed transaction that held records — the instant at which the topic holds
+/// records that the stored progress does not cover yet. `tests/exactly_once.rs` uses it.
+fn fault_abort_after(n: u64) {
+    static AT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    if *AT.get_or_init(|| std::env::var("MELTSTREAM_FAULT_ABORT_AFTER_KAFKA_TX").ok().and_then(|v| v.parse().ok())) == Some(n) {
+        eprintln!("meltstream: MELTSTREAM_FAULT_ABORT_AFTER_KAFKA_TX={n}: aborting after a Kafka commit");
+        std::process::abort();
+    }
+}
+
+/// Parses an `out` field.
+fn parse_out(v: &str) -> BTreeMap<i32, i64> {
+    v.split(',').filter_map(|e| e.split_once('@')).filter_map(|(p, o)| Some((p.parse().ok()?, o.parse().ok()?))).collect()
+}
+
+/// Parses a position header.
+fn parse_position(v: &[u8]) -> Option<(TopicPartition, u64)> {
+    let s = std::str::from_utf8(v).ok()?;
+    let (rest, offset) = s.rsplit_once(':')?;
+    let (topic, partition) = rest.rsplit_once(':')?;
+    Some(((topic.to_owned(), partition.parse().ok()?), offset.parse().ok()?))
+}
 
 /// The Kafka sink writer.
 pub struct KafkaSink {
@@ -50,11 +120,21 @@ pub struct KafkaSink {
     group_id: String,
     producer: Option<FutureProducer>,
     consumer: BaseConsumer,
-    buffered: Vec<(String, Vec<u8>)>,
+    /// Names source partitions.
+    board: ProgressBoard,
+    buffered: Vec<Buffered>,
     run_id: u64,
     tx_seq: u64,
-    /// The tx id of a commit whose outcome is unknown.
-    uncertain: Option<String>,
+    /// The tx id of a commit whose outcome is unknown, and its span.
+    uncertain: Option<(String, TxSpan)>,
+    /// Committed transactions whose records the stored checkpoint does not cover yet.
+    uncovered: Vec<TxSpan>,
+    /// Read back at start: positions already in the topic beyond the stored progress.
+    written: Written,
+    /// The progress stored before this run.
+    stored: StoredProgress,
+    /// Transactions committed with records, for the fault hook.
+    txs_with_records: u64,
 }
 
 static RUNS: AtomicU64 = AtomicU64::new(0);
@@ -63,23 +143,32 @@ fn retryable(sink: &str, what: &str, e: impl std::fmt::Display) -> SinkError {
     SinkError::Retryable { sink: sink.to_owned(), message: format!("{what}: {e}") }
 }
 
+/// The fields of the metadata string written with an offset.
+#[derive(Debug, Default, PartialEq)]
+struct Metadata<'a> {
+    et: Option<u64>,
+    tx: Option<&'a str>,
+    out: BTreeMap<i32, i64>,
+}
+
 /// Parses the metadata string written with an offset.
-fn parse_metadata(s: &str) -> (Option<u64>, Option<&str>) {
-    let mut et = None;
-    let mut tx = None;
+fn parse_metadata(s: &str) -> Metadata<'_> {
+    let mut m = Metadata::default();
     for part in s.strip_prefix("meltstream:v1:").unwrap_or("").split(':') {
         if let Some(v) = part.strip_prefix("et=") {
-            et = v.parse().ok();
+            m.et = v.parse().ok();
         } else if let Some(v) = part.strip_prefix("tx=") {
-            tx = Some(v);
+            m.tx = Some(v);
+        } else if let Some(v) = part.strip_prefix("out=") {
+            m.out = parse_out(v);
         }
     }
-    (et, tx)
+    m
 }
 
 impl KafkaSink {
     /// A sink named `name` committing offsets of `group_id` over `source_topics`.
-    pub fn new(name: &str, config: KafkaSinkConfig, source_topics: Vec<String>, group_id: String) -> Result<KafkaSink, SinkError> {
+    pub fn new(name: &str, config: KafkaSinkConfig, source_topics: Vec<String>, group_id: String, board: ProgressBoard) -> Result<KafkaSink, SinkError> {
         let mut cc = ClientConfig::new();
         cc.set("bootstrap.servers", &config.brokers).set("group.id", &group_id).set("enable.auto.commit", "false");
         for (k, v) in &config.properties {
@@ -94,10 +183,15 @@ impl KafkaSink {
             group_id,
             producer: None,
             consumer,
+            board,
             buffered: Vec::new(),
             run_id,
             tx_seq: 0,
             uncertain: None,
+            uncovered: Vec::new(),
+            written: Written::new(),
+            stored: StoredProgress::new(),
+            txs_with_records: 0,
         })
     }
 
@@ -166,24 +260,24 @@ impl KafkaSink {
         self.producer = None;
     }
 
-    fn classify(&mut self, what: &str, e: KafkaError, tx: &str) -> SinkError {
+    fn classify(&mut self, what: &str, e: KafkaError, tx: &(String, TxSpan)) -> SinkError {
         let (fatal, abort) = match &e {
             KafkaError::Transaction(t) => (t.is_fatal(), t.txn_requires_abort()),
             _ => (matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced)), false),
         };
         if fatal {
-            self.uncertain = Some(tx.to_owned());
+            self.uncertain = Some(tx.clone());
             self.reset_producer(&e.to_string());
         } else if abort {
             if let Some(p) = &self.producer {
                 if let Err(ae) = p.abort_transaction(TIMEOUT) {
-                    self.uncertain = Some(tx.to_owned());
+                    self.uncertain = Some(tx.clone());
                     self.reset_producer(&format!("abort failed: {ae}"));
                 }
             }
         } else {
             // Outcome unknown (a timeout): a new producer settles the transaction, and we check.
-            self.uncertain = Some(tx.to_owned());
+            self.uncertain = Some(tx.clone());
             self.reset_producer(&e.to_string());
         }
         retryable(&self.name, what, e)
@@ -191,28 +285,85 @@ impl KafkaSink {
 
     /// After an unknown outcome: true when the transaction `tx` did commit.
     fn landed(&self, tx: &str) -> Result<bool, KafkaError> {
-        Ok(self.committed()?.iter().any(|(_, _, _, md)| parse_metadata(md).1 == Some(tx)))
+        Ok(self.committed()?.iter().any(|(_, _, _, md)| parse_metadata(md).tx == Some(tx)))
+    }
+
+    /// Reads the sink's topic from `from` (per partition) to its end with `read_committed`;
+    /// returns the source positions of the records found.
+    fn read_back(&self, from: &BTreeMap<i32, i64>) -> Result<Written, KafkaError> {
+        let mut cc = ClientConfig::new();
+        cc.set("bootstrap.servers", &self.config.brokers)
+            .set("group.id", format!("{}-readback", self.group_id))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed");
+        for (k, v) in &self.config.properties {
+            cc.set(k, v);
+        }
+        let c: BaseConsumer = cc.create()?;
+        let mut tpl = TopicPartitionList::new();
+        let mut ends = BTreeMap::new();
+        for (&p, &o) in from {
+            let (_, high) = c.fetch_watermarks(&self.config.topic, p, TIMEOUT)?;
+            if high > o {
+                tpl.add_partition_offset(&self.config.topic, p, Offset::Offset(o))?;
+                ends.insert(p, high);
+            }
+        }
+        let mut written = Written::new();
+        if ends.is_empty() {
+            return Ok(written);
+        }
+        c.assign(&tpl)?;
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        // Transaction markers take offsets too, so the end is told by the partition's EOF
+        // event, not by the last record's offset.
+        while !ends.is_empty() {
+            if std::time::Instant::now() > deadline {
+                return Err(KafkaError::Canceled);
+            }
+            match c.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    ends.remove(&p);
+                }
+                Some(Err(e)) => return Err(e),
+                Some(Ok(m)) => {
+                    if let Some(pos) = m.headers().and_then(|h| h.iter().find(|h| h.key == POSITION_HEADER).and_then(|h| h.value).and_then(parse_position)) {
+                        written.entry(pos.0).or_default().insert(pos.1);
+                    }
+                }
+            }
+        }
+        Ok(written)
     }
 
     async fn transact(&mut self, checkpoint: &Checkpoint) -> Result<(), SinkError> {
         let producer = self.producer().await?;
-        if let Some(tx) = self.uncertain.clone() {
+        if let Some((tx, span)) = self.uncertain.clone() {
             let landed = self.landed(&tx).map_err(|e| retryable(&self.name, "reading the group's offsets", e))?;
             self.uncertain = None;
             if landed {
                 tracing::info!(sink = %self.name, tx = %tx, "the transaction whose outcome was unknown did commit");
                 self.buffered.clear();
+                self.uncovered.push(span);
                 return Ok(());
             }
         }
         self.tx_seq += 1;
-        let tx = format!("{}-{}", self.run_id, self.tx_seq);
+        let mut tx = (format!("{}-{}", self.run_id, self.tx_seq), TxSpan::default());
         if let Err(e) = producer.begin_transaction() {
             return Err(self.classify("begin_transaction", e, &tx));
         }
         let mut deliveries = Vec::with_capacity(self.buffered.len());
-        for (key, payload) in &self.buffered {
-            let mut rec = FutureRecord::to(&self.config.topic).key(key.as_bytes()).payload(payload.as_slice());
+        for b in &self.buffered {
+            let mut rec = FutureRecord::to(&self.config.topic).key(b.key.as_bytes()).payload(b.payload.as_slice());
+            if let Some((tp, o)) = &b.position {
+                let v = format!("{}:{}:{o}", tp.0, tp.1);
+                rec = rec.headers(OwnedHeaders::new().insert(Header { key: POSITION_HEADER, value: Some(v.as_bytes()) }));
+                tx.1.max_pos.entry(tp.clone()).and_modify(|m| *m = (*m).max(*o)).or_insert(*o);
+            }
             loop {
                 match producer.send_result(rec) {
                     Ok(d) => {
@@ -229,16 +380,40 @@ impl KafkaSink {
         }
         for d in deliveries {
             match d.await {
-                Ok(Ok(_)) => {}
+                Ok(Ok(d)) => {
+                    tx.1.first_out.entry(d.partition).and_modify(|o| *o = (*o).min(d.offset)).or_insert(d.offset);
+                }
                 Ok(Err((e, _))) => return Err(self.classify("delivery", e, &tx)),
                 Err(_) => return Err(self.classify("delivery", KafkaError::Canceled, &tx)),
             }
         }
+        // Transactions this checkpoint does not cover, this one included: where a restart
+        // reads the topic back from.
+        let mut ahead: Vec<&TxSpan> = self.uncovered.iter().filter(|s| !s.covered_by(checkpoint)).collect();
+        if !tx.1.covered_by(checkpoint) {
+            ahead.push(&tx.1);
+        }
+        let out = out_field(&ahead);
+        // A partition that has no progress on the board yet but records in the topic still
+        // needs the metadata, or a restart would not know where to read back from: it keeps
+        // the progress stored before this run (or, without one, from the beginning).
+        let mut entries = checkpoint.entries.clone();
+        for tp in ahead.iter().flat_map(|s| s.max_pos.keys()) {
+            if !entries.iter().any(|(t, _)| t == tp) {
+                let p = self.stored.get(tp).copied().unwrap_or(Progress { resume: 0, emitted_through: 0 });
+                entries.push((tp.clone(), p));
+            }
+        }
         let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), p) in &checkpoint.entries {
+        for ((topic, partition), p) in &entries {
             let mut e = tpl.add_partition(topic, *partition);
             let _ = e.set_offset(Offset::Offset(p.resume as i64));
-            e.set_metadata(format!("meltstream:v1:et={}:tx={tx}", p.emitted_through));
+            let mut md = format!("meltstream:v1:et={}:tx={}", p.emitted_through, tx.0);
+            if !out.is_empty() {
+                md.push_str(":out=");
+                md.push_str(&out);
+            }
+            e.set_metadata(md);
         }
         if tpl.count() > 0 {
             let cgm = self.consumer.group_metadata().ok_or_else(|| retryable(&self.name, "group metadata", "unavailable"))?;
@@ -255,6 +430,12 @@ impl KafkaSink {
         }
         metrics::counter!("meltstream_kafka_sink_transactions_total", "sink" => self.name.clone()).increment(1);
         self.buffered.clear();
+        self.uncovered.retain(|s| !s.covered_by(checkpoint));
+        if !tx.1.first_out.is_empty() {
+            self.uncovered.push(tx.1);
+            self.txs_with_records += 1;
+            fault_abort_after(self.txs_with_records);
+        }
         Ok(())
     }
 }
@@ -268,7 +449,8 @@ impl SinkWriter for KafkaSink {
             }
             let key = r.record.build_id().unwrap_or("").to_owned();
             let payload = serde_json::to_vec(&r.record).map_err(|e| SinkError::Fatal { sink: self.name.clone(), message: format!("encoding: {e}") })?;
-            self.buffered.push((key, payload));
+            let position = r.position.and_then(|(input, o)| self.board.partition_of(input).map(|tp| (tp, o)));
+            self.buffered.push(Buffered { key, payload, position });
         }
         Ok(())
     }
@@ -281,25 +463,53 @@ impl SinkWriter for KafkaSink {
     }
 
     async fn stored_progress(&mut self) -> Result<Option<StoredProgress>, SinkError> {
+        // Settle the last transaction of a previous run first (init_transactions completes or
+        // aborts it), so that the offsets and the topic read below are final.
+        let _producer = self.producer().await?;
         let committed = self.committed().map_err(|e| retryable(&self.name, format!("reading offsets of group {}", self.group_id).as_str(), e))?;
         let mut out = BTreeMap::new();
+        let mut from: BTreeMap<i32, i64> = BTreeMap::new();
         for (topic, partition, resume, md) in committed {
             let resume = resume.max(0) as u64;
-            let et = parse_metadata(&md).0.unwrap_or(resume).max(resume);
+            let m = parse_metadata(&md);
+            for (p, o) in m.out {
+                from.entry(p).and_modify(|x| *x = (*x).min(o)).or_insert(o);
+            }
+            let et = m.et.unwrap_or(resume).max(resume);
             out.insert((topic, partition), Progress { resume, emitted_through: et });
         }
+        self.stored = out.clone();
+        self.written = self.read_back(&from).map_err(|e| retryable(&self.name, format!("reading back topic {}", self.config.topic).as_str(), e))?;
+        // Until this run's progress covers them, they stay where a restart reads back from.
+        let span = TxSpan { first_out: from, max_pos: self.written.iter().filter_map(|(tp, w)| Some((tp.clone(), *w.last()?))).collect() };
+        if !span.max_pos.is_empty() {
+            self.uncovered.push(span);
+        }
+        let n: usize = self.written.values().map(|w| w.len()).sum();
+        if n > 0 {
+            tracing::info!(sink = %self.name, positions = n, "records of the last transactions are already in the topic; a replay skips them");
+        }
         Ok(Some(out))
+    }
+
+    fn take_written(&mut self) -> Written {
+        std::mem::take(&mut self.written)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_metadata;
+    use super::{parse_metadata, parse_position};
+    use std::collections::BTreeMap;
 
     #[test]
     fn metadata_round_trip() {
-        assert_eq!(parse_metadata("meltstream:v1:et=42:tx=9-3"), (Some(42), Some("9-3")));
-        assert_eq!(parse_metadata(""), (None, None));
-        assert_eq!(parse_metadata("someone else's"), (None, None));
+        let m = parse_metadata("meltstream:v1:et=42:tx=9-3");
+        assert_eq!((m.et, m.tx), (Some(42), Some("9-3")));
+        let m = parse_metadata("meltstream:v1:et=42:tx=9-3:out=0@17,2@5");
+        assert_eq!(m.out, BTreeMap::from([(0, 17), (2, 5)]));
+        assert_eq!(parse_position(b"ispm-monitoring:3:1234"), Some((("ispm-monitoring".to_owned(), 3), 1234)));
+        assert_eq!(parse_metadata(""), Default::default());
+        assert_eq!(parse_metadata("someone else's"), Default::default());
     }
 }

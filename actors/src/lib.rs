@@ -156,14 +156,15 @@ impl EngineBuilder {
         let failure = Arc::new(Mutex::new(None));
         let board = ProgressBoard::default();
         // Writers first: the transactional ones tell where the sources resume.
-        let mut writers: Vec<(BoxedWriter, u64, Option<StoredProgress>)> = Vec::new();
+        let mut writers: Vec<(BoxedWriter, u64, Option<StoredProgress>, progress::Written)> = Vec::new();
         for s in &t.sinks {
             let (mut writer, flush_ms): (BoxedWriter, u64) = match self.writers.remove(&s.name) {
                 Some(w) => (w, 50),
-                None => make_writer(t, &s.name, &s.kind)?,
+                None => make_writer(t, &s.name, &s.kind, &board)?,
             };
             let stored = stored_progress(&s.name, &mut writer).await?;
-            writers.push((writer, flush_ms, stored));
+            let written = writer.take_written();
+            writers.push((writer, flush_ms, stored, written));
         }
         let stored: Vec<StoredProgress> = writers.iter().filter_map(|w| w.2.clone()).collect();
         let resume = resume_offsets(&stored);
@@ -175,7 +176,7 @@ impl EngineBuilder {
             .await
             .map_err(|e| start_err("commit coordinator", e))?;
         let mut sinks = Vec::new();
-        for (s, (writer, flush_ms, stored)) in t.sinks.iter().zip(writers) {
+        for (s, (writer, flush_ms, stored, written)) in t.sinks.iter().zip(writers) {
             let args = SinkArgs {
                 name: s.name.clone(),
                 writer,
@@ -184,6 +185,7 @@ impl EngineBuilder {
                 stats: stats.clone(),
                 board: board.clone(),
                 stored,
+                written,
             };
             let (actor, _) = Actor::spawn_linked(None, SinkActor, args, sup_cell.clone())
                 .await
@@ -201,8 +203,7 @@ impl EngineBuilder {
             build_idle: Duration::from_millis(e.build_idle_timeout_ms),
             restarts: RestartBudget::new(e.max_restarts, e.max_restart_window_s as i64 * 1_000_000_000),
             stats: stats.clone(),
-            source_names: source_names.clone(),
-            board: board.clone(),
+            dead_letters: outputs::DeadLetterDesk { source_names: source_names.clone(), board: board.clone(), stats: stats.clone() },
         };
         let (router, _) = Actor::spawn_linked(None, Router, router_args, sup_cell.clone()).await.map_err(|e| start_err("router", e))?;
         let ms = 1_000_000i64;
@@ -280,7 +281,7 @@ impl EngineBuilder {
 }
 
 /// The writer of a sink from its configuration, and its flush period in ms.
-fn make_writer(t: &Topology, name: &str, kind: &SinkKind) -> Result<(BoxedWriter, u64), EngineError> {
+fn make_writer(t: &Topology, name: &str, kind: &SinkKind, board: &ProgressBoard) -> Result<(BoxedWriter, u64), EngineError> {
     Ok(match kind {
         SinkKind::File(c) => (Box::new(FileSink::new(name, c.path.clone(), c.fsync)), c.flush_ms),
         SinkKind::Null(_) => (Box::new(NullSink), 50),
@@ -297,7 +298,7 @@ fn make_writer(t: &Topology, name: &str, kind: &SinkKind) -> Result<(BoxedWriter
             };
             let mut config = c.clone();
             config.brokers = expand_env(&c.brokers);
-            let w = KafkaSink::new(name, config, k.topics.clone(), k.group_id.clone()).map_err(|e| start_err(&format!("sink {name}"), e))?;
+            let w = KafkaSink::new(name, config, k.topics.clone(), k.group_id.clone(), board.clone()).map_err(|e| start_err(&format!("sink {name}"), e))?;
             (Box::new(w), c.flush_ms)
         }
     })

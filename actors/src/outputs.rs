@@ -7,9 +7,11 @@ use ractor::ActorRef;
 use tokio::sync::Semaphore;
 
 use meltstream_engine::offset_ledger::Hold;
-use meltstream_engine::records::Emitted;
+use meltstream_engine::records::{DeadLetterRecord, Emitted};
 use meltstream_engine::topology::RecordKind;
 
+use crate::engine_stats::EngineStats;
+use crate::progress::ProgressBoard;
 use crate::sink::SinkMsg;
 
 /// One sink as seen by the producers.
@@ -97,5 +99,31 @@ impl Outputs {
                 tracing::warn!(sink = %s.name, "sink is gone; records not delivered");
             }
         }
+    }
+}
+
+/// Where dead letters come from: names their source and Kafka topic and partition, logs and
+/// counts them. Shared by the router (records that did not decode) and the build actors (poison
+/// blocks, unmatched layer ends).
+#[derive(Clone)]
+pub struct DeadLetterDesk {
+    /// Source name per source index.
+    pub source_names: Arc<Vec<String>>,
+    /// Names Kafka partitions.
+    pub board: ProgressBoard,
+    /// Engine counters.
+    pub stats: Arc<EngineStats>,
+}
+
+impl DeadLetterDesk {
+    /// Fills in `r`'s source, topic and partition from its input; logs and counts it.
+    pub fn file(&self, r: &mut DeadLetterRecord) {
+        r.source = self.source_names.get(crate::kafka_source::source_index(r.input)).cloned().unwrap_or_default();
+        let (topic, partition) = self.board.partition_of(r.input).map_or((None, None), |(t, p)| (Some(t), Some(p)));
+        r.topic = topic;
+        r.partition = partition;
+        metrics::counter!("meltstream_dead_letters_total", "reason" => r.reason_kind.clone()).increment(1);
+        EngineStats::add(&self.stats.dead_letters, 1);
+        tracing::warn!(source = %r.source, topic = ?r.topic, partition = ?r.partition, offset = r.offset, reason = %r.reason, "dead letter");
     }
 }

@@ -33,6 +33,9 @@ pub type TopicPartition = (String, i32);
 /// Progress per partition as one sink stored it.
 pub type StoredProgress = BTreeMap<TopicPartition, Progress>;
 
+/// Source offsets per partition whose positioned records a sink already holds.
+pub type Written = BTreeMap<TopicPartition, std::collections::BTreeSet<u64>>;
+
 /// The progress to store with a transaction.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Checkpoint {

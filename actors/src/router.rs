@@ -31,7 +31,7 @@ use crate::build_actor::{BuildActor, BuildArgs, BuildMsg, BuildSlot, Inbound, Sh
 use crate::commit_coordinator::CommitMsg;
 use crate::engine_stats::EngineStats;
 use crate::now_wall_ns;
-use crate::outputs::Outputs;
+use crate::outputs::{DeadLetterDesk, Outputs};
 use crate::watermark_coordinator::WatermarkMsg;
 
 /// Messages of the router.
@@ -68,10 +68,8 @@ pub struct RouterArgs {
     pub restarts: RestartBudget,
     /// Engine counters.
     pub stats: Arc<EngineStats>,
-    /// Source name per input.
-    pub source_names: Arc<Vec<String>>,
-    /// Names Kafka partitions (for dead letters).
-    pub board: crate::progress::ProgressBoard,
+    /// Names, logs and counts dead letters.
+    pub dead_letters: DeadLetterDesk,
 }
 
 struct BuildEntry {
@@ -107,8 +105,7 @@ impl RouterState {
             commit: self.args.commit.clone(),
             router: myself.clone(),
             stats: self.args.stats.clone(),
-            source_names: self.args.source_names.clone(),
-            board: self.args.board.clone(),
+            dead_letters: self.args.dead_letters.clone(),
             restarted_after: why,
         };
         let (actor, _) = Actor::spawn_linked(None, BuildActor, args, myself.get_cell()).await?;
@@ -169,19 +166,12 @@ impl RouterState {
             }
         }
         if !dead.is_empty() {
-            let source = self.args.source_names.get(crate::kafka_source::source_index(span.input)).cloned().unwrap_or_default();
             let mut records = Vec::with_capacity(dead.len());
             for d in dead {
-                metrics::counter!("meltstream_dead_letters_total", "reason" => d.reason.label()).increment(1);
-                tracing::warn!(source = %source, offset = d.offset, reason = %d.reason, "dead letter");
-                records.push(Emitted {
-                    record: OutputRecord::DeadLetter(DeadLetterRecord::from_dead_letter(source.clone(), self.args.board.partition_of(span.input), &d)),
-                    hold: HoldSet::one((span.input, span.seq)),
-                    origin_wall_ns: origin,
-                    position: Some((span.input, d.offset)),
-                });
+                let mut r = DeadLetterRecord::from_dead_letter(String::new(), None, &d);
+                self.args.dead_letters.file(&mut r);
+                records.push(Emitted { record: OutputRecord::DeadLetter(r), hold: HoldSet::one((span.input, span.seq)), origin_wall_ns: origin, position: Some((span.input, d.offset)) });
             }
-            EngineStats::add(&self.args.stats.dead_letters, records.len() as u64);
             let plan = self.args.outputs.plan(records);
             let _ = self.args.commit.cast(CommitMsg::Emitted(plan.deliveries.clone()));
             self.args.outputs.send(plan).await;

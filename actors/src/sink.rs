@@ -30,7 +30,7 @@ use meltstream_engine::records::Emitted;
 use crate::commit_coordinator::CommitMsg;
 use crate::engine_stats::EngineStats;
 use crate::now_wall_ns;
-use crate::progress::{Checkpoint, ProgressBoard, StoredProgress};
+use crate::progress::{Checkpoint, ProgressBoard, StoredProgress, Written};
 
 type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
@@ -46,6 +46,12 @@ pub trait SinkWriter: Send + 'static {
     fn stored_progress(&mut self) -> impl std::future::Future<Output = Result<Option<StoredProgress>, SinkError>> + Send {
         async { Ok(None) }
     }
+    /// After [`SinkWriter::stored_progress`]: source positions at or above the stored
+    /// emitted-through whose records are nevertheless durable here (a sink without keys, whose
+    /// last transactions held records ahead of the progress stored with them).
+    fn take_written(&mut self) -> Written {
+        Written::new()
+    }
 }
 
 /// An object-safe wrapper so that a topology can hold sinks of different types.
@@ -59,6 +65,8 @@ pub trait DynWriter: Send + 'static {
     fn flush<'a>(&'a mut self, checkpoint: &'a Checkpoint) -> BoxFuture<'a, Result<(), SinkError>>;
     /// See [`SinkWriter::stored_progress`].
     fn stored_progress(&mut self) -> BoxFuture<'_, Result<Option<StoredProgress>, SinkError>>;
+    /// See [`SinkWriter::take_written`].
+    fn take_written(&mut self) -> Written;
 }
 
 impl<W: SinkWriter> DynWriter for W {
@@ -70,6 +78,9 @@ impl<W: SinkWriter> DynWriter for W {
     }
     fn stored_progress(&mut self) -> BoxFuture<'_, Result<Option<StoredProgress>, SinkError>> {
         Box::pin(SinkWriter::stored_progress(self))
+    }
+    fn take_written(&mut self) -> Written {
+        SinkWriter::take_written(self)
     }
 }
 
@@ -120,6 +131,8 @@ pub struct SinkArgs {
     pub board: ProgressBoard,
     /// What a transactional writer stored before this run (`None`: not transactional).
     pub stored: Option<StoredProgress>,
+    /// Positions the writer holds beyond what it stored (see [`SinkWriter::take_written`]).
+    pub written: Written,
 }
 
 /// State of a sink actor.
@@ -181,7 +194,8 @@ impl SinkState {
     /// True when `e` is already durable in this sink from before a restart.
     fn already_stored(&self, e: &Emitted) -> bool {
         let (Some(stored), Some((input, offset))) = (&self.args.stored, e.position) else { return false };
-        self.args.board.partition_of(input).and_then(|tp| stored.get(&tp)).is_some_and(|p| offset < p.emitted_through)
+        let Some(tp) = self.args.board.partition_of(input) else { return false };
+        stored.get(&tp).is_some_and(|p| offset < p.emitted_through) || self.args.written.get(&tp).is_some_and(|w| w.contains(&offset))
     }
 
     async fn flush(&mut self) -> Result<(), ActorProcessingErr> {

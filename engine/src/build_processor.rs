@@ -10,13 +10,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::batch::{BlockHeader, RecordBatch, COL_X, COL_Y};
-use crate::decode::NO_LAYER;
+use crate::decode::{DeadLetter, RejectReason, NO_LAYER};
 use crate::event::{BuildId, Channel, LayerEvent, LayerPhase, TimeNs};
 use crate::grid::GridSpec;
 use crate::layer_window::LayerWindow;
 use crate::offset_ledger::HoldSet;
 use crate::operator::{Ctx, Operator};
-use crate::records::{Anomaly, Emitted, LateRecord, OutputRecord};
+use crate::records::{Anomaly, DeadLetterRecord, Emitted, LateRecord, OutputRecord};
 use crate::rules::{Cooldown, Rule, RuleTarget};
 use crate::time::format_rfc3339;
 use crate::time_window::{TimeWindowSpec, TimeWindowState};
@@ -165,7 +165,7 @@ impl BuildProcessor {
         self.s.rules.iter().map(|r| r.name.as_str()).collect()
     }
 
-    fn handle_layer_event(&mut self, ev: &LayerEvent, ctx: &Ctx) {
+    fn handle_layer_event(&mut self, batch: &RecordBatch, ev: &LayerEvent, ctx: &Ctx, out: &mut Vec<Emitted>) {
         if ev.phase == LayerPhase::BuildEnd {
             self.build_end_ns = Some(self.build_end_ns.map_or(ev.t_ns, |e| e.max(ev.t_ns)));
             return;
@@ -173,8 +173,12 @@ impl BuildProcessor {
         if !matches!(ev.phase, LayerPhase::Start | LayerPhase::End) {
             return;
         }
+        if ev.phase == LayerPhase::End && !self.layers.contains_key(&ev.layer) && !self.opened_before(batch, ev.source_offset, Some(ev.layer)) {
+            self.reject_unmatched_end(batch, ev, ctx, out);
+            return;
+        }
         let Some(w) = self.window_for(ev.layer) else {
-            // An event for a layer already emitted: nothing to update.
+            // A start for a layer already emitted: nothing to update.
             return;
         };
         if let Some(h) = ctx.hold {
@@ -194,6 +198,44 @@ impl BuildProcessor {
         }
         w.dirty = true;
         self.counters.layer = Some(self.counters.layer.map_or(ev.layer, |l| l.max(ev.layer)));
+    }
+
+    /// Dead-letters a layer `end` that matches no window: the layer was never started and has
+    /// no samples before it, or its window is already final. The reason depends only on the
+    /// windows open at the event's offset, which a replay from the stored offsets rebuilds, so a
+    /// replay decides the same way:
+    /// `unknown_build` when nothing of the build is open (its first record, or a build whose
+    /// layers are all closed), else `unknown_layer`.
+    fn reject_unmatched_end(&mut self, batch: &RecordBatch, ev: &LayerEvent, ctx: &Ctx, out: &mut Vec<Emitted>) {
+        let what = format!("layer {} `end` of build {}", ev.layer, self.build);
+        let reason = if self.layers.values().any(|w| w.emitted == 0) || self.opened_before(batch, ev.source_offset, None) {
+            RejectReason::UnknownLayer(format!("{what}: that layer has no open window"))
+        } else {
+            RejectReason::UnknownBuild(format!("{what}, which has no open layer"))
+        };
+        let raw = format!(
+            r#"{{"type":"layer","build_id":{},"layer":{},"phase":"end","t_ns":{}}}"#,
+            serde_json::to_string(&*self.build).unwrap_or_default(),
+            ev.layer,
+            ev.t_ns
+        );
+        let input = ctx.hold.map_or(0, |(input, _)| input);
+        let d = DeadLetter::new(input, ev.source_offset, reason, raw.as_bytes());
+        // Source name and partition are filled in by the actor, which knows them.
+        let record = DeadLetterRecord::from_dead_letter(String::new(), None, &d);
+        out.push(Emitted { record: OutputRecord::DeadLetter(record), hold: hold_of(ctx), origin_wall_ns: ctx.origin_wall_ns, position: position_of(ctx, ev.source_offset) });
+    }
+
+    /// True when a block of `batch` read before `offset` opens or feeds a window (of `layer`, or
+    /// of any layer). Layer events are handled before the batch's blocks; this keeps a decision
+    /// about an event the one that reading in offset order gives, whatever the batch boundaries.
+    fn opened_before(&self, batch: &RecordBatch, offset: u64, layer: Option<u32>) -> bool {
+        batch.blocks.iter().any(|h| {
+            h.source_offset < offset
+                && h.layer != NO_LAYER
+                && layer.is_none_or(|l| l == h.layer)
+                && (self.layers.contains_key(&h.layer) || self.max_closed_layer.is_none_or(|m| h.layer > m))
+        })
     }
 
     /// The window of `layer` if it is open or kept for updates; a new one if the layer was never
@@ -468,7 +510,7 @@ impl BuildProcessor {
     /// The non-sample part of a batch: layer events and machine-log rules.
     pub fn process_events(&mut self, batch: &RecordBatch, ctx: &Ctx, out: &mut Vec<Emitted>) {
         for ev in &batch.layers {
-            self.handle_layer_event(ev, ctx);
+            self.handle_layer_event(batch, ev, ctx, out);
         }
         self.log_rules(batch, ctx, out);
     }
@@ -478,5 +520,92 @@ impl BuildProcessor {
         if self.s.late_policy == LatePolicy::Update {
             self.emit_updates(ctx, out);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{DecodeLimits, Decoder};
+
+    const NOW: TimeNs = 1_800_000_000_000_000_000;
+
+    /// Lines of one build: samples of layer 0, a stray end of layer 5, layer 0's end, samples
+    /// of layer 1 and its end; then a build never seen that ends a layer.
+    fn lines() -> Vec<String> {
+        let t = |ms: u32| format!("2024-01-15T10:30:00.{ms:03}Z");
+        vec![
+            format!(r#"{{"build_id": "b", "layer": 0, "timestamp": "{}", "temperature": 1600.0}}"#, t(1)),
+            format!(r#"{{"build_id": "b", "layer": 0, "timestamp": "{}", "temperature": 1610.0}}"#, t(2)),
+            format!(r#"{{"type": "layer", "build_id": "b", "layer": 5, "phase": "end", "timestamp": "{}"}}"#, t(3)),
+            format!(r#"{{"type": "layer", "build_id": "b", "layer": 0, "phase": "end", "timestamp": "{}"}}"#, t(4)),
+            format!(r#"{{"build_id": "b", "layer": 1, "timestamp": "{}", "temperature": 1620.0}}"#, t(5)),
+            format!(r#"{{"type": "layer", "build_id": "b", "layer": 1, "phase": "end", "timestamp": "{}"}}"#, t(6)),
+        ]
+    }
+
+    /// Dead letters (offset, reason) and layer ends (layer, end time).
+    type Outcome = (Vec<(u64, String)>, Vec<(u32, i64)>);
+
+    /// The outcome with the input cut into batches at `cuts`.
+    fn run(cuts: &[usize]) -> Outcome {
+        let topo = crate::topology::load(crate::topology::DEMO_TOML, "demo.toml", std::path::Path::new(".")).expect("demo topology");
+        let mut p = BuildProcessor::new(BuildId::from("b"), Arc::new(BuildSettings::from_topology(&topo)));
+        let mut d = Decoder::new(0, DecodeLimits::default());
+        let lines = lines();
+        let mut out = Vec::new();
+        let mut bounds = vec![0];
+        bounds.extend_from_slice(cuts);
+        bounds.push(lines.len());
+        for (seq, w) in bounds.windows(2).enumerate() {
+            let mut batch = RecordBatch::with_capacity(16);
+            for (i, l) in lines.iter().enumerate().take(w[1]).skip(w[0]) {
+                d.decode(l.as_bytes(), i as u64, NOW, &mut batch);
+            }
+            let ctx = Ctx { hold: Some((0, seq as u64)), now_wall_ns: NOW, origin_wall_ns: NOW };
+            p.process(&batch, &ctx, &mut out);
+        }
+        p.on_close(&Ctx { hold: None, now_wall_ns: NOW, origin_wall_ns: NOW }, &mut out);
+        let mut dead = Vec::new();
+        let mut ends = Vec::new();
+        for e in out {
+            match e.record {
+                OutputRecord::DeadLetter(r) => {
+                    assert_eq!(e.position, Some((0, r.offset)), "positioned, so a replay does not write it twice");
+                    dead.push((r.offset, r.reason_kind));
+                }
+                OutputRecord::LayerSummary(s) => ends.push((s.layer, s.window_end_ns)),
+                _ => {}
+            }
+        }
+        (dead, ends)
+    }
+
+    #[test]
+    fn an_end_without_a_window_is_dead_lettered_whatever_the_batch_boundaries() {
+        let whole = run(&[]);
+        assert_eq!(whole.0, vec![(2, "unknown_layer".to_string())], "only the stray end of layer 5");
+        let ms = |m: i64| 1_705_314_600_000_000_000 + m * 1_000_000;
+        assert_eq!(whole.1, vec![(0, ms(4)), (1, ms(6))], "the ends close their layers");
+        for a in 1..lines().len() {
+            assert_eq!(run(&[a]), whole, "cut at {a}");
+            for b in a + 1..lines().len() {
+                assert_eq!(run(&[a, b]), whole, "cuts at {a}, {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_end_for_a_build_with_nothing_open_is_an_unknown_build() {
+        let topo = crate::topology::load(crate::topology::DEMO_TOML, "demo.toml", std::path::Path::new(".")).expect("demo topology");
+        let mut p = BuildProcessor::new(BuildId::from("ghost"), Arc::new(BuildSettings::from_topology(&topo)));
+        let mut batch = RecordBatch::with_capacity(4);
+        Decoder::new(0, DecodeLimits::default()).decode(br#"{"type": "layer", "build_id": "ghost", "layer": 7, "phase": "end", "t_ns": 5}"#, 42, NOW, &mut batch);
+        let mut out = Vec::new();
+        p.process(&batch, &Ctx { hold: Some((0, 0)), now_wall_ns: NOW, origin_wall_ns: NOW }, &mut out);
+        let [Emitted { record: OutputRecord::DeadLetter(r), .. }] = &out[..] else { panic!("one dead letter: {out:?}") };
+        assert_eq!((r.offset, r.reason_kind.as_str()), (42, "unknown_build"));
+        assert_eq!(r.raw_prefix, r#"{"type":"layer","build_id":"ghost","layer":7,"phase":"end","t_ns":5}"#);
+        assert_eq!(p.open_windows(), 0, "no window opened for it");
     }
 }

@@ -51,9 +51,14 @@ pub enum RejectReason {
     /// The record made an actor fail; it was set aside so that it cannot fail it again.
     #[error("poison record: {0}")]
     Poison(String),
-    /// The record names a build that the topology does not accept.
+    /// A layer `end` for a build with no open layer: its first record, or one for a build
+    /// whose layers are all closed.
     #[error("unknown build: {0}")]
     UnknownBuild(String),
+    /// A layer `end` for a layer of a known build that has no open window: never started and
+    /// without samples, or already final.
+    #[error("unknown layer: {0}")]
+    UnknownLayer(String),
 }
 
 impl RejectReason {
@@ -67,6 +72,7 @@ impl RejectReason {
             RejectReason::Future { .. } => "future_timestamp",
             RejectReason::Poison(_) => "poison",
             RejectReason::UnknownBuild(_) => "unknown_build",
+            RejectReason::UnknownLayer(_) => "unknown_layer",
         }
     }
 }
@@ -262,7 +268,7 @@ impl Decoder {
                         return Err(RejectReason::Range(format!("laser {} parameters must be finite and ≥ 0", p.laser)));
                     }
                 }
-                batch.push_layer(LayerEvent { build, layer, phase, t_ns, z_um: w.z_um, params });
+                batch.push_layer(LayerEvent { build, layer, phase, t_ns, z_um: w.z_um, params, source_offset: offset });
                 Ok(())
             }
             Some("log") => {

@@ -146,6 +146,8 @@ pub struct LayerEvent {
     pub z_um: Option<i64>,
     /// Parameters per laser and style, usually on `Start`.
     pub params: Vec<LaserParams>,
+    /// Source offset of the record it came from.
+    pub source_offset: u64,
 }
 
 /// A machine-log record (~1 Hz): O2, pressure, gas flow, temperatures.

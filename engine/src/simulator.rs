@@ -406,9 +406,10 @@ impl Machine {
             t_ns: t,
             z_um: None,
             params: Vec::new(),
+            source_offset: offset,
         };
         match self.stage {
-            Stage::LayerStart => self.start_layer(s, truth, batch, t),
+            Stage::LayerStart => self.start_layer(s, truth, batch, t, offset),
             Stage::Blocks => self.emit_block(s, scratch, truth, batch, t, offset),
             Stage::LayerEnd => {
                 batch.push_layer(event(LayerPhase::End, &self.build));
@@ -463,7 +464,7 @@ impl Machine {
         batch.push_log(LogRecord { build: self.build.clone(), t_ns: t, values, source_offset: offset });
     }
 
-    fn start_layer(&mut self, s: &Setup, truth: &mut Vec<InjectedAnomaly>, batch: &mut RecordBatch, t: TimeNs) {
+    fn start_layer(&mut self, s: &Setup, truth: &mut Vec<InjectedAnomaly>, batch: &mut RecordBatch, t: TimeNs, offset: u64) {
         let k = self.layer;
         let n = s.samples_per_layer;
         let dt_s = s.dt_ns as f64 * 1e-9;
@@ -523,7 +524,7 @@ impl Machine {
             self.lasers.push(ll);
         }
         let z_um = (i64::from(k) + 1) * THICKNESS_UM as i64;
-        batch.push_layer(LayerEvent { build: self.build.clone(), layer: k, phase: LayerPhase::Start, t_ns: t, z_um: Some(z_um), params });
+        batch.push_layer(LayerEvent { build: self.build.clone(), layer: k, phase: LayerPhase::Start, t_ns: t, z_um: Some(z_um), params, source_offset: offset });
         self.block = 0;
         self.laser = 0;
         self.stage = if s.blocks_per_layer > 0 && s.lasers > 0 { Stage::Blocks } else { Stage::LayerEnd };

@@ -1,4 +1,4 @@
-//! `meltstream bench r1|r2|kafka-pg`: the reference workloads of DESIGN §4 through the whole
+//! `meltstream bench r1|r2|kafka-pg|json`: the reference workloads of DESIGN §4 through the whole
 //! engine, printing the command line, the machine, throughput, peak resident memory and
 //! result-latency percentiles (hdrhistogram).
 //!
@@ -7,6 +7,8 @@
 //!   Kafka source → engine → PostgreSQL sink with exactly-once on (results and offsets in one
 //!   transaction), timed from the engine's start until every offset is stored with its results.
 //!   Needs `KAFKA_BOOTSTRAP` and `DATABASE_URL` (`scripts/services/*.sh start` and `env`).
+//! - `json`: the JSON decoder alone on one thread (`--samples` events of the seed's format,
+//!   then R2's blocks of `--machines` and `--layers`).
 
 use std::time::Instant;
 
@@ -24,6 +26,8 @@ pub enum Workload {
     R2,
     /// R2's blocks through Kafka into PostgreSQL, exactly-once on.
     KafkaPg,
+    /// The JSON decoder alone, on one core: the seed's one-event messages and R2's blocks.
+    Json,
 }
 
 fn r1_topology(samples: u64) -> String {
@@ -202,6 +206,68 @@ fn kafka_pg(machines: u32, layers: u32) -> anyhow::Result<()> {
     })
 }
 
+/// Decodes `lines` into batches of 512 records, `rounds` times; returns (records, seconds).
+fn decode_lines(lines: &[String], rounds: usize) -> (u64, f64, u64) {
+    use meltstream_engine::batch::RecordBatch;
+    use meltstream_engine::decode::{DecodeLimits, Decoder};
+    let mut d = Decoder::new(0, DecodeLimits::default());
+    let now = 1_900_000_000_000_000_000;
+    let (mut records, mut samples) = (0u64, 0u64);
+    let start = Instant::now();
+    for _ in 0..rounds {
+        for chunk in lines.chunks(512) {
+            // A fresh batch each time, as the Kafka source makes one per 512 records.
+            let mut batch = RecordBatch::with_capacity(512);
+            for (i, l) in chunk.iter().enumerate() {
+                d.decode(l.as_bytes(), i as u64, now, &mut batch);
+            }
+            assert!(batch.dead.is_empty(), "bench input must decode: {:?}", batch.dead.first());
+            records += chunk.len() as u64;
+            samples += batch.sample_count();
+        }
+    }
+    (records, start.elapsed().as_secs_f64(), samples)
+}
+
+/// `bench json`: the decoder alone on one thread. The seed's message (one sample each, with
+/// varying values and times) and R2's 1 ms blocks as the simulator writes them.
+fn json_decode(events: u64, machines: u32, layers: u32) -> anyhow::Result<()> {
+    println!("command: {}", std::env::args().collect::<Vec<_>>().join(" "));
+    print_machine();
+    let distinct = 100_000usize.min(events as usize).max(1);
+    let seed: Vec<String> = (0..distinct)
+        .map(|i| {
+            format!(
+                r#"{{"build_id": "build_{:03}", "layer": {}, "timestamp": "2024-01-15T10:30:{:02}.{:06}Z", "temperature": {:.1}, "laser_power": 200.0, "scan_speed": 1.2, "hatch_spacing": 0.1}}"#,
+                i % 50,
+                45 + i / 20_000,
+                (i / 1_000_000) % 60,
+                i % 1_000_000,
+                1600.0 + (i % 1000) as f64 * 0.1
+            )
+        })
+        .collect();
+    let rounds = (events as usize).div_ceil(distinct);
+    let (n, secs, _) = decode_lines(&seed, rounds);
+    println!("seed format, one event per message: {n} events in {secs:.2} s = {:.2} M events/s on one core", n as f64 / secs / 1e6);
+    let cfg = topology::SimulatorConfig { machines, lasers: 4, sample_rate_hz: 100_000, layers, layer_ms: 2000, recoat_ms: 200, ..Default::default() };
+    let mut sim = meltstream_engine::simulator::Simulator::new(&cfg, 0);
+    let mut text = String::new();
+    while let Some(b) = sim.next_batch() {
+        meltstream_engine::simulator::write_json_lines(&b, &mut text);
+    }
+    let blocks: Vec<String> = text.lines().map(str::to_owned).collect();
+    let bytes: usize = blocks.iter().map(String::len).sum();
+    let (n, secs, samples) = decode_lines(&blocks, 1);
+    println!(
+        "R2 JSON blocks ({machines} machines, {layers} layer(s)): {n} messages, {samples} samples, {:.0} MB in {secs:.2} s = {:.2} M samples/s, {:.0} MB/s on one core",
+        bytes as f64 / 1e6,
+        samples as f64 / secs / 1e6,
+        bytes as f64 / secs / 1e6
+    );
+    Ok(())
+}
+
 fn print_machine() {
     println!(
         "machine: {} cores, {}",
@@ -222,6 +288,7 @@ pub fn run(w: Workload, samples: Option<u64>, machines: u32, layers: u32, real_p
         Workload::R1 => r1_topology(samples.unwrap_or(50_000_000)),
         Workload::R2 => r2_topology(machines, layers, real_pace),
         Workload::KafkaPg => return kafka_pg(machines, layers),
+        Workload::Json => return json_decode(samples.unwrap_or(2_000_000), machines, layers),
     };
     let t = topology::load(&text, "bench", std::path::Path::new(".")).map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("command: {}", std::env::args().collect::<Vec<_>>().join(" "));

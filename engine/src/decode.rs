@@ -161,11 +161,42 @@ struct Wire<'a> {
 }
 
 /// A number or an array of numbers: single samples carry scalars, blocks carry arrays.
-#[derive(Deserialize)]
-#[serde(untagged)]
+///
+/// Deserialized by hand: serde's `untagged` would first copy the whole array into its generic
+/// `Content` tree (an allocation per number) and then try each variant in turn, which made
+/// decoding a block several times slower.
 enum Vec1<T> {
     One(T),
     Many(Vec<T>),
+}
+
+impl<'de> Deserialize<'de> for Vec1<f32> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Vec1<f32>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number or an array of numbers")
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(Vec1::One(v as f32))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Vec1::One(v as f32))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Vec1::One(v as f32))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(128).min(4096));
+                while let Some(x) = seq.next_element::<f32>()? {
+                    v.push(x);
+                }
+                Ok(Vec1::Many(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl Vec1<f32> {

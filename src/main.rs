@@ -69,13 +69,13 @@ enum Cmd {
         #[arg(long)]
         seed: Option<u64>,
     },
-    /// Reference workloads of DESIGN §4: `r1` (per-sample events), `r2` (fleet of sample blocks), or
+    /// Reference workloads of DESIGN §4: `r1` (per-sample events), `r2` (fleet of sample blocks),
     /// `kafka-pg` (R2 blocks through Kafka into PostgreSQL, exactly-once; needs KAFKA_BOOTSTRAP and
-    /// DATABASE_URL).
+    /// DATABASE_URL), or `json` (the JSON decoder alone on one core).
     Bench {
-        /// `r1` or `r2`.
+        /// `r1`, `r2`, `kafka-pg` or `json`.
         workload: bench::Workload,
-        /// Samples to process (R1) or machines (R2: layers and lasers as the design's fleet).
+        /// Samples to process (R1), or seed-format events to decode (json).
         #[arg(long)]
         samples: Option<u64>,
         /// R2: machines.

@@ -71,11 +71,15 @@ pub struct Rule {
     pub cooldown_ns: i64,
 }
 
+/// Prefix that makes a rule channel a machine-log value whatever its name (`log:o2_ppm`).
+pub const LOG_PREFIX: &str = "log:";
+
 impl Rule {
     /// Compiles a checked rule config.
     pub fn compile(c: &RuleConfig) -> Rule {
         let target = match c.channel.as_str() {
             "energy_density_j_mm3" => RuleTarget::EnergyDensity,
+            ch if ch.starts_with(LOG_PREFIX) => RuleTarget::Log(ch[LOG_PREFIX.len()..].to_owned()),
             ch => match Channel::parse(ch) {
                 Some(ch) => RuleTarget::Sample(ch),
                 None => RuleTarget::Log(ch.to_owned()),

@@ -775,8 +775,8 @@ pub fn load(text: &str, file: &str, base_dir: &Path) -> Result<Topology, ConfigE
         if !r.limit.is_finite() {
             c.err(&format!("{key}.limit"), "expected a finite number");
         }
-        if r.channel.is_empty() {
-            c.err(&format!("{key}.channel"), "expected a sample channel, a machine-log channel or energy_density_j_mm3");
+        if let Some(msg) = rule_channel_problem(&r.channel) {
+            c.err(&format!("{key}.channel"), msg);
         }
     }
     for (key, s) in &sinks {
@@ -1022,6 +1022,43 @@ fn check_windows(c: &mut Checker<'_>, w: &WindowsConfig) {
     }
 }
 
+/// Why a rule's channel is refused, if it is. Any name that is not a sample channel or
+/// `energy_density_j_mm3` reads machine-log values, so a misspelt channel would silently become
+/// a log rule that never fires: a name within two edits of a known one (or equal to it but for
+/// case, spaces or dashes) is refused with a hint; `log:<name>` takes any log value as it is.
+fn rule_channel_problem(ch: &str) -> Option<String> {
+    if let Some(log) = ch.strip_prefix(crate::rules::LOG_PREFIX) {
+        return log.is_empty().then(|| "expected a machine-log value name after \"log:\"".to_owned());
+    }
+    if ch.is_empty() {
+        return Some("expected a sample channel, a machine-log channel or energy_density_j_mm3".into());
+    }
+    if ch == "energy_density_j_mm3" || Channel::parse(ch).is_some() {
+        return None;
+    }
+    let known = Channel::ALL.iter().map(|c| c.name()).chain(["energy_density_j_mm3"]);
+    let norm = |s: &str| s.to_ascii_lowercase().replace(['-', ' '], "_");
+    let wanted = norm(ch);
+    let near = known.into_iter().find(|k| norm(k) == wanted || (ch.len() > 4 && edit_distance(&wanted, k) <= 2))?;
+    Some(format!(
+        "unknown channel {ch:?}: did you mean {near:?}? (a machine-log value this close to a channel name needs the prefix \"log:\", e.g. \"log:{ch}\")"
+    ))
+}
+
+/// Levenshtein distance, for the did-you-mean hints of channel names (short strings).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
 fn channel_expected(got: &str) -> String {
     let names: Vec<&str> = Channel::ALL.iter().map(|c| c.name()).collect();
     format!("unknown channel {got:?}, expected one of: {}", names.join(", "))
@@ -1077,5 +1114,20 @@ mod tests {
     fn syntax_error_has_a_line() {
         let errs = load("name = \"x\"\n[engine\n", "t.toml", Path::new(".")).unwrap_err().0;
         assert_eq!(errs[0].line, 2, "{errs:?}");
+    }
+
+    #[test]
+    fn a_misspelt_rule_channel_is_refused_with_a_hint() {
+        let rule = |ch: &str| format!("name = \"x\"\n[[sources]]\nname = \"a\"\ntype = \"simulator\"\n[[sinks]]\nname = \"o\"\ntype = \"null\"\n[[rules]]\nname = \"r\"\nchannel = \"{ch}\"\nop = \">\"\nlimit = 1.0\n");
+        for bad in ["temprature_c", "Temperature_C", "photodiode-on-axis", "energy_density_j_mm"] {
+            let errs = load(&rule(bad), "t.toml", Path::new(".")).unwrap_err().0;
+            assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+            assert_eq!((errs[0].line, errs[0].key.as_str()), (10, "rules[0].channel"), "{bad}: {errs:?}");
+            assert!(errs[0].message.contains("did you mean"), "{bad}: {}", errs[0].message);
+        }
+        for good in ["temperature_c", "temperature", "energy_density_j_mm3", "o2_ppm", "chamber_pressure_mbar", "log:temprature_c"] {
+            load(&rule(good), "t.toml", Path::new(".")).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        assert!(load(&rule("log:"), "t.toml", Path::new(".")).is_err());
     }
 }

@@ -9,6 +9,8 @@
 //! Batches are what bounded queues count: the router and the build actors hold at most a
 //! configured number of them, so memory is bounded by `queue capacity × batch size`.
 
+use std::sync::Arc;
+
 use crate::decode::DeadLetter;
 use crate::event::{BuildId, Channel, LayerEvent, LogRecord, TimeNs, N_CHANNELS};
 
@@ -118,7 +120,12 @@ impl RecordBatch {
 
     /// Index of `build` in [`RecordBatch::builds`], adding it if new.
     pub fn build_index(&mut self, build: &BuildId) -> u32 {
-        // Batches hold few builds: a linear scan beats hashing here.
+        // Batches hold few builds: a linear scan beats hashing here. A decoder interns its build
+        // ids, so the same build is nearly always the same `Arc`: compare pointers first, names
+        // only when that fails (ids of another decoder).
+        if let Some(i) = self.builds.iter().position(|b| Arc::ptr_eq(b, build)) {
+            return i as u32;
+        }
         if let Some(i) = self.builds.iter().position(|b| b == build) {
             return i as u32;
         }

@@ -214,17 +214,23 @@ pub struct Decoder {
     input: InputId,
     limits: DecodeLimits,
     builds: HashMap<String, BuildId>,
+    /// The last build interned: a partition keyed by build mostly repeats it.
+    last: Option<BuildId>,
 }
 
 impl Decoder {
     /// A decoder for records of `input`.
     pub fn new(input: InputId, limits: DecodeLimits) -> Decoder {
-        Decoder { input, limits, builds: HashMap::new() }
+        Decoder { input, limits, builds: HashMap::new(), last: None }
     }
 
     /// The interned id of `name`.
     pub fn intern(&mut self, name: &str) -> BuildId {
+        if let Some(b) = self.last.as_ref().filter(|b| &***b == name) {
+            return b.clone();
+        }
         if let Some(b) = self.builds.get(name) {
+            self.last = Some(b.clone());
             return b.clone();
         }
         if self.builds.len() > 100_000 {
@@ -233,6 +239,7 @@ impl Decoder {
         }
         let b: BuildId = Arc::from(name);
         self.builds.insert(name.to_owned(), b.clone());
+        self.last = Some(b.clone());
         b
     }
 
@@ -343,7 +350,15 @@ impl Decoder {
             (Channel::HatchSpacingMm, w.hatch_spacing.map(|v| v as f32)),
             (Channel::PressureMbar, w.pressure.map(|v| v as f32)),
         ];
-        let seed_vals: Vec<(Channel, f32)> = seed.iter().filter_map(|(c, v)| v.map(|v| (*c, v))).collect();
+        let mut seed_buf = [(Channel::TemperatureC, 0f32); 5];
+        let mut n_seed = 0;
+        for (c, v) in seed {
+            if let Some(v) = v {
+                seed_buf[n_seed] = (c, v);
+                n_seed += 1;
+            }
+        }
+        let seed_vals = &seed_buf[..n_seed];
         let named = [
             (Channel::TemperatureC, &w.temperature_c),
             (Channel::PhotodiodeOnAxis, &w.photodiode_on_axis),
@@ -377,7 +392,7 @@ impl Decoder {
                 cols.channels[c.index()] = Some(v.as_slice());
             }
         }
-        for (c, v) in &seed_vals {
+        for (c, v) in seed_vals {
             check(c.name(), std::slice::from_ref(v))?;
         }
         if let Some(x) = &w.x_mm {
@@ -408,11 +423,11 @@ impl Decoder {
         } else {
             // Scalars live on this stack frame; copy them into owned one-element columns.
             let mut owned = [0f32; N_CHANNELS];
-            for (c, v) in &seed_vals {
+            for (c, v) in seed_vals {
                 owned[c.index()] = *v;
             }
             let mut cols2 = cols;
-            for (c, _) in &seed_vals {
+            for (c, _) in seed_vals {
                 cols2.channels[c.index()] = Some(std::slice::from_ref(&owned[c.index()]));
             }
             batch.push_block(&build, layer, laser, t_ns, dt_ns, n as u32, cols2, offset);

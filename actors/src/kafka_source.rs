@@ -14,6 +14,12 @@
 //! source: a transactional Kafka sink commits them atomically with its records, and the
 //! PostgreSQL sink keeps them in its `progress` table.
 //!
+//! # Decoding
+//! The reading task only copies payloads into a per-partition raw batch. A full batch (or one
+//! older than `linger_ms`) takes a source-queue credit and goes to its partition's decode task,
+//! which decodes it (on tokio's blocking pool) and hands it to the router: partitions decode in
+//! parallel, each in order (one task per partition, FIFO), while the reader keeps polling.
+//!
 //! # Backpressure
 //! Out of source-queue credits, the source waits; after 500 ms it pauses all its partitions and
 //! keeps polling (so that it stays in the group) until a credit frees up, then resumes them.
@@ -176,11 +182,85 @@ impl ConsumerContext for Hooks {
     }
 }
 
-/// A batch being filled for one partition.
+/// A raw batch holds at most this many bytes (a batch of large messages closes early, so that
+/// one decode takes milliseconds and memory stays bounded by the credits).
+const RAW_BATCH_BYTES: usize = 4 << 20;
+
+/// Payloads of one partition as read, not yet decoded.
+#[derive(Default)]
+struct RawBatch {
+    bytes: Vec<u8>,
+    /// (offset, start in `bytes`, length); an empty payload has length 0.
+    msgs: Vec<(u64, usize, usize)>,
+}
+
+/// What a partition's decode task is handed: the raw batch, its sequence number and its credit.
+type DecodeJob = (RawBatch, u64, tokio::sync::OwnedSemaphorePermit);
+
+/// A batch being filled for one partition, and its decode task.
 struct Pending {
-    batch: RecordBatch,
-    decoder: Decoder,
+    raw: RawBatch,
     seq: u64,
+    jobs: tokio::sync::mpsc::UnboundedSender<DecodeJob>,
+    worker: tokio::task::JoinHandle<()>,
+}
+
+impl Pending {
+    /// A partition's pending batch, with its decode task (ordering: one task, FIFO jobs; the
+    /// jobs are bounded by the source-queue credits they carry).
+    fn new(args: &KafkaSourceArgs, input: InputId, stop: &watch::Receiver<bool>) -> Pending {
+        let (jobs, rx) = tokio::sync::mpsc::unbounded_channel();
+        let worker = tokio::spawn(decode_worker(input, args.limits, args.ctx.clone(), rx, stop.clone()));
+        Pending { raw: RawBatch::default(), seq: 0, jobs, worker }
+    }
+}
+
+/// Decodes a partition's raw batches in order and hands them to the router. After a stop, what
+/// is still queued is dropped (never committed, so read again on restart).
+async fn decode_worker(
+    input: InputId,
+    limits: DecodeLimits,
+    ctx: SourceCtx,
+    mut jobs: tokio::sync::mpsc::UnboundedReceiver<DecodeJob>,
+    stop: watch::Receiver<bool>,
+) {
+    let mut decoder = Decoder::new(input, limits);
+    while let Some((raw, seq, credit)) = jobs.recv().await {
+        if *stop.borrow() {
+            break;
+        }
+        // Decoding a batch takes milliseconds of CPU: on the blocking pool, so that the OS
+        // shares the cores between it and the runtime's workers, and actors (window closes,
+        // sinks) are not held up behind it.
+        let done = tokio::task::spawn_blocking(move || {
+            let batch = decode_raw(&mut decoder, input, &raw, seq);
+            (decoder, batch)
+        })
+        .await;
+        let Ok((d, batch)) = done else { break };
+        decoder = d;
+        if !ctx.send_credited(batch, credit) {
+            break;
+        }
+    }
+}
+
+/// Decodes one raw batch into a record batch tagged with its offsets.
+fn decode_raw(decoder: &mut Decoder, input: InputId, raw: &RawBatch, seq: u64) -> RecordBatch {
+    let mut b = RecordBatch::with_capacity(raw.msgs.len());
+    let first = raw.msgs.first().map_or(0, |m| m.0);
+    let next = raw.msgs.last().map_or(first, |m| m.0 + 1);
+    b.span = SourceSpan { input, seq, first_offset: first, next_offset: next };
+    let now = now_wall_ns();
+    for &(offset, start, len) in &raw.msgs {
+        if len == 0 {
+            b.records += 1;
+            b.dead.push(DeadLetter::new(input, offset, RejectReason::Schema("empty message".into()), b""));
+        } else {
+            decoder.decode(&raw.bytes[start..start + len], offset, now, &mut b);
+        }
+    }
+    b
 }
 
 struct Reader {
@@ -189,6 +269,8 @@ struct Reader {
     assigned: Arc<Mutex<BTreeMap<TopicPartition, InputId>>>,
     parts: HashMap<InputId, Pending>,
     paused: bool,
+    /// The stop signal, for the decode tasks.
+    stop: watch::Receiver<bool>,
 }
 
 impl Reader {
@@ -239,37 +321,32 @@ impl Reader {
         tpl
     }
 
-    /// Adds one message to its partition's batch; returns the input when the batch is full.
-    fn add(args: &KafkaSourceArgs, parts: &mut HashMap<InputId, Pending>, m: &rdkafka::message::BorrowedMessage<'_>) -> Option<InputId> {
+    /// Adds one message to its partition's raw batch; returns the input when the batch is full.
+    fn add(
+        args: &KafkaSourceArgs,
+        parts: &mut HashMap<InputId, Pending>,
+        stop: &watch::Receiver<bool>,
+        m: &rdkafka::message::BorrowedMessage<'_>,
+    ) -> Option<InputId> {
         let ti = args.config.topics.iter().position(|t| t == m.topic()).unwrap_or(0);
         let input = kafka_input(args.source_index, ti, m.partition());
         let offset = m.offset().max(0) as u64;
-        let cap = args.config.batch_records;
-        let limits = args.limits;
-        let part = parts.entry(input).or_insert_with(|| Pending { batch: RecordBatch::with_capacity(cap), decoder: Decoder::new(input, limits), seq: 0 });
-        let b = &mut part.batch;
-        if b.records == 0 {
-            b.span = SourceSpan { input, seq: part.seq, first_offset: offset, next_offset: offset };
-        }
-        match m.payload() {
-            Some(raw) if !raw.is_empty() => part.decoder.decode(raw, offset, now_wall_ns(), b),
-            _ => {
-                b.records += 1;
-                b.dead.push(DeadLetter::new(input, offset, RejectReason::Schema("empty message".into()), b""));
-            }
-        }
-        b.span.next_offset = offset + 1;
-        (b.records as usize >= cap).then_some(input)
+        let part = parts.entry(input).or_insert_with(|| Pending::new(args, input, stop));
+        let raw = &mut part.raw;
+        let payload = m.payload().unwrap_or_default();
+        raw.msgs.push((offset, raw.bytes.len(), payload.len()));
+        raw.bytes.extend_from_slice(payload);
+        (raw.msgs.len() >= args.config.batch_records || raw.bytes.len() >= RAW_BATCH_BYTES).then_some(input)
     }
 
     /// Sends the batch of `input` (if any), pausing the partitions while out of credits.
     async fn send(&mut self, input: InputId, stop: &mut watch::Receiver<bool>) -> bool {
         let Some(part) = self.parts.get_mut(&input) else { return true };
-        if part.batch.records == 0 {
+        if part.raw.msgs.is_empty() {
             return true;
         }
-        let cap = self.args.config.batch_records;
-        let batch = std::mem::replace(&mut part.batch, RecordBatch::with_capacity(cap));
+        let raw = std::mem::take(&mut part.raw);
+        let seq = part.seq;
         part.seq += 1;
         let credit = match self.args.ctx.credits.clone().try_acquire_owned() {
             Ok(c) => c,
@@ -284,7 +361,8 @@ impl Reader {
                 },
             },
         };
-        self.args.ctx.send_credited(batch, credit)
+        // A closed job queue: the decode task ended because the engine is gone.
+        self.parts.get(&input).is_some_and(|p| p.jobs.send((raw, seq, credit)).is_ok())
     }
 
     /// Pauses every assigned partition and keeps polling (so that the group keeps us) until a
@@ -307,7 +385,7 @@ impl Reader {
                 _ = stop.changed() => break None,
                 m = self.consumer.recv() => {
                     if let Ok(m) = m {
-                        Self::add(&self.args, &mut self.parts, &m);
+                        Self::add(&self.args, &mut self.parts, &self.stop, &m);
                     }
                 }
             }
@@ -321,7 +399,7 @@ impl Reader {
     }
 
     async fn flush_all(&mut self, stop: &mut watch::Receiver<bool>) -> bool {
-        let inputs: Vec<InputId> = self.parts.iter().filter(|(_, p)| p.batch.records > 0).map(|(i, _)| *i).collect();
+        let inputs: Vec<InputId> = self.parts.iter().filter(|(_, p)| !p.raw.msgs.is_empty()).map(|(i, _)| *i).collect();
         for i in inputs {
             if !self.send(i, stop).await {
                 return false;
@@ -343,7 +421,7 @@ impl Reader {
                 m = self.consumer.recv() => match m {
                     Ok(m) => {
                         // A message that arrives while paused would be refetched; here we are not.
-                        let full = Self::add(&self.args, &mut self.parts, &m);
+                        let full = Self::add(&self.args, &mut self.parts, &self.stop, &m);
                         drop(m);
                         if let Some(input) = full {
                             if !self.send(input, &mut stop).await { break; }
@@ -358,8 +436,13 @@ impl Reader {
             }
         }
         // Batches not yet sent are dropped: their offsets were never committed, a restart reads
-        // them again.
+        // them again. The decode tasks see the stop and end; wait for them, so that no batch
+        // reaches the router after this source has said it ended.
         let _ = self.paused;
+        for (_, p) in self.parts.drain() {
+            drop(p.jobs);
+            let _ = p.worker.await;
+        }
         tracing::info!(source = %self.args.ctx.name, "kafka source stopped");
     }
 }
@@ -376,7 +459,7 @@ impl Actor for KafkaSource {
         tracing::info!(source = %args.ctx.name, brokers = %args.config.brokers, topics = ?args.config.topics, group = %args.config.group_id, "kafka source subscribed");
         let ctx = args.ctx.clone();
         let (stop, stop_rx) = watch::channel(false);
-        let reader = Reader { args, consumer, assigned, parts: HashMap::new(), paused: false };
+        let reader = Reader { args, consumer, assigned, parts: HashMap::new(), paused: false, stop: stop_rx.clone() };
         let task = tokio::spawn(reader.run(stop_rx));
         Ok(KafkaSourceState { stop, task: Some(task), ctx })
     }

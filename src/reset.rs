@@ -29,6 +29,8 @@ pub fn run(t: &Topology) -> anyhow::Result<()> {
                 for r in res {
                     match r {
                         Ok(g) => println!("source {}: deleted consumer group {g} and its offsets", s.name),
+                        // Nothing stored (never run, or reset already): nothing to delete.
+                        Err((g, rdkafka::types::RDKafkaErrorCode::GroupIdNotFound)) => println!("source {}: consumer group {g} does not exist; no offsets to delete", s.name),
                         Err((g, code)) => anyhow::bail!(
                             "source {}: cannot delete consumer group {g}: {code} (a group with members, including a static member whose session has not expired yet, cannot be deleted: stop the engine and retry after session.timeout.ms)",
                             s.name

@@ -154,6 +154,9 @@ brokers = "{brokers}"
 topics = ["{topic}"]
 group_id = "g-{pipeline}"
 batch_records = 200
+[sources.properties]
+# A stopped engine's static member leaves the group after this; `meltstream reset` waits for it.
+"session.timeout.ms" = "6000"
 
 [[rules]]
 name = "hot_spot"
@@ -279,31 +282,34 @@ impl Lcg {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn results_are_exactly_once_across_crashes_outages_and_broker_restarts() {
-    let brokers = env("KAFKA_BOOTSTRAP");
-    let db_url = env("DATABASE_URL");
+/// A fixture for the test `tag` (its own schema, topics and log folder), with the whole input
+/// written to the topic of `first`.
+async fn fixture(tag: &str, first: &str) -> Fixture {
     let run = format!("{}_{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis());
-    let dir = std::env::temp_dir().join(format!("meltstream-xo-{run}"));
+    let dir = std::env::temp_dir().join(format!("meltstream-{tag}-{run}"));
     std::fs::create_dir_all(&dir).expect("dir");
-    let lines = input_lines();
-    let half = lines.len() / 2;
-    let all = 0..lines.len();
     let mut f = Fixture {
-        brokers,
-        db_url,
-        schema: format!("xo_{run}"),
-        prefix: format!("ispm-xo-{run}"),
+        brokers: env("KAFKA_BOOTSTRAP"),
+        db_url: env("DATABASE_URL"),
+        schema: format!("{tag}_{run}"),
+        prefix: format!("ispm-{tag}-{run}"),
         dir,
-        lines,
+        lines: input_lines(),
         end_offsets: BTreeMap::new(),
         total: 0,
     };
-    f.produce("reference", all.clone()).await;
-    f.end_offsets = end_offsets(&f.brokers, &f.input_topic("reference"));
+    f.produce(first, 0..f.lines.len()).await;
+    f.end_offsets = end_offsets(&f.brokers, &f.input_topic(first));
     f.total = f.end_offsets.values().sum();
     assert_eq!(f.total as usize, f.lines.len(), "every input message written");
     eprintln!("input: {} messages in {} partitions; logs in {}", f.total, f.end_offsets.len(), f.dir.display());
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_are_exactly_once_across_crashes_outages_and_broker_restarts() {
+    let f = fixture("xo", "reference").await;
+    let half = f.lines.len() / 2;
 
     // The reference: one uninterrupted run. Dead letters name their topic and partition.
     let topo = topology(&f, "reference");
@@ -387,4 +393,37 @@ async fn results_are_exactly_once_across_crashes_outages_and_broker_restarts() {
     f.produce("bounce", half..f.lines.len()).await;
     finish(&f, "bounce", child, 0).await;
     assert_same_as_reference(&f, &reference, "bounce").await;
+}
+
+/// `meltstream reset` makes a pipeline start over: after it, PostgreSQL holds no row or progress
+/// of the pipeline, its consumer group has no offsets, and the next run computes the same
+/// results again from the beginning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_makes_a_pipeline_start_over() {
+    let f = fixture("reset", "again").await;
+    let topo = topology(&f, "again");
+    finish(&f, "again", spawn(&f, &topo, 0), 0).await;
+    let first = tables(&f, "again").await;
+    assert!(first.get("layer_summaries").is_some_and(|r| !r.is_empty()), "the first run wrote results");
+
+    // The stopped engine's static member stays in the group until its session (6 s) expires:
+    // until then `reset` refuses, saying why, and changes nothing in Kafka.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_meltstream")).arg("reset").arg(&topo).output().expect("meltstream reset");
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        if out.status.success() {
+            assert!(stdout.contains("deleted consumer group g-again"), "reset output: {stdout}");
+            break;
+        }
+        assert!(stderr.contains("session.timeout.ms"), "reset failed for another reason: {stderr}");
+        assert!(Instant::now() < deadline, "reset kept failing: {stderr}");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    assert_eq!(stored_offsets(&f, "again").await, (0, 0), "no progress left in PostgreSQL or in the group");
+    let empty = tables(&f, "again").await;
+    assert!(empty.values().all(Vec::is_empty), "no rows left: {:?}", empty.iter().map(|(t, r)| (t, r.len())).collect::<Vec<_>>());
+
+    finish(&f, "again", spawn(&f, &topo, 1), 1).await;
+    assert_eq!(tables(&f, "again").await, first, "the run after the reset computes the same rows");
 }

@@ -221,34 +221,51 @@ fn run(t: Topology, quiet: bool) -> anyhow::Result<()> {
         let admin_addr = t.engine.admin_addr.clone();
         let summary_ms = t.engine.summary_interval_ms;
         let mut signals = Signals::install().context("installing the signal handlers")?;
-        let handle = EngineBuilder::new(t).start().await?;
-        let stats = handle.stats.clone();
+        let stats = Arc::new(meltstream_actors::engine_stats::EngineStats::default());
         if !admin_addr.is_empty() {
             admin::serve(&admin_addr, prometheus, stats.clone())?;
         }
         let summary = (!quiet && summary_ms > 0).then(|| tokio::spawn(summary::print_every(stats.clone(), summary_ms)));
-        tracing::info!(topology = %name, "engine started");
         let shutdown = Arc::new(tokio::sync::Notify::new());
+        let signalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
         {
             let shutdown = shutdown.clone();
+            let signalled = signalled.clone();
             tokio::spawn(async move {
                 signals.next().await;
                 tracing::warn!("signal received: draining (send again to exit at once)");
+                signalled.store(true, std::sync::atomic::Ordering::SeqCst);
                 shutdown.notify_one();
                 signals.next().await;
                 std::process::exit(130);
             });
         }
-        let stopper = {
-            let sup = handle_shutdown_fn(&handle);
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                shutdown.notified().await;
-                sup();
-            })
+        // A Kafka source that lost its partitions while running stops the engine without
+        // emitting its open windows; it starts again here, from the stored progress, with the
+        // same counters. A signal during a restart still stops it (`notify_one` keeps a permit).
+        let res = loop {
+            let handle = EngineBuilder::new(t.clone()).stats(stats.clone()).start().await?;
+            tracing::info!(topology = %name, "engine started");
+            let stopper = {
+                let sup = handle_shutdown_fn(&handle);
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    shutdown.notified().await;
+                    sup();
+                })
+            };
+            let res = handle.wait().await;
+            stopper.abort();
+            match res {
+                Err(meltstream_actors::EngineError::Restart(reason)) if !signalled.load(std::sync::atomic::Ordering::SeqCst) => {
+                    tracing::warn!(%reason, "restarting the engine from the stored progress");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                // Asked to stop while it was stopping to restart: it stopped as a shutdown does.
+                Err(meltstream_actors::EngineError::Restart(_)) => break Ok(stats.clone()),
+                other => break other,
+            }
         };
-        let res = handle.wait().await;
-        stopper.abort();
         if let Some(s) = summary {
             s.abort();
         }

@@ -27,10 +27,16 @@
 //! ahead beyond it. A message delivered while pausing joins its batch; it is never dropped.
 //!
 //! # Revocation
-//! A revoked partition stops holding the watermark. Its open windows are not handed over: the
-//! new owner replays them from the stored progress.
+//! Partitions revoked while running (the group session was lost, say the broker was away
+//! longer than `session.timeout.ms`, or the group rebalanced) stop the engine without emitting
+//! open windows (`SupervisorMsg::Restart`, then `EngineError::Restart`): their records will be
+//! read again from the stored progress, by a new owner or by this process, so the windows
+//! cannot be finished here. `meltstream run` starts the engine again at once, from the stored
+//! progress, as after a crash. Revocation while stopping (closing the consumer) just ends the
+//! partitions.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -51,6 +57,7 @@ use meltstream_engine::topology::KafkaSourceConfig;
 use crate::now_wall_ns;
 use crate::progress::{ProgressBoard, TopicPartition};
 use crate::source::SourceCtx;
+use crate::supervisor::SupervisorMsg;
 use crate::watermark_coordinator::WatermarkMsg;
 
 /// How long a source waits for a credit before it pauses its partitions.
@@ -112,6 +119,10 @@ struct Hooks {
     watermarks: ActorRef<WatermarkMsg>,
     assigned: Arc<Mutex<BTreeMap<TopicPartition, InputId>>>,
     name: String,
+    /// Told when partitions are revoked while running.
+    supervisor: ActorRef<SupervisorMsg>,
+    /// Set once the reader stops (closing the consumer revokes everything: that is no news).
+    stopping: AtomicBool,
 }
 
 impl ClientContext for Hooks {
@@ -164,11 +175,30 @@ impl ConsumerContext for Hooks {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let mut assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
+                let stopping = self.stopping.load(Ordering::SeqCst);
+                let mut revoked = Vec::new();
                 for el in tpl.elements() {
                     if let Some(input) = assigned.remove(&(el.topic().to_owned(), el.partition())) {
-                        let _ = self.watermarks.cast(WatermarkMsg::Finish(input));
+                        // While stopping, a revoked partition simply ends. While running, it must
+                        // not: finishing every input would let the watermark run to the end of
+                        // time and close half-read windows as final.
+                        if stopping {
+                            let _ = self.watermarks.cast(WatermarkMsg::Finish(input));
+                        }
                         tracing::info!(source = %self.name, topic = el.topic(), partition = el.partition(), "partition revoked");
+                        revoked.push(format!("{}:{}", el.topic(), el.partition()));
                     }
+                }
+                // Running on: the partitions' open windows hold records that a new owner (or
+                // this process, when they come back) reads again from the stored progress, and
+                // the stores would be past them. Stop without emitting them instead; the next
+                // start resumes from the stored progress, as after a crash.
+                if !stopping && !revoked.is_empty() {
+                    let _ = self.supervisor.cast(SupervisorMsg::Restart(format!(
+                        "source {}: partitions {} revoked while running (the consumer group session was lost, e.g. the broker was away longer than session.timeout.ms, or the group rebalanced)",
+                        self.name,
+                        revoked.join(", ")
+                    )));
                 }
                 if let Err(e) = consumer.unassign() {
                     tracing::error!(source = %self.name, error = %e, "unassigning partitions failed");
@@ -306,6 +336,8 @@ impl Reader {
             watermarks: args.watermarks.clone(),
             assigned,
             name: args.ctx.name.clone(),
+            supervisor: args.ctx.supervisor.clone(),
+            stopping: AtomicBool::new(false),
         };
         let consumer: StreamConsumer<Hooks> = cfg.create_with_context(hooks)?;
         let topics: Vec<&str> = c.topics.iter().map(String::as_str).collect();
@@ -435,6 +467,7 @@ impl Reader {
                 },
             }
         }
+        self.consumer.context().stopping.store(true, Ordering::SeqCst);
         // Batches not yet sent are dropped: their offsets were never committed, a restart reads
         // them again. The decode tasks see the stop and end; wait for them, so that no batch
         // reaches the router after this source has said it ended.

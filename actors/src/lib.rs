@@ -27,6 +27,7 @@ pub mod supervisor;
 pub mod test_util;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -75,6 +76,10 @@ pub enum EngineError {
     /// A failure beyond what supervision absorbs.
     #[error("engine stopped: {0}")]
     Failed(String),
+    /// The engine stopped without emitting its open windows and must start again to resume
+    /// from the stored progress (a Kafka source lost its partitions while running).
+    #[error("engine stopped to restart: {0}")]
+    Restart(String),
 }
 
 /// Turns a checked topology into a running engine.
@@ -82,6 +87,7 @@ pub struct EngineBuilder {
     topology: Topology,
     writers: HashMap<String, BoxedWriter>,
     settings: BuildSettings,
+    stats: Option<Arc<EngineStats>>,
 }
 
 /// A running engine.
@@ -89,6 +95,7 @@ pub struct EngineHandle {
     supervisor: ActorRef<SupervisorMsg>,
     join: tokio::task::JoinHandle<()>,
     failure: Arc<Mutex<Option<String>>>,
+    restart: Arc<AtomicBool>,
     /// Live counters.
     pub stats: Arc<EngineStats>,
     /// The sinks (for latency histograms).
@@ -119,6 +126,7 @@ impl EngineHandle {
     pub async fn wait(self) -> Result<Arc<EngineStats>, EngineError> {
         let _ = self.join.await;
         match self.failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            Some(f) if self.restart.load(Ordering::SeqCst) => Err(EngineError::Restart(f)),
             Some(f) => Err(EngineError::Failed(f)),
             None => Ok(self.stats),
         }
@@ -133,7 +141,13 @@ impl EngineBuilder {
     /// A builder for a checked topology.
     pub fn new(topology: Topology) -> EngineBuilder {
         let settings = BuildSettings::from_topology(&topology);
-        EngineBuilder { topology, writers: HashMap::new(), settings }
+        EngineBuilder { topology, writers: HashMap::new(), settings, stats: None }
+    }
+
+    /// Counts into `stats` (a restarted engine continues the counters of the one before).
+    pub fn stats(mut self, stats: Arc<EngineStats>) -> EngineBuilder {
+        self.stats = Some(stats);
+        self
     }
 
     /// Replaces the writer of sink `name` (tests: a sink that stalls, fails or panics).
@@ -152,8 +166,9 @@ impl EngineBuilder {
     pub async fn start(mut self) -> Result<EngineHandle, EngineError> {
         let t = &self.topology;
         let e = &t.engine;
-        let stats = Arc::new(EngineStats::default());
+        let stats = self.stats.take().unwrap_or_default();
         let failure = Arc::new(Mutex::new(None));
+        let restart = Arc::new(AtomicBool::new(false));
         let board = ProgressBoard::default();
         // Writers first: the transactional ones tell where the sources resume.
         let mut writers: Vec<(BoxedWriter, u64, Option<StoredProgress>, progress::Written)> = Vec::new();
@@ -169,7 +184,7 @@ impl EngineBuilder {
         let stored: Vec<StoredProgress> = writers.iter().filter_map(|w| w.2.clone()).collect();
         let resume = resume_offsets(&stored);
         let replayable = t.sources.iter().any(|s| matches!(s.kind, SourceKind::Kafka(_)));
-        let sup_args = SupervisorArgs { sources: t.sources.len(), failure: failure.clone(), keep_open_on_shutdown: replayable };
+        let sup_args = SupervisorArgs { sources: t.sources.len(), failure: failure.clone(), restart: restart.clone(), keep_open_on_shutdown: replayable };
         let (supervisor, join) = Actor::spawn(None, Supervisor, sup_args).await.map_err(|e| start_err("supervisor", e))?;
         let sup_cell = supervisor.get_cell();
         let (commit, _) = Actor::spawn_linked(None, CommitCoordinator, (stats.clone(), Duration::from_millis(50), board.clone()), sup_cell.clone())
@@ -276,7 +291,7 @@ impl EngineBuilder {
         supervisor
             .cast(SupervisorMsg::Started(Box::new(Started { sources, router, commit: commit.clone(), outputs: outputs.clone() })))
             .map_err(|e| start_err("supervisor", e))?;
-        Ok(EngineHandle { supervisor, join, failure, stats, outputs, watermarks, commit, progress: board })
+        Ok(EngineHandle { supervisor, join, failure, restart, stats, outputs, watermarks, commit, progress: board })
     }
 }
 

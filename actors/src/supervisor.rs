@@ -10,6 +10,7 @@
 //! open windows: the stored progress stops before them and a restart reads them whole again, so
 //! a stop never produces a partial layer.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -27,6 +28,11 @@ pub enum SupervisorMsg {
     SourceDone(InputId),
     /// Stop the sources and drain (SIGINT/SIGTERM).
     Shutdown,
+    /// Stop as on a requested shutdown (open windows are not emitted where the sources are
+    /// replayable) and report [`crate::EngineError::Restart`], so that the caller starts the
+    /// engine again, from the stored progress. Sent by a Kafka source whose partitions were
+    /// revoked while running.
+    Restart(String),
     /// The parts it supervises, once started.
     Started(Box<Started>),
 }
@@ -49,6 +55,8 @@ pub struct SupervisorArgs {
     pub sources: usize,
     /// The reason the engine stopped abnormally, for the caller.
     pub failure: Arc<Mutex<Option<String>>>,
+    /// Set when the failure is a [`SupervisorMsg::Restart`].
+    pub restart: Arc<AtomicBool>,
     /// On a requested shutdown, stop without emitting open windows (the sources are
     /// replayable from stored progress: Kafka).
     pub keep_open_on_shutdown: bool,
@@ -59,6 +67,7 @@ pub struct SupervisorState {
     remaining: usize,
     started: Option<Box<Started>>,
     failure: Arc<Mutex<Option<String>>>,
+    restart: Arc<AtomicBool>,
     draining: bool,
     pending_done: usize,
     shutdown_requested: bool,
@@ -110,6 +119,7 @@ impl Actor for Supervisor {
             remaining: args.sources,
             started: None,
             failure: args.failure,
+            restart: args.restart,
             draining: false,
             pending_done: 0,
             shutdown_requested: false,
@@ -140,6 +150,21 @@ impl Actor for Supervisor {
                     st.drain(&myself).await?;
                 }
             }
+            SupervisorMsg::Restart(reason) => {
+                if st.shutdown_requested {
+                    tracing::info!(%reason, "already stopping");
+                    return Ok(());
+                }
+                tracing::error!(%reason, "stopping without emitting open windows, to start again from the stored progress");
+                *st.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+                st.restart.store(true, Ordering::SeqCst);
+                st.shutdown_requested = true;
+                if let Some(s) = &st.started {
+                    for (_, stop) in &s.sources {
+                        stop();
+                    }
+                }
+            }
             SupervisorMsg::Shutdown => {
                 tracing::info!("shutdown requested; stopping sources");
                 st.shutdown_requested = true;
@@ -159,6 +184,8 @@ impl Actor for Supervisor {
             let msg = format!("{who} failed: {err}");
             tracing::error!(actor = %who, error = %err, "unrecoverable failure; stopping the engine");
             *st.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(msg);
+            // A failure, not a restart: the engine must not start again on its own.
+            st.restart.store(false, Ordering::SeqCst);
             myself.stop_children(None);
             myself.stop(Some("failed".into()));
         }

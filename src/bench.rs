@@ -110,6 +110,7 @@ watermark_bound_ms = 50
 input_idle_timeout_ms = 500
 summary_interval_ms = 0
 memory_budget_mb = 128
+source_queue_batches = 8
 [[sources]]
 name = "ispm"
 type = "kafka"

@@ -200,10 +200,10 @@ impl<'de> Deserialize<'de> for Vec1<f32> {
 }
 
 /// Messages up to this size are tried on the flat path first.
-const FLAT_MAX_BYTES: usize = 1024;
+const FLAT_MAX_BYTES: usize = 256 << 10;
 
-/// Parses a flat JSON object of the seed's one-sample shape (string and number values of the
-/// keys below, no escapes) into `w`: false whenever serde's result could differ, so that the
+/// Parses a flat JSON object of the seed's one-sample shape or of a sample block (string,
+/// number and number-array values of the keys below, no escapes) into `w`: false whenever serde's result could differ, so that the
 /// caller falls back to serde_json (and overwrites `w`). About twice as fast: no generic field dispatch, no `Option`
 /// wrappers per field, one pass.
 fn parse_flat<'a>(raw: &'a [u8], w: &mut Wire<'a>) -> bool {
@@ -237,6 +237,17 @@ fn parse_flat_inner<'a>(raw: &'a [u8], w: &mut Wire<'a>) -> Option<()> {
             b"scan_speed" => 9,
             b"hatch_spacing" => 10,
             b"pressure" => 11,
+            b"t0_ns" => 12,
+            b"dt_ns" => 13,
+            b"temperature_c" => 14,
+            b"photodiode_on_axis" => 15,
+            b"photodiode_off_axis" => 16,
+            b"laser_power_w" => 17,
+            b"scan_speed_mm_s" => 18,
+            b"hatch_spacing_mm" => 19,
+            b"pressure_mbar" => 20,
+            b"x_mm" => 21,
+            b"y_mm" => 22,
             _ => return None,
         };
         // Each key once (serde refuses duplicates), with the type serde would accept.
@@ -254,12 +265,28 @@ fn parse_flat_inner<'a>(raw: &'a [u8], w: &mut Wire<'a>) -> Option<()> {
                     _ => w.timestamp = v,
                 }
             }
-            4..=6 => {
+            4..=6 | 12 | 13 => {
                 let v = Some(p.int()?);
                 match n {
                     4 => w.layer = v,
                     5 => w.laser = v,
-                    _ => w.t_ns = v,
+                    6 => w.t_ns = v,
+                    12 => w.t0_ns = v,
+                    _ => w.dt_ns = v,
+                }
+            }
+            14..=22 => {
+                let v = Some(p.column()?);
+                match n {
+                    14 => w.temperature_c = v,
+                    15 => w.photodiode_on_axis = v,
+                    16 => w.photodiode_off_axis = v,
+                    17 => w.laser_power_w = v,
+                    18 => w.scan_speed_mm_s = v,
+                    19 => w.hatch_spacing_mm = v,
+                    20 => w.pressure_mbar = v,
+                    21 => w.x_mm = v,
+                    _ => w.y_mm = v,
                 }
             }
             _ => {
@@ -394,10 +421,34 @@ impl<'a> Flat<'a> {
             let e = if n > 6 { 1_000_000 } else { e as i32 };
             exp = if eneg { -e } else { e };
         }
-        if !matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r' | b',' | b'}')) {
+        if !matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r' | b',' | b'}' | b']')) {
             return None;
         }
         Some((neg, m, int_digits + frac_digits, exp - frac_digits as i32, integral))
+    }
+
+    /// A block column: a number or an array of numbers, each read as `f32` the way serde does
+    /// (the exact `f64`, then rounded once to `f32`).
+    fn column(&mut self) -> Option<Vec1<f32>> {
+        if self.peek()? != b'[' {
+            return Some(Vec1::One(self.float()? as f32));
+        }
+        self.i += 1;
+        self.ws();
+        let mut v = Vec::with_capacity(128);
+        if self.peek()? == b']' {
+            self.i += 1;
+            return Some(Vec1::Many(v));
+        }
+        loop {
+            v.push(self.float()? as f32);
+            self.ws();
+            match self.next()? {
+                b',' => self.ws(),
+                b']' => return Some(Vec1::Many(v)),
+                _ => return None,
+            }
+        }
     }
 
     /// An integer that fits `i64` (serde refuses a fraction or exponent for an integer field).
@@ -769,7 +820,7 @@ mod tests {
         /// values. Keys, values, spacing and order are drawn around the seed's shape, with
         /// escapes, wrong types, duplicates, exponents and stray characters mixed in.
         #[test]
-        fn flat_path_agrees_with_serde(s in r#"[ ]?\{( ?"(build_id|sensor_id|timestamp|type|layer|laser|t_ns|temperature|laser_power|scan_speed|hatch_spacing|pressure|x)" ?: ?(-?(0|[1-9][0-9]{0,19})(\.[0-9]{1,18})?([eE][+-]?[0-9]{1,3})?|"[a-zA-Z0-9:\\. _-]{0,16}"|true|null|\[1\]|01|1\.),?){0,9} ?\}[ ]?x?"#) {
+        fn flat_path_agrees_with_serde(s in r#"[ ]?\{( ?"(build_id|sensor_id|timestamp|type|layer|laser|t_ns|t0_ns|dt_ns|temperature|laser_power|scan_speed|hatch_spacing|pressure|x_mm|y_mm|photodiode_on_axis|temperature_c|flags|x)" ?: ?(-?(0|[1-9][0-9]{0,19})(\.[0-9]{1,18})?([eE][+-]?[0-9]{1,3})?|"[a-zA-Z0-9:\\. _-]{0,16}"|\[ ?(-?[0-9]{1,6}(\.[0-9]{1,4})?, ?){0,4}(-?[0-9]{1,6}(\.[0-9]{1,4})?)? ?\]|true|null|01|1\.),?){0,9} ?\}[ ]?x?"#) {
             if let Some(fast) = flat(&s) {
                 let slow: Wire<'_> = serde_json::from_str(&s).map_err(|e| proptest::test_runner::TestCaseError::fail(format!("flat accepted what serde refuses ({e}): {s}")))?;
                 proptest::prop_assert_eq!(wire_fields(&fast), wire_fields(&slow), "{}", s);
@@ -789,7 +840,9 @@ mod tests {
             (
                 (&w.kind, &w.build_id, &w.sensor_id, &w.timestamp, w.layer, w.laser, w.t_ns),
                 (w.temperature.map(f64::to_bits), w.laser_power.map(f64::to_bits), w.scan_speed.map(f64::to_bits), w.hatch_spacing.map(f64::to_bits), w.pressure.map(f64::to_bits)),
-                (v1(&w.temperature_c), v1(&w.x_mm), w.t0_ns, w.dt_ns, w.phase.is_some(), w.values.is_some()),
+                (v1(&w.temperature_c), v1(&w.photodiode_on_axis), v1(&w.photodiode_off_axis), v1(&w.laser_power_w)),
+                (v1(&w.scan_speed_mm_s), v1(&w.hatch_spacing_mm), v1(&w.pressure_mbar), v1(&w.x_mm), v1(&w.y_mm)),
+                (w.t0_ns, w.dt_ns, w.phase.is_some(), w.values.is_some(), w.flags.is_some()),
             )
         )
     }
@@ -839,7 +892,11 @@ mod tests {
         let w = flat(seed).expect("the seed example is flat");
         assert_eq!((w.build_id.as_deref(), w.layer, w.temperature, w.scan_speed), (Some("build_001"), Some(45), Some(1650.5), Some(1.2)));
         assert!(flat(r#"{"sensor_id": "pyro_3", "timestamp": "2024-01-15T10:30:00Z", "temperature": 1650.5, "pressure": 1013.2}"#).is_some());
-        for other in [r#"{"build_id": "a\"b", "layer": 1}"#, r#"{"layer": 1, "layer": 2}"#, r#"{"layer": 1.0}"#, r#"{"layer": -0}"#, r#"{"layer": 1} x"#, r#"{"x_mm": [1]}"#] {
+        let block = r#"{"type":"block","build_id":"build_001","layer":45,"laser":2,"t0_ns":1705314600000000000,"dt_ns":10000,"x_mm":[120.0,120.012,120.024],"y_mm":[80.5,80.5,80.5],"laser_power_w":[280.1,279.8,280.4],"photodiode_on_axis":[2001,1998,2010]}"#;
+        let w = flat(block).expect("a sample block is flat");
+        let slow: Wire<'_> = serde_json::from_str(block).expect("serde");
+        assert_eq!(wire_fields(&w), wire_fields(&slow));
+        for other in [r#"{"build_id": "a\"b", "layer": 1}"#, r#"{"layer": 1, "layer": 2}"#, r#"{"layer": 1.0}"#, r#"{"layer": -0}"#, r#"{"layer": 1} x"#, r#"{"flags": [1]}"#, r#"{"x_mm": [1,]}"#] {
             assert!(flat(other).is_none(), "{other}");
         }
     }

@@ -208,14 +208,38 @@ flush_ms = 50
     path
 }
 
-fn spawn(f: &Fixture, topo: &Path, run: usize) -> Child {
+/// An engine child process, killed when dropped: a failing test must not leave engines running
+/// (one still in its consumer group would take partitions from the next run).
+struct Engine(Child);
+
+impl std::ops::Deref for Engine {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Engine {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(f: &Fixture, topo: &Path, run: usize) -> Engine {
     spawn_with(f, topo, run, &[])
 }
 
-fn spawn_with(f: &Fixture, topo: &Path, run: usize, env: &[(&str, &str)]) -> Child {
+fn spawn_with(f: &Fixture, topo: &Path, run: usize, env: &[(&str, &str)]) -> Engine {
     let name = topo.file_stem().unwrap().to_string_lossy().into_owned();
     let log = std::fs::File::create(f.dir.join(format!("{name}-{run}.log"))).expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_meltstream"))
+    let child = Command::new(env!("CARGO_BIN_EXE_meltstream"))
         .arg("run")
         .arg("--quiet")
         .arg(topo)
@@ -224,12 +248,13 @@ fn spawn_with(f: &Fixture, topo: &Path, run: usize, env: &[(&str, &str)]) -> Chi
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .expect("spawn meltstream")
+        .expect("spawn meltstream");
+    Engine(child)
 }
 
 /// Waits until both sinks stored progress at the end of the input, then stops with SIGTERM
 /// (once the engine is up, so that it has its signal handlers).
-async fn finish(f: &Fixture, pipeline: &str, mut child: Child, run: usize) {
+async fn finish(f: &Fixture, pipeline: &str, mut child: Engine, run: usize) {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let (in_pg, in_kafka) = stored_offsets(f, pipeline).await;

@@ -130,6 +130,12 @@ impl Actor for Supervisor {
     async fn handle(&self, myself: ActorRef<SupervisorMsg>, msg: SupervisorMsg, st: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::Started(s) => {
+                // A stop asked for (signal, lost partitions) before the tree finished starting.
+                if st.shutdown_requested {
+                    for (_, stop) in &s.sources {
+                        stop();
+                    }
+                }
                 st.started = Some(s);
                 // Sources that ended before the tree finished starting.
                 for _ in 0..std::mem::take(&mut st.pending_done) {

@@ -13,7 +13,7 @@
 use std::time::Instant;
 
 use anyhow::Context;
-use meltstream_actors::engine_stats::EngineStats;
+use meltstream_actors::engine_stats::{EngineStats, LatencyKind, LatencyStage};
 use meltstream_actors::EngineBuilder;
 use meltstream_engine::topology;
 
@@ -278,8 +278,12 @@ fn print_machine() {
 }
 
 fn print_latency(stats: &EngineStats, what: &str) {
-    if let Some(h) = stats.latencies() {
-        println!("{what}: p50 {} p99 {} p99.9 {} max {} (n = {})", h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.value_at_quantile(0.999), h.max(), h.len());
+    for kind in [LatencyKind::WindowClose, LatencyKind::Alert] {
+        for stage in [LatencyStage::AtSink, LatencyStage::Durable] {
+            if let Some(h) = stats.latencies(kind, stage) {
+                println!("{what} {kind:?} → {stage:?}: p50 {} p99 {} p99.9 {} max {} (n = {})", h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.value_at_quantile(0.999), h.max(), h.len());
+            }
+        }
     }
 }
 

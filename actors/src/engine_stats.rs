@@ -6,6 +6,40 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use meltstream_engine::build_processor::BuildCounters;
+use meltstream_engine::records::OutputRecord;
+
+/// Which result latency a histogram holds: each kind has its own start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LatencyKind {
+    /// Results closed by the watermark (layer summaries, grid maps, time windows): from the
+    /// wall time at which the watermark coordinator computed the watermark that passed the
+    /// window's end.
+    WindowClose,
+    /// Anomalies: from the wall time at which the sample's record was read by its source.
+    Alert,
+    /// Everything else (dead letters, late records): from the read of the record.
+    Other,
+}
+
+impl LatencyKind {
+    /// The latency kind of a record.
+    pub fn of(r: &OutputRecord) -> LatencyKind {
+        match r {
+            OutputRecord::LayerSummary(_) | OutputRecord::Grid(_) | OutputRecord::Window(_) => LatencyKind::WindowClose,
+            OutputRecord::Anomaly(_) => LatencyKind::Alert,
+            OutputRecord::DeadLetter(_) | OutputRecord::Late(_) => LatencyKind::Other,
+        }
+    }
+}
+
+/// Where a latency's clock stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LatencyStage {
+    /// The sink actor took the record (before any wait for its flush).
+    AtSink,
+    /// The sink's writer made the record durable (its flush, or transaction, returned).
+    Durable,
+}
 
 /// What the engine has done so far.
 #[derive(Debug, Default)]
@@ -23,7 +57,7 @@ pub struct EngineStats {
     /// Current watermark, ns.
     pub watermark_ns: AtomicI64,
     builds: Mutex<BTreeMap<String, BuildCounters>>,
-    latency_us: Mutex<Option<hdrhistogram::Histogram<u64>>>,
+    latency_us: Mutex<BTreeMap<(LatencyKind, LatencyStage), hdrhistogram::Histogram<u64>>>,
     committed: Mutex<BTreeMap<u32, u64>>,
 }
 
@@ -54,18 +88,18 @@ impl EngineStats {
         self.committed.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Records result latencies (µs from origin to durable), one sink flush at a time.
-    pub fn record_latencies(&self, us: impl Iterator<Item = u64>) {
+    /// Records result latencies (µs), one sink call at a time.
+    pub fn record_latencies(&self, kind: LatencyKind, stage: LatencyStage, us: impl Iterator<Item = u64>) {
         let mut g = self.latency_us.lock().unwrap_or_else(|e| e.into_inner());
-        let h = g.get_or_insert_with(|| hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap_or_else(|_| hdrhistogram::Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant figures is valid"))));
+        let h = g.entry((kind, stage)).or_insert_with(|| hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap_or_else(|_| hdrhistogram::Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant figures is valid"))));
         for v in us {
             let _ = h.record(v.max(1));
         }
     }
 
-    /// Result latencies so far (µs).
-    pub fn latencies(&self) -> Option<hdrhistogram::Histogram<u64>> {
-        self.latency_us.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// Result latencies of one kind to one stage so far (µs).
+    pub fn latencies(&self, kind: LatencyKind, stage: LatencyStage) -> Option<hdrhistogram::Histogram<u64>> {
+        self.latency_us.lock().unwrap_or_else(|e| e.into_inner()).get(&(kind, stage)).cloned()
     }
 
     /// Adds to a counter.

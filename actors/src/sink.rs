@@ -28,7 +28,7 @@ use meltstream_engine::offset_ledger::Hold;
 use meltstream_engine::records::Emitted;
 
 use crate::commit_coordinator::CommitMsg;
-use crate::engine_stats::EngineStats;
+use crate::engine_stats::{EngineStats, LatencyKind, LatencyStage};
 use crate::now_wall_ns;
 use crate::progress::{Checkpoint, ProgressBoard, StoredProgress, Written};
 
@@ -140,7 +140,8 @@ pub struct SinkState {
     args: SinkArgs,
     pending: Vec<(Hold, u32)>,
     permits: Vec<OwnedSemaphorePermit>,
-    origins: Vec<i64>,
+    /// Latency kind and origin of each record buffered since the last flush.
+    origins: Vec<(LatencyKind, i64)>,
     buffered: usize,
     stored_version: u64,
 }
@@ -207,10 +208,7 @@ impl SinkState {
         with_retries(&self.args.name, &mut self.args.writer, None, &checkpoint).await?;
         self.stored_version = checkpoint.version;
         let now = now_wall_ns();
-        self.args.stats.record_latencies(self.origins.iter().map(|&o| ((now - o).max(0) / 1000) as u64));
-        for &o in &self.origins {
-            metrics::histogram!("meltstream_result_latency_seconds", "sink" => self.args.name.clone()).record((now - o).max(0) as f64 / 1e9);
-        }
+        record_latencies(&self.args.stats, &self.args.name, LatencyStage::Durable, now, &self.origins);
         self.origins.clear();
         let n = self.buffered as u64;
         metrics::counter!("meltstream_sink_records_total", "sink" => self.args.name.clone()).increment(n);
@@ -223,6 +221,22 @@ impl SinkState {
         // Releasing the permits lets the producers go on: only after durability.
         self.permits.clear();
         Ok(())
+    }
+}
+
+/// Records the latency of each record from its origin to `now`, per kind, in the engine's
+/// histograms and in the `meltstream_result_latency_seconds` metric.
+fn record_latencies(stats: &EngineStats, sink: &str, stage: LatencyStage, now: i64, origins: &[(LatencyKind, i64)]) {
+    for kind in [LatencyKind::WindowClose, LatencyKind::Alert, LatencyKind::Other] {
+        let of_kind = || origins.iter().filter(move |(k, _)| *k == kind).map(|&(_, o)| (now - o).max(0));
+        if of_kind().next().is_none() {
+            continue;
+        }
+        stats.record_latencies(kind, stage, of_kind().map(|ns| (ns / 1000) as u64));
+        let h = metrics::histogram!("meltstream_result_latency_seconds", "sink" => sink.to_owned(), "kind" => format!("{kind:?}"), "stage" => format!("{stage:?}"));
+        for ns in of_kind() {
+            h.record(ns as f64 / 1e9);
+        }
     }
 }
 
@@ -256,6 +270,9 @@ impl Actor for SinkActor {
                 if !records.is_empty() {
                     with_retries(&st.args.name, &mut st.args.writer, Some(&records), &Checkpoint::default()).await?;
                 }
+                let at_sink: Vec<(LatencyKind, i64)> = records.iter().map(|r| (LatencyKind::of(&r.record), r.origin_wall_ns)).collect();
+                record_latencies(&st.args.stats, &st.args.name, LatencyStage::AtSink, now_wall_ns(), &at_sink);
+                st.origins.extend(at_sink);
                 for r in &records {
                     for h in r.hold.iter() {
                         match st.pending.iter_mut().find(|(x, _)| x == h) {
@@ -263,7 +280,6 @@ impl Actor for SinkActor {
                             None => st.pending.push((*h, 1)),
                         }
                     }
-                    st.origins.push(r.origin_wall_ns);
                 }
                 st.buffered += records.len();
                 st.permits.push(permit);

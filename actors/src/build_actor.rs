@@ -1,34 +1,39 @@
-//! One actor per build: feeds its [`BuildProcessor`] the batches and watermarks the router
-//! sends, in arrival order, and routes what it emits to the sinks.
+//! One actor per build: takes the batch parts and watermarks the router queued for it
+//! ([`crate::build_queue`]), in order, feeds them to its [`BuildProcessor`], and routes what it
+//! emits to the sinks.
 //!
-//! The processor lives in a [`BuildSlot`] that the router keeps across restarts: if processing
-//! panics, the router restarts the actor on the same slot, the block that was being processed is
-//! dead-lettered as poison (it is never replayed into a crash loop), and the rest of the batch
-//! goes on. A block's checks run before it changes any state, so the state stays whole.
+//! The processor and the receiving end of the queue live in a [`BuildSlot`] that outlives the
+//! actor: if processing panics, the router restarts the actor on the same slot, the block that
+//! was being processed is dead-lettered as poison (it is never replayed into a crash loop), and
+//! the rest of the batch goes on. A block's checks run before it changes any state, so the
+//! state stays whole. Only the build actor ever locks its slot (the router keeps it only to
+//! hand it to a restarted actor), so holding it for a whole batch blocks nobody.
 //!
 //! # Backpressure
-//! A batch arrives with permits of the engine's memory budget; they are released when the batch
-//! is processed and its results handed to the sinks, so a stalled sink holds the budget and the
-//! router waits.
+//! A batch part arrives with permits of the engine's memory budget and takes a place in the
+//! build's bounded queue; both are released when the part is processed and its results handed
+//! to the sinks, so a stalled sink holds the budget and the router waits.
 //!
 //! # Shutdown
-//! `Close` emits every open window, hands the results to the sinks and stops the actor.
+//! `Close` takes everything queued, emits every open window (or, for a stop that a replay
+//! resumes, none), hands the results to the sinks and stops the actor.
 
 use std::sync::{Arc, Mutex};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::sync::OwnedSemaphorePermit;
 
 use meltstream_engine::batch::RecordBatch;
 use meltstream_engine::build_processor::BuildProcessor;
 use meltstream_engine::decode::{DeadLetter, RejectReason};
-use meltstream_engine::event::{BuildId, TimeNs};
+use meltstream_engine::event::BuildId;
 use meltstream_engine::offset_ledger::{HoldSet, HolderId};
 use meltstream_engine::operator::{Ctx, Operator};
 use meltstream_engine::records::{DeadLetterRecord, Emitted, OutputRecord};
 
+use crate::build_queue::{BuildQueue, Next, QueueReceiver, QueuedBatch, StampedWatermark};
 use crate::commit_coordinator::CommitMsg;
 use crate::engine_stats::EngineStats;
+use crate::memory_budget::MemoryPermit;
 use crate::now_wall_ns;
 use crate::outputs::{DeadLetterDesk, Outputs};
 use crate::router::RouterMsg;
@@ -39,46 +44,29 @@ pub struct InFlight {
     /// Block being processed; `None` while the batch's events are.
     block: Option<usize>,
     origin_wall_ns: i64,
-    _permit: Option<OwnedSemaphorePermit>,
+    _permit: Option<MemoryPermit>,
 }
 
-/// What the router hands a build: data and watermarks, in order.
-pub enum Inbound {
-    /// A batch with its budget permits and arrival wall time.
-    Batch(Arc<RecordBatch>, Option<OwnedSemaphorePermit>, i64),
-    /// The watermark advanced.
-    Watermark(TimeNs),
-}
-
-/// A build's state, owned by the router so that it outlives a crash of the actor.
+/// A build's state, kept by the router across crashes of the actor but locked only by it.
 ///
-/// The inbox lives here, not in the actor's mailbox, so that a crash loses nothing queued: the
-/// restarted actor finds it as it was. It is bounded by the memory budget the router holds
-/// permits of; the actor's mailbox only ever holds `Wake` and `Close`.
+/// The receiving end of the build's queue lives here, not in the actor, so that a crash loses
+/// nothing queued: the restarted actor finds it as it was.
 pub struct BuildSlot {
     /// The build's windows and rules.
     pub processor: BuildProcessor,
     /// The batch in progress, if any.
     pub in_flight: Option<InFlight>,
-    /// Queued data and watermarks.
-    pub inbox: std::collections::VecDeque<Inbound>,
-    /// A `Wake` is in the mailbox or being handled.
-    pub wake_pending: bool,
+    /// The receiving end of the build's queue.
+    pub rx: QueueReceiver,
     /// Records emitted and not yet handed to the sinks: kept here so that a crash mid-batch does
     /// not lose the alerts of the blocks before the poison one.
     pub out: Vec<Emitted>,
 }
 
 impl BuildSlot {
-    /// A slot with an empty inbox.
-    pub fn new(processor: BuildProcessor) -> BuildSlot {
-        BuildSlot { processor, in_flight: None, inbox: Default::default(), wake_pending: false, out: Vec::new() }
-    }
-
-    /// Queues `item`; true when the caller must send a `Wake`.
-    pub fn push(&mut self, item: Inbound) -> bool {
-        self.inbox.push_back(item);
-        !std::mem::replace(&mut self.wake_pending, true)
+    /// A slot around a processor and the receiving end of its queue.
+    pub fn new(processor: BuildProcessor, rx: QueueReceiver) -> BuildSlot {
+        BuildSlot { processor, in_flight: None, rx, out: Vec::new() }
     }
 }
 
@@ -87,9 +75,9 @@ pub type SharedSlot = Arc<Mutex<BuildSlot>>;
 
 /// Messages of a build actor.
 pub enum BuildMsg {
-    /// The inbox has items.
+    /// The queue has batches or a watermark.
     Wake,
-    /// Process the inbox, then (with `true`) emit every open window, hand the results to the
+    /// Take everything queued, then (with `true`) emit every open window, hand the results to the
     /// sinks and stop; with `false`, stop without emitting the open windows — a replayable
     /// source reads them again after a restart — and keep their holds so that the final
     /// progress stops before them. Replies when done.
@@ -104,6 +92,8 @@ pub struct BuildArgs {
     pub holder: HolderId,
     /// Its state.
     pub slot: SharedSlot,
+    /// Its queue (the router's end: the pending watermark and the wake flag).
+    pub queue: Arc<BuildQueue>,
     /// The sinks.
     pub outputs: Outputs,
     /// The commit coordinator.
@@ -186,35 +176,46 @@ impl BuildState {
 }
 
 impl BuildState {
-    async fn drain_inbox(&mut self) {
+    /// Applies a watermark: closes what it completes. Window results measure their latency
+    /// from the moment the watermark was computed.
+    fn apply_watermark(&mut self, w: StampedWatermark) {
+        let mut slot = lock(&self.args.slot);
+        let ctx = Ctx { hold: None, now_wall_ns: w.computed_wall_ns, origin_wall_ns: w.computed_wall_ns };
+        slot.processor.on_watermark(w.wm, &ctx, &mut self.out);
+    }
+
+    /// Takes everything queued, in order, until the queue is empty.
+    async fn drain_queue(&mut self) {
         loop {
-            let item = {
+            let next = {
                 let mut slot = lock(&self.args.slot);
-                match slot.inbox.pop_front() {
-                    Some(i) => i,
-                    None => {
-                        slot.wake_pending = false;
-                        return;
-                    }
-                }
+                slot.rx.next(&self.args.queue)
             };
-            match item {
-                Inbound::Batch(batch, permit, origin) => {
+            match next {
+                Next::Batch(QueuedBatch { watermark_before, batch, permit, origin_wall_ns }) => {
+                    if let Some(w) = watermark_before {
+                        self.apply_watermark(w);
+                    }
                     let hold = (batch.span.input, batch.span.seq);
-                    lock(&self.args.slot).in_flight = Some(InFlight { batch, block: None, origin_wall_ns: origin, _permit: permit });
+                    lock(&self.args.slot).in_flight = Some(InFlight { batch, block: None, origin_wall_ns, _permit: permit });
                     self.run_in_flight(None);
                     let done = lock(&self.args.slot).in_flight.take();
                     self.deliver(Some(hold)).await;
                     drop(done);
                 }
-                Inbound::Watermark(wm) => {
-                    {
-                        let mut slot = lock(&self.args.slot);
-                        let ctx = Ctx { hold: None, now_wall_ns: now_wall_ns(), origin_wall_ns: now_wall_ns() };
-                        slot.processor.on_watermark(wm, &ctx, &mut self.out);
-                    }
+                Next::Watermark(w) => {
+                    self.apply_watermark(w);
                     if !self.out.is_empty() {
                         self.deliver(None).await;
+                    }
+                }
+                Next::Empty => {
+                    let more = {
+                        let slot = lock(&self.args.slot);
+                        self.args.queue.idle(&slot.rx)
+                    };
+                    if !more {
+                        return;
                     }
                 }
             }
@@ -258,16 +259,16 @@ impl Actor for BuildActor {
     }
 
     async fn post_start(&self, myself: ActorRef<BuildMsg>, _st: &mut BuildState) -> Result<(), ActorProcessingErr> {
-        // After a restart the inbox may hold what the failed incarnation had not reached.
+        // After a restart the queue may hold what the failed incarnation had not reached.
         let _ = myself.cast(BuildMsg::Wake);
         Ok(())
     }
 
     async fn handle(&self, myself: ActorRef<BuildMsg>, msg: BuildMsg, st: &mut BuildState) -> Result<(), ActorProcessingErr> {
         match msg {
-            BuildMsg::Wake => st.drain_inbox().await,
+            BuildMsg::Wake => st.drain_queue().await,
             BuildMsg::Close(reply, emit_open) => {
-                st.drain_inbox().await;
+                st.drain_queue().await;
                 if emit_open {
                     let mut slot = lock(&st.args.slot);
                     let ctx = Ctx { hold: None, now_wall_ns: now_wall_ns(), origin_wall_ns: now_wall_ns() };

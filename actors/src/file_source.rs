@@ -134,7 +134,7 @@ impl Actor for FileSource {
         batch.span.next_offset = st.line;
         if batch.records > 0 {
             st.seq += 1;
-            if !st.args.ctx.send(batch).await {
+            if !st.args.ctx.send(batch, now).await {
                 eof = true;
             }
         }

@@ -56,7 +56,8 @@ use meltstream_engine::topology::KafkaSourceConfig;
 
 use crate::now_wall_ns;
 use crate::progress::{ProgressBoard, TopicPartition};
-use crate::source::SourceCtx;
+use crate::memory_budget::Stage;
+use crate::source::{SourceCredit, SourceCtx};
 use crate::supervisor::SupervisorMsg;
 use crate::watermark_coordinator::WatermarkMsg;
 
@@ -98,6 +99,8 @@ pub struct KafkaSourceArgs {
     pub board: ProgressBoard,
     /// The watermark coordinator (partitions are registered on assignment).
     pub watermarks: ActorRef<WatermarkMsg>,
+    /// Size of the source queue (bounds each partition's decode jobs).
+    pub queue_batches: usize,
 }
 
 /// State: the reading task and its stop signal.
@@ -219,27 +222,30 @@ const RAW_BATCH_BYTES: usize = 4 << 20;
 /// Payloads of one partition as read, not yet decoded.
 #[derive(Default)]
 struct RawBatch {
+    /// Wall clock when its first message was read, ns (alert latency starts there).
+    first_read_wall_ns: i64,
     bytes: Vec<u8>,
     /// (offset, start in `bytes`, length); an empty payload has length 0.
     msgs: Vec<(u64, usize, usize)>,
 }
 
-/// What a partition's decode task is handed: the raw batch, its sequence number and its credit.
-type DecodeJob = (RawBatch, u64, tokio::sync::OwnedSemaphorePermit);
+/// What a partition's decode task is handed: the raw batch, its sequence number and its credit
+/// (a place in the source queue and the raw bytes' memory).
+type DecodeJob = (RawBatch, u64, SourceCredit);
 
 /// A batch being filled for one partition, and its decode task.
 struct Pending {
     raw: RawBatch,
     seq: u64,
-    jobs: tokio::sync::mpsc::UnboundedSender<DecodeJob>,
+    jobs: tokio::sync::mpsc::Sender<DecodeJob>,
     worker: tokio::task::JoinHandle<()>,
 }
 
 impl Pending {
-    /// A partition's pending batch, with its decode task (ordering: one task, FIFO jobs; the
-    /// jobs are bounded by the source-queue credits they carry).
+    /// A partition's pending batch, with its decode task (ordering: one task, FIFO jobs). The
+    /// job queue is bounded by the source queue's size: every job holds one of its credits.
     fn new(args: &KafkaSourceArgs, input: InputId, stop: &watch::Receiver<bool>) -> Pending {
-        let (jobs, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (jobs, rx) = tokio::sync::mpsc::channel(args.queue_batches.max(1));
         let worker = tokio::spawn(decode_worker(input, args.limits, args.ctx.clone(), rx, stop.clone()));
         Pending { raw: RawBatch::default(), seq: 0, jobs, worker }
     }
@@ -251,7 +257,7 @@ async fn decode_worker(
     input: InputId,
     limits: DecodeLimits,
     ctx: SourceCtx,
-    mut jobs: tokio::sync::mpsc::UnboundedReceiver<DecodeJob>,
+    mut jobs: tokio::sync::mpsc::Receiver<DecodeJob>,
     stop: watch::Receiver<bool>,
 ) {
     let mut decoder = Decoder::new(input, limits);
@@ -264,12 +270,12 @@ async fn decode_worker(
         // sinks) are not held up behind it.
         let done = tokio::task::spawn_blocking(move || {
             let batch = decode_raw(&mut decoder, input, &raw, seq);
-            (decoder, batch)
+            (decoder, (batch, raw.first_read_wall_ns))
         })
         .await;
-        let Ok((d, batch)) = done else { break };
+        let Ok((d, (batch, read_wall_ns))) = done else { break };
         decoder = d;
-        if !ctx.send_credited(batch, credit) {
+        if !ctx.send_credited(batch, credit, read_wall_ns) {
             break;
         }
     }
@@ -365,6 +371,9 @@ impl Reader {
         let offset = m.offset().max(0) as u64;
         let part = parts.entry(input).or_insert_with(|| Pending::new(args, input, stop));
         let raw = &mut part.raw;
+        if raw.msgs.is_empty() {
+            raw.first_read_wall_ns = now_wall_ns();
+        }
         let payload = m.payload().unwrap_or_default();
         raw.msgs.push((offset, raw.bytes.len(), payload.len()));
         raw.bytes.extend_from_slice(payload);
@@ -380,40 +389,39 @@ impl Reader {
         let raw = std::mem::take(&mut part.raw);
         let seq = part.seq;
         part.seq += 1;
-        let credit = match self.args.ctx.credits.clone().try_acquire_owned() {
-            Ok(c) => c,
-            // A short wait is the normal rhythm of a busy engine: wait without pausing (a pause
-            // drops librdkafka's read-ahead, which it then fetches again).
-            Err(_) => match tokio::time::timeout(PAUSE_AFTER, self.args.ctx.credits.clone().acquire_owned()).await {
-                Ok(Ok(c)) => c,
-                Ok(Err(_)) => return false,
-                Err(_) => match self.wait_paused(stop).await {
-                    Some(c) => c,
-                    None => return false,
-                },
-            },
-        };
-        // A closed job queue: the decode task ended because the engine is gone.
-        self.parts.get(&input).is_some_and(|p| p.jobs.send((raw, seq, credit)).is_ok())
+        let credits = self.args.ctx.credits.clone();
+        let Some(queue) = self.acquire_or_pause(async move { credits.acquire_owned().await.ok() }, stop).await else { return false };
+        let budget = self.args.ctx.budget.clone();
+        let bytes = raw.bytes.capacity() + raw.msgs.capacity() * std::mem::size_of::<(u64, usize, usize)>();
+        let Some(memory) = self.acquire_or_pause(async move { budget.acquire(Stage::Sources, bytes).await }, stop).await else { return false };
+        // A closed job queue: the decode task ended because the engine is gone. The job queue
+        // holds at most `source_queue_batches` jobs (each holds a credit), so this never waits.
+        match self.parts.get(&input) {
+            Some(p) => p.jobs.send((raw, seq, SourceCredit::new(queue, Some(memory)))).await.is_ok(),
+            None => false,
+        }
     }
 
-    /// Pauses every assigned partition and keeps polling (so that the group keeps us) until a
-    /// credit frees up; then resumes them. A message already fetched before the pause took
-    /// effect is still delivered: it joins its partition's batch (librdkafka's position is past
-    /// it, so dropping it would lose it).
-    async fn wait_paused(&mut self, stop: &mut watch::Receiver<bool>) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    /// Waits for `what` (a credit, or memory of the budget). A short wait is the normal rhythm
+    /// of a busy engine: wait without pausing (a pause drops librdkafka's read-ahead, which it
+    /// then fetches again). After [`PAUSE_AFTER`], pause every assigned partition and keep
+    /// polling (so that the group keeps us) until `what` is there; then resume them. A message
+    /// already fetched before the pause took effect is still delivered: it joins its
+    /// partition's batch (librdkafka's position is past it, so dropping it would lose it).
+    async fn acquire_or_pause<T>(&mut self, what: impl std::future::Future<Output = Option<T>>, stop: &mut watch::Receiver<bool>) -> Option<T> {
+        tokio::pin!(what);
+        if let Ok(got) = tokio::time::timeout(PAUSE_AFTER, &mut what).await {
+            return got;
+        }
         let tpl = self.assignment();
         if let Err(e) = self.consumer.pause(&tpl) {
             tracing::warn!(source = %self.args.ctx.name, error = %e, "pausing partitions failed");
         }
         self.paused = true;
         metrics::counter!("meltstream_kafka_pauses_total", "source" => self.args.ctx.name.clone()).increment(1);
-        let credits = self.args.ctx.credits.clone();
-        let acquire = credits.acquire_owned();
-        tokio::pin!(acquire);
-        let credit = loop {
+        let got = loop {
             tokio::select! {
-                c = &mut acquire => break c.ok(),
+                c = &mut what => break c,
                 _ = stop.changed() => break None,
                 m = self.consumer.recv() => {
                     if let Ok(m) = m {
@@ -427,7 +435,7 @@ impl Reader {
             tracing::warn!(source = %self.args.ctx.name, error = %e, "resuming partitions failed");
         }
         self.paused = false;
-        credit
+        got
     }
 
     async fn flush_all(&mut self, stop: &mut watch::Receiver<bool>) -> bool {

@@ -9,12 +9,14 @@
 #![warn(missing_docs)]
 
 pub mod build_actor;
+pub mod build_queue;
 pub mod commit_coordinator;
 pub mod engine_stats;
 pub mod file_sink;
 pub mod file_source;
 pub mod kafka_sink;
 pub mod kafka_source;
+pub mod memory_budget;
 pub mod outputs;
 pub mod pg_sink;
 pub mod router;
@@ -45,6 +47,7 @@ use crate::file_sink::{FileSink, NullSink};
 use crate::file_source::{FileSource, FileSourceArgs, FileSourceMsg};
 use crate::kafka_sink::KafkaSink;
 use crate::kafka_source::{KafkaSource, KafkaSourceArgs, KafkaSourceMsg};
+use crate::memory_budget::MemoryBudget;
 use crate::pg_sink::PgSink;
 use crate::progress::{resume_offsets, ProgressBoard, StoredProgress};
 use crate::outputs::{Outputs, SinkHandle};
@@ -56,6 +59,9 @@ use crate::supervisor::{Started, Supervisor, SupervisorArgs, SupervisorMsg};
 use crate::watermark_coordinator::{WatermarkArgs, WatermarkCoordinator, WatermarkMsg};
 
 pub mod watermark_coordinator;
+
+/// Capacity of each build actor's queue, in batch parts.
+const BUILD_QUEUE_BATCHES: usize = 8;
 
 /// Wall clock, ns since the epoch.
 pub fn now_wall_ns() -> i64 {
@@ -170,6 +176,7 @@ impl EngineBuilder {
         let failure = Arc::new(Mutex::new(None));
         let restart = Arc::new(AtomicBool::new(false));
         let board = ProgressBoard::default();
+        let budget = MemoryBudget::new(e.memory_budget_mb * 1024);
         // Writers first: the transactional ones tell where the sources resume.
         let mut writers: Vec<(BoxedWriter, u64, Option<StoredProgress>, progress::Written)> = Vec::new();
         for s in &t.sinks {
@@ -208,13 +215,14 @@ impl EngineBuilder {
             let cap = e.sink_queue_records as u32;
             sinks.push(SinkHandle { name: s.name.clone(), kinds: s.kind.records().to_vec(), actor, queue: Arc::new(Semaphore::new(cap as usize)), capacity: cap });
         }
-        let outputs = Outputs::new(sinks);
+        let outputs = Outputs::new(sinks, budget.clone());
         let source_names: Arc<Vec<String>> = Arc::new(t.sources.iter().map(|s| s.name.clone()).collect());
         let router_args = RouterArgs {
             settings: Arc::new(self.settings.clone()),
             outputs: outputs.clone(),
             commit: commit.clone(),
-            budget_kib: (e.memory_budget_mb * 1024).min(u64::from(u32::MAX / 2)) as u32,
+            budget: budget.clone(),
+            build_queue_batches: BUILD_QUEUE_BATCHES,
             build_idle: Duration::from_millis(e.build_idle_timeout_ms),
             restarts: RestartBudget::new(e.max_restarts, e.max_restart_window_s as i64 * 1_000_000_000),
             stats: stats.clone(),
@@ -246,6 +254,7 @@ impl EngineBuilder {
                 credits: credits.clone(),
                 when_full: e.when_full,
                 stats: stats.clone(),
+                budget: budget.clone(),
                 supervisor: supervisor.clone(),
             };
             // Unnamed: ractor names are process-global, and several engines may share a process.
@@ -281,6 +290,7 @@ impl EngineBuilder {
                         limits,
                         board: board.clone(),
                         watermarks: watermarks.clone(),
+                        queue_batches: e.source_queue_batches,
                     };
                     let (a, _) = Actor::spawn_linked(name, KafkaSource, args, sup_cell.clone()).await.map_err(|e| start_err(&format!("source {}", s.name), e))?;
                     let a2 = a.clone();

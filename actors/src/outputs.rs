@@ -1,5 +1,6 @@
 //! Routing of emitted records to the sinks that take their kind, with credits: a delivery to a
-//! sink first takes one permit per record of that sink's bounded queue.
+//! sink first takes one permit per record of that sink's bounded queue, and the records' bytes
+//! from the sinks' share of the memory budget.
 
 use std::sync::Arc;
 
@@ -12,7 +13,8 @@ use meltstream_engine::topology::RecordKind;
 
 use crate::engine_stats::EngineStats;
 use crate::progress::ProgressBoard;
-use crate::sink::SinkMsg;
+use crate::memory_budget::{records_bytes, MemoryBudget, Stage};
+use crate::sink::{SinkCredit, SinkMsg};
 
 /// One sink as seen by the producers.
 #[derive(Clone)]
@@ -40,12 +42,13 @@ pub struct Plan {
 #[derive(Clone)]
 pub struct Outputs {
     sinks: Arc<Vec<SinkHandle>>,
+    budget: MemoryBudget,
 }
 
 impl Outputs {
     /// Outputs over these sinks.
-    pub fn new(sinks: Vec<SinkHandle>) -> Outputs {
-        Outputs { sinks: Arc::new(sinks) }
+    pub fn new(sinks: Vec<SinkHandle>, budget: MemoryBudget) -> Outputs {
+        Outputs { sinks: Arc::new(sinks), budget }
     }
 
     /// The sinks.
@@ -95,7 +98,8 @@ impl Outputs {
             let s = &self.sinks[i];
             let n = (records.len() as u32).min(s.capacity);
             let Ok(permit) = s.queue.clone().acquire_many_owned(n).await else { continue };
-            if s.actor.cast(SinkMsg::Records(records, permit)).is_err() {
+            let memory = self.budget.acquire(Stage::Sinks, records_bytes(&records)).await;
+            if s.actor.cast(SinkMsg::Records(records, SinkCredit::new(permit, memory))).is_err() {
                 tracing::warn!(sink = %s.name, "sink is gone; records not delivered");
             }
         }

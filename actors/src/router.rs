@@ -3,10 +3,16 @@
 //! the decoders rejected.
 //!
 //! # Backpressure
-//! A source batch arrives with a credit of the source queue; the router takes permits of the
-//! engine's memory budget for each build part before forwarding it and returns the source credit
-//! only once every part is forwarded. With the budget spent, the router waits and the sources,
-//! out of credits, wait too.
+//! A source batch arrives with a credit of the source queue (and its permit of the sources'
+//! share of the memory budget); the router takes permits of the builds' share for each build
+//! part and a place in that build's bounded queue before forwarding it, and returns the source
+//! credit only once every part is forwarded. With the budget spent or a build's queue full, the
+//! router waits and the sources, out of credits, wait too. The router never takes a lock that a
+//! build actor holds while it processes (see `build_queue.rs`).
+//!
+//! # Watermarks
+//! An advance goes to every build's queue as its one pending watermark (the latest wins), never
+//! as one queued item per advance, and never ahead of the data sent before it.
 //!
 //! # Supervision
 //! Build actors are linked to the router. A failed build actor is restarted on its preserved
@@ -18,7 +24,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use meltstream_engine::batch::{InputId, RecordBatch};
 use meltstream_engine::build_processor::{BuildProcessor, BuildSettings};
@@ -27,7 +32,10 @@ use meltstream_engine::offset_ledger::{HoldSet, HolderId};
 use meltstream_engine::records::{DeadLetterRecord, Emitted, OutputRecord};
 use meltstream_engine::restart_budget::RestartBudget;
 
-use crate::build_actor::{BuildActor, BuildArgs, BuildMsg, BuildSlot, Inbound, SharedSlot};
+use crate::build_actor::{BuildActor, BuildArgs, BuildMsg, BuildSlot, SharedSlot};
+use crate::build_queue::{build_queue, BuildQueue, QueuedBatch, StampedWatermark};
+use crate::memory_budget::{batch_bytes, MemoryBudget, Stage};
+use crate::source::SourceCredit;
 use crate::commit_coordinator::CommitMsg;
 use crate::engine_stats::EngineStats;
 use crate::now_wall_ns;
@@ -37,11 +45,11 @@ use crate::watermark_coordinator::WatermarkMsg;
 /// Messages of the router.
 pub enum RouterMsg {
     /// A decoded source batch, its source-queue credit, and its arrival wall time.
-    Batch(RecordBatch, Option<OwnedSemaphorePermit>, i64),
+    Batch(RecordBatch, Option<SourceCredit>, i64),
     /// The input has no more data.
     InputEnded(InputId),
-    /// The watermark advanced (from the coordinator).
-    Watermark(TimeNs),
+    /// The watermark advanced (from the coordinator), stamped with when it was computed.
+    Watermark(StampedWatermark),
     /// A build's `build_end` is behind the watermark.
     BuildFinished(BuildId),
     /// Periodic: idle builds.
@@ -60,8 +68,10 @@ pub struct RouterArgs {
     pub outputs: Outputs,
     /// Commit coordinator.
     pub commit: ActorRef<CommitMsg>,
-    /// Memory budget in KiB.
-    pub budget_kib: u32,
+    /// The engine's memory budget (the router pays the builds' share).
+    pub budget: MemoryBudget,
+    /// Capacity of each build's queue, in batch parts.
+    pub build_queue_batches: usize,
     /// Build idle timeout.
     pub build_idle: Duration,
     /// Restart intensity.
@@ -75,6 +85,7 @@ pub struct RouterArgs {
 struct BuildEntry {
     actor: ActorRef<BuildMsg>,
     slot: SharedSlot,
+    queue: Arc<BuildQueue>,
     holder: HolderId,
     last_batch: Instant,
 }
@@ -83,7 +94,6 @@ struct BuildEntry {
 pub struct RouterState {
     args: RouterArgs,
     coordinator: Option<ActorRef<WatermarkMsg>>,
-    budget: Arc<Semaphore>,
     builds: HashMap<BuildId, BuildEntry>,
     by_actor: HashMap<ActorId, BuildId>,
     /// Builds that ended: later records for them are late.
@@ -96,11 +106,12 @@ pub struct RouterState {
 pub struct Router;
 
 impl RouterState {
-    async fn spawn_build(&mut self, myself: &ActorRef<RouterMsg>, build: BuildId, slot: SharedSlot, holder: HolderId, why: Option<String>) -> Result<ActorRef<BuildMsg>, ActorProcessingErr> {
+    async fn spawn_build(&mut self, myself: &ActorRef<RouterMsg>, build: BuildId, slot: SharedSlot, queue: Arc<BuildQueue>, holder: HolderId, why: Option<String>) -> Result<ActorRef<BuildMsg>, ActorProcessingErr> {
         let args = BuildArgs {
             build: build.clone(),
             holder,
             slot,
+            queue,
             outputs: self.args.outputs.clone(),
             commit: self.args.commit.clone(),
             router: myself.clone(),
@@ -128,19 +139,15 @@ impl RouterState {
             let ctx = meltstream_engine::operator::Ctx { hold: None, now_wall_ns: now_wall_ns(), origin_wall_ns: now_wall_ns() };
             meltstream_engine::operator::Operator::on_watermark(&mut processor, w, &ctx, &mut Vec::new());
         }
-        let slot: SharedSlot = Arc::new(std::sync::Mutex::new(BuildSlot::new(processor)));
+        let (queue, rx) = build_queue(self.args.build_queue_batches);
+        let slot: SharedSlot = Arc::new(std::sync::Mutex::new(BuildSlot::new(processor, rx)));
         self.next_holder += 1;
         let holder = self.next_holder;
-        let actor = self.spawn_build(myself, build.clone(), slot.clone(), holder, None).await?;
+        let actor = self.spawn_build(myself, build.clone(), slot.clone(), queue.clone(), holder, None).await?;
         tracing::info!(build_id = %build, "build actor started");
         metrics::gauge!("meltstream_active_builds").increment(1.0);
-        self.builds.insert(build.clone(), BuildEntry { actor: actor.clone(), slot, holder, last_batch: Instant::now() });
+        self.builds.insert(build.clone(), BuildEntry { actor: actor.clone(), slot, queue, holder, last_batch: Instant::now() });
         Ok(actor)
-    }
-
-    fn batch_cost_kib(&self, b: &RecordBatch) -> u32 {
-        let bytes = b.data.len() * 4 + b.blocks.len() * std::mem::size_of::<meltstream_engine::batch::BlockHeader>() + 1024;
-        ((bytes / 1024) as u32 + 1).min(self.args.budget_kib)
     }
 
     async fn route(&mut self, myself: &ActorRef<RouterMsg>, batch: RecordBatch, origin: i64) -> Result<(), ActorProcessingErr> {
@@ -151,12 +158,17 @@ impl RouterState {
         let _ = self.args.commit.cast(CommitMsg::Register(span, parts.len() as u32 + 1));
         for (build, part) in parts {
             let samples = part.sample_count();
-            let cost = self.batch_cost_kib(&part);
-            let permit = self.budget.clone().acquire_many_owned(cost).await?;
+            let permit = self.args.budget.acquire(Stage::Builds, batch_bytes(&part)).await.ok_or("the memory budget was closed")?;
             self.build_actor(myself, &build).await?;
             EngineStats::add(&self.args.stats.samples, samples);
             metrics::counter!("meltstream_samples_total").increment(samples);
-            self.push(&build, Inbound::Batch(Arc::new(part), Some(permit), origin));
+            let Some(e) = self.builds.get(&build) else { continue };
+            let queue = e.queue.clone();
+            let item = QueuedBatch { watermark_before: None, batch: Arc::new(part), permit: Some(permit), origin_wall_ns: origin };
+            if !queue.send(item).await {
+                tracing::warn!(build_id = %build, "build actor's queue closed while routing");
+            }
+            self.wake(&build);
         }
         if let Some(c) = self.coordinator.clone() {
             if max_t > TimeNs::MIN {
@@ -180,23 +192,26 @@ impl RouterState {
         Ok(())
     }
 
-    /// Queues a watermark advance behind the data in every build's inbox.
-    fn advance(&mut self, wm: TimeNs) {
-        if wm <= self.watermark {
+    /// Makes a watermark advance every build's pending watermark (behind the data already sent
+    /// to it).
+    fn advance(&mut self, wm: StampedWatermark) {
+        if wm.wm <= self.watermark {
             return;
         }
-        self.watermark = wm;
+        self.watermark = wm.wm;
         let all: Vec<BuildId> = self.builds.keys().cloned().collect();
         for b in all {
-            self.push(&b, Inbound::Watermark(wm));
+            if let Some(e) = self.builds.get(&b) {
+                e.queue.advance(wm);
+            }
+            self.wake(&b);
         }
     }
 
-    /// Queues an item in a build's inbox and wakes its actor if needed.
-    fn push(&self, build: &BuildId, item: Inbound) {
+    /// Wakes a build's actor unless a wake is already on its way.
+    fn wake(&self, build: &BuildId) {
         if let Some(e) = self.builds.get(build) {
-            let wake = e.slot.lock().unwrap_or_else(|p| p.into_inner()).push(item);
-            if wake && e.actor.cast(BuildMsg::Wake).is_err() {
+            if e.queue.needs_wake() && e.actor.cast(BuildMsg::Wake).is_err() {
                 tracing::warn!(build_id = %build, "build actor gone while routing");
             }
         }
@@ -227,7 +242,6 @@ impl Actor for Router {
     async fn pre_start(&self, myself: ActorRef<RouterMsg>, args: RouterArgs) -> Result<RouterState, ActorProcessingErr> {
         myself.send_interval(Duration::from_millis(500), || RouterMsg::Tick);
         Ok(RouterState {
-            budget: Arc::new(Semaphore::new(args.budget_kib as usize)),
             args,
             coordinator: None,
             builds: HashMap::new(),
@@ -286,10 +300,10 @@ impl Actor for Router {
                     return Err(format!("build actor for {build} failed too often (last: {why}); restart intensity exceeded").into());
                 }
                 tracing::warn!(build_id = %build, error = %why, "build actor failed; restarting it on its preserved state");
-                let Some((slot, holder)) = st.builds.get(&build).map(|e| (e.slot.clone(), e.holder)) else { return Ok(()) };
+                let Some((slot, queue, holder)) = st.builds.get(&build).map(|e| (e.slot.clone(), e.queue.clone(), e.holder)) else { return Ok(()) };
                 // The failed incarnation's Wake is gone with its mailbox; post_start sends a new one.
-                slot.lock().unwrap_or_else(|p| p.into_inner()).wake_pending = true;
-                let actor = st.spawn_build(&myself, build.clone(), slot, holder, Some(why)).await?;
+                queue.rearm_wake();
+                let actor = st.spawn_build(&myself, build.clone(), slot, queue, holder, Some(why)).await?;
                 if let Some(e) = st.builds.get_mut(&build) {
                     e.actor = actor;
                 }

@@ -37,6 +37,7 @@ pub enum GeneratorConfig {
     R1(R1Config),
 }
 
+use crate::now_wall_ns;
 use crate::source::SourceCtx;
 
 /// Messages of the simulator source.
@@ -90,6 +91,11 @@ impl Actor for SimulatorSource {
             match st.sim.next_batch() {
                 None => end = true,
                 Some(batch) => {
+                    // Generated now; at real pace, each sample is read when its event time is
+                    // due, so the batch's first sample was read when the batch's earliest event
+                    // time was due (the generator's batching is part of the latency, as a
+                    // Kafka source's linger is).
+                    let mut read_wall_ns = now_wall_ns();
                     if st.pace == Pace::Real {
                         let t = batch.max_t_ns;
                         let (wall0, ev0) = *st.started.get_or_insert((Instant::now(), t));
@@ -98,8 +104,10 @@ impl Actor for SimulatorSource {
                         if due > elapsed {
                             tokio::time::sleep(due - elapsed).await;
                         }
+                        let first = batch.blocks.iter().map(|h| h.t0_ns).chain(batch.layers.iter().map(|e| e.t_ns)).min().unwrap_or(t);
+                        read_wall_ns = now_wall_ns() - (t - first).max(0);
                     }
-                    if !st.ctx.send(batch).await {
+                    if !st.ctx.send(batch, read_wall_ns).await {
                         end = true;
                     }
                 }

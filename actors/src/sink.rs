@@ -3,7 +3,8 @@
 //! source offsets behind them may be committed.
 //!
 //! # Backpressure
-//! Every delivery carries permits of the sink's semaphore (one per record); they are released
+//! Every delivery carries permits of the sink's semaphore (one per record) and of the sinks'
+//! share of the memory budget (its records' bytes); they are released
 //! only when the records are durable. A sink that stalls therefore stops the build actors that
 //! feed it, which stop the router, which stops the sources: memory stays bounded.
 //!
@@ -29,6 +30,7 @@ use meltstream_engine::records::Emitted;
 
 use crate::commit_coordinator::CommitMsg;
 use crate::engine_stats::{EngineStats, LatencyKind, LatencyStage};
+use crate::memory_budget::MemoryPermit;
 use crate::now_wall_ns;
 use crate::progress::{Checkpoint, ProgressBoard, StoredProgress, Written};
 
@@ -51,6 +53,20 @@ pub trait SinkWriter: Send + 'static {
     /// last transactions held records ahead of the progress stored with them).
     fn take_written(&mut self) -> Written {
         Written::new()
+    }
+}
+
+/// What a delivery to a sink holds until its records are durable: places in the sink's queue
+/// (one per record) and the records' bytes in the sinks' share of the memory budget.
+pub struct SinkCredit {
+    _queue: OwnedSemaphorePermit,
+    _memory: Option<MemoryPermit>,
+}
+
+impl SinkCredit {
+    /// A credit of the sink's queue and the memory it pays for.
+    pub fn new(queue: OwnedSemaphorePermit, memory: Option<MemoryPermit>) -> SinkCredit {
+        SinkCredit { _queue: queue, _memory: memory }
     }
 }
 
@@ -108,7 +124,7 @@ pub enum SinkError {
 /// Messages of a sink actor.
 pub enum SinkMsg {
     /// Records, with one permit each of the sink's queue.
-    Records(Vec<Emitted>, OwnedSemaphorePermit),
+    Records(Vec<Emitted>, SinkCredit),
     /// Periodic flush.
     Tick,
     /// Flush everything and reply when durable.
@@ -139,7 +155,7 @@ pub struct SinkArgs {
 pub struct SinkState {
     args: SinkArgs,
     pending: Vec<(Hold, u32)>,
-    permits: Vec<OwnedSemaphorePermit>,
+    permits: Vec<SinkCredit>,
     /// Latency kind and origin of each record buffered since the last flush.
     origins: Vec<(LatencyKind, i64)>,
     buffered: usize,

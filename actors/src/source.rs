@@ -1,20 +1,21 @@
 //! What every source shares: an input id, and the credited hand-off of batches to the router.
 //!
 //! # Backpressure
-//! A source takes one credit of the bounded source queue per batch before sending it; the router
-//! returns it once the batch is routed. Out of credits, a source waits (`when_full = "block"`) or,
+//! A source takes one credit of the bounded source queue per batch before sending it, and the
+//! batch's bytes from the sources' share of the memory budget; the router returns both once the
+//! batch is routed. Out of credits, a source waits (`when_full = "block"`) or,
 //! only if the topology asks, drops the batch and counts it (`"drop_newest"`).
 
 use std::sync::Arc;
 
 use ractor::ActorRef;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use meltstream_engine::batch::{InputId, RecordBatch};
 use meltstream_engine::topology::WhenFull;
 
 use crate::engine_stats::EngineStats;
-use crate::now_wall_ns;
+use crate::memory_budget::{batch_bytes, MemoryBudget, MemoryPermit, Stage};
 use crate::router::RouterMsg;
 use crate::supervisor::SupervisorMsg;
 
@@ -33,13 +34,30 @@ pub struct SourceCtx {
     pub when_full: WhenFull,
     /// Engine counters.
     pub stats: Arc<EngineStats>,
+    /// The memory budget (a source pays the sources' share).
+    pub budget: MemoryBudget,
     /// The supervisor, told when the source ends.
     pub supervisor: ActorRef<SupervisorMsg>,
 }
 
+/// What a batch on its way to the router holds: its place in the source queue and its bytes in
+/// the sources' share of the memory budget. Dropped once the batch is routed.
+pub struct SourceCredit {
+    _queue: OwnedSemaphorePermit,
+    _memory: Option<MemoryPermit>,
+}
+
+impl SourceCredit {
+    /// A credit of the source queue and the memory it pays for.
+    pub fn new(queue: OwnedSemaphorePermit, memory: Option<MemoryPermit>) -> SourceCredit {
+        SourceCredit { _queue: queue, _memory: memory }
+    }
+}
+
 impl SourceCtx {
-    /// Sends a batch to the router; false when the engine is gone.
-    pub async fn send(&self, batch: RecordBatch) -> bool {
+    /// Sends a batch whose first record was read at `read_wall_ns` (alert latency starts
+    /// there) to the router; false when the engine is gone.
+    pub async fn send(&self, batch: RecordBatch, read_wall_ns: i64) -> bool {
         let credit = match self.when_full {
             WhenFull::Block => match self.credits.clone().acquire_owned().await {
                 Ok(c) => c,
@@ -54,12 +72,13 @@ impl SourceCtx {
                 }
             },
         };
-        self.send_credited(batch, credit)
+        let Some(memory) = self.budget.acquire(Stage::Sources, batch_bytes(&batch)).await else { return false };
+        self.send_credited(batch, SourceCredit::new(credit, Some(memory)), read_wall_ns)
     }
 
     /// Sends a batch with a credit the caller already holds.
-    pub fn send_credited(&self, batch: RecordBatch, credit: tokio::sync::OwnedSemaphorePermit) -> bool {
-        self.router.cast(RouterMsg::Batch(batch, Some(credit), now_wall_ns())).is_ok()
+    pub fn send_credited(&self, batch: RecordBatch, credit: SourceCredit, read_wall_ns: i64) -> bool {
+        self.router.cast(RouterMsg::Batch(batch, Some(credit), read_wall_ns)).is_ok()
     }
 
     /// Tells the router and the supervisor that this input has ended.

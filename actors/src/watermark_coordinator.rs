@@ -1,7 +1,8 @@
 //! The watermark coordinator: combines every input's event-time progress into one watermark
 //! (bounded out-of-orderness, idle inputs, never backwards) and hands each advance to the
-//! router, which queues it in the build inboxes behind the data it already sent — so a
-//! watermark never overtakes a batch it covers. Data-driven advances are answered to the
+//! router, which makes it each build's pending watermark behind the data it already sent — so a
+//! watermark never overtakes a batch it covers. Each advance is stamped with the wall time at
+//! which it was computed: window-close latency starts there. Data-driven advances are answered to the
 //! router's `Observe` call (deterministic with respect to the data order); idle-driven ones are
 //! sent on the coordinator's tick.
 
@@ -13,6 +14,7 @@ use meltstream_engine::batch::InputId;
 use meltstream_engine::event::TimeNs;
 use meltstream_engine::watermark::WatermarkTracker;
 
+use crate::build_queue::StampedWatermark;
 use crate::now_wall_ns;
 use crate::router::RouterMsg;
 
@@ -22,7 +24,7 @@ pub enum WatermarkMsg {
     Register(InputId),
     /// The router forwarded data of `input` up to this event time; replies with the new
     /// watermark if it advanced, so that the router queues it right behind that data.
-    Observe(InputId, TimeNs, RpcReplyPort<Option<TimeNs>>),
+    Observe(InputId, TimeNs, RpcReplyPort<Option<StampedWatermark>>),
     /// The input has a backlog (records not read yet): it is not idle.
     Backlog(InputId),
     /// The input ended.
@@ -58,9 +60,10 @@ pub struct WatermarkCoordinator;
 
 impl WatermarkState {
     fn publish(&mut self) {
-        if let Some(wm) = self.tracker.advance(now_wall_ns()) {
+        let now = now_wall_ns();
+        if let Some(wm) = self.tracker.advance(now) {
             self.args.stats.watermark_ns.store(wm, std::sync::atomic::Ordering::Relaxed);
-            let _ = self.args.router.cast(RouterMsg::Watermark(wm));
+            let _ = self.args.router.cast(RouterMsg::Watermark(StampedWatermark { wm, computed_wall_ns: now }));
         }
     }
 }
@@ -85,7 +88,8 @@ impl Actor for WatermarkCoordinator {
                 if let Some(wm) = adv {
                     st.args.stats.watermark_ns.store(wm, std::sync::atomic::Ordering::Relaxed);
                 }
-                let _ = reply.send(adv);
+                // Stamped here, where the watermark is computed: window-close latency starts now.
+                let _ = reply.send(adv.map(|wm| StampedWatermark { wm, computed_wall_ns: now }));
             }
             WatermarkMsg::Backlog(i) => st.tracker.touch(i, now_wall_ns()),
             WatermarkMsg::Finish(i) => {

@@ -233,6 +233,16 @@ impl OutputRecord {
         }
     }
 
+    /// Bytes it owns on the heap, roughly (strings and grid cells): what it costs while it
+    /// waits for a sink.
+    pub fn approx_heap_bytes(&self) -> usize {
+        match self {
+            OutputRecord::Grid(g) => 64 + g.cells.len() * std::mem::size_of::<GridCell>(),
+            OutputRecord::DeadLetter(d) => 128 + d.raw_prefix.len() + d.reason.len(),
+            OutputRecord::LayerSummary(_) | OutputRecord::Window(_) | OutputRecord::Anomaly(_) | OutputRecord::Late(_) => 128,
+        }
+    }
+
     /// A stable identity: the same result always has the same key.
     pub fn key(&self) -> String {
         match self {

@@ -209,8 +209,8 @@ fn kafka_pg(machines: u32, layers: u32) -> anyhow::Result<()> {
 
 /// Decodes `lines` into batches of 512 records, `rounds` times; returns (records, seconds).
 fn decode_lines(lines: &[String], rounds: usize) -> (u64, f64, u64) {
-    use meltstream_engine::batch::RecordBatch;
-    use meltstream_engine::decode::{DecodeLimits, Decoder};
+    use meltstream_engine::input::batch::RecordBatch;
+    use meltstream_engine::input::decode::{DecodeLimits, Decoder};
     let mut d = Decoder::new(0, DecodeLimits::default());
     let now = 1_900_000_000_000_000_000;
     let (mut records, mut samples) = (0u64, 0u64);

@@ -19,10 +19,10 @@ use std::sync::{Arc, Mutex};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::OwnedSemaphorePermit;
 
-use meltstream_engine::batch::RecordBatch;
+use meltstream_engine::input::batch::RecordBatch;
 use meltstream_engine::build_processor::BuildProcessor;
-use meltstream_engine::decode::{DeadLetter, RejectReason};
-use meltstream_engine::event::{BuildId, TimeNs};
+use meltstream_engine::input::decode::{DeadLetter, RejectReason};
+use meltstream_engine::input::event::{BuildId, TimeNs};
 use meltstream_engine::offset_ledger::{HoldSet, HolderId};
 use meltstream_engine::operator::{Ctx, Operator};
 use meltstream_engine::records::{DeadLetterRecord, Emitted, OutputRecord};

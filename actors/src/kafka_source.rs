@@ -50,8 +50,8 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 use tokio::sync::watch;
 
-use meltstream_engine::batch::{InputId, RecordBatch, SourceSpan};
-use meltstream_engine::decode::{DeadLetter, DecodeLimits, Decoder, RejectReason};
+use meltstream_engine::input::batch::{InputId, RecordBatch, SourceSpan};
+use meltstream_engine::input::decode::{DeadLetter, DecodeLimits, Decoder, RejectReason};
 use meltstream_engine::topology::KafkaSourceConfig;
 
 use crate::now_wall_ns;

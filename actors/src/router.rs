@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use meltstream_engine::batch::{InputId, RecordBatch};
+use meltstream_engine::input::batch::{InputId, RecordBatch};
 use meltstream_engine::build_processor::{BuildProcessor, BuildSettings};
-use meltstream_engine::event::{BuildId, TimeNs};
+use meltstream_engine::input::event::{BuildId, TimeNs};
 use meltstream_engine::offset_ledger::{HoldSet, HolderId};
 use meltstream_engine::records::{DeadLetterRecord, Emitted, OutputRecord};
 use meltstream_engine::restart_budget::RestartBudget;
@@ -139,7 +139,7 @@ impl RouterState {
     }
 
     fn batch_cost_kib(&self, b: &RecordBatch) -> u32 {
-        let bytes = b.data.len() * 4 + b.blocks.len() * std::mem::size_of::<meltstream_engine::batch::BlockHeader>() + 1024;
+        let bytes = b.data.len() * 4 + b.blocks.len() * std::mem::size_of::<meltstream_engine::input::batch::BlockHeader>() + 1024;
         ((bytes / 1024) as u32 + 1).min(self.args.budget_kib)
     }
 

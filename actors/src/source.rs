@@ -10,7 +10,7 @@ use std::sync::Arc;
 use ractor::ActorRef;
 use tokio::sync::Semaphore;
 
-use meltstream_engine::batch::{InputId, RecordBatch};
+use meltstream_engine::input::batch::{InputId, RecordBatch};
 use meltstream_engine::topology::WhenFull;
 
 use crate::engine_stats::EngineStats;

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use meltstream_engine::batch::InputId;
-use meltstream_engine::event::TimeNs;
-use meltstream_engine::watermark::WatermarkTracker;
+use meltstream_engine::input::batch::InputId;
+use meltstream_engine::input::event::TimeNs;
+use meltstream_engine::windows::watermark::WatermarkTracker;
 
 use crate::now_wall_ns;
 use crate::router::RouterMsg;

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::batch::{InputId, SourceSpan};
+use crate::input::batch::{InputId, SourceSpan};
 
 /// A claim on a batch: (input, batch sequence).
 pub type Hold = (InputId, u64);

@@ -31,15 +31,17 @@
 //! buffers (then copied into the batch arena by `push_block`), and the noise is read from a
 //! precomputed table at random offsets, so a sample costs a few multiply-adds.
 
+pub mod r1;
+
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use crate::batch::{BlockColumns, BlockHeader, InputId, RecordBatch, SourceSpan, ABSENT, COL_X, COL_Y};
-use crate::decode::NO_LAYER;
-use crate::event::{BuildId, Channel, LaserParams, LayerEvent, LayerPhase, LogRecord, TimeNs};
-use crate::time::parse_rfc3339_ns;
+use crate::input::batch::{BlockColumns, BlockHeader, InputId, RecordBatch, SourceSpan, ABSENT, COL_X, COL_Y};
+use crate::input::decode::NO_LAYER;
+use crate::input::event::{BuildId, Channel, LaserParams, LayerEvent, LayerPhase, LogRecord, TimeNs};
+use crate::input::time::parse_rfc3339_ns;
 use crate::topology::SimulatorConfig;
 
 const MS: i64 = 1_000_000;
@@ -955,7 +957,7 @@ fn write_log(r: &LogRecord, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{DecodeLimits, Decoder};
+    use crate::input::decode::{DecodeLimits, Decoder};
 
     fn fleet(seed: u64, layer_ms: u64) -> SimulatorConfig {
         SimulatorConfig {

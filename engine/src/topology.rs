@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::event::Channel;
-use crate::rules::CmpOp;
+use crate::input::event::Channel;
+use crate::analytics::rules::CmpOp;
 
 /// The embedded default topology (`topologies/demo.toml`).
 pub const DEMO_TOML: &str = include_str!("../../topologies/demo.toml");
@@ -1027,7 +1027,7 @@ fn check_windows(c: &mut Checker<'_>, w: &WindowsConfig) {
 /// a log rule that never fires: a name within two edits of a known one (or equal to it but for
 /// case, spaces or dashes) is refused with a hint; `log:<name>` takes any log value as it is.
 fn rule_channel_problem(ch: &str) -> Option<String> {
-    if let Some(log) = ch.strip_prefix(crate::rules::LOG_PREFIX) {
+    if let Some(log) = ch.strip_prefix(crate::analytics::rules::LOG_PREFIX) {
         return log.is_empty().then(|| "expected a machine-log value name after \"log:\"".to_owned());
     }
     if ch.is_empty() {
@@ -1078,7 +1078,7 @@ fn check_simulator(c: &mut Checker<'_>, key: &str, s: &SimulatorConfig) {
     if s.sample_rate_hz > 0 && 1_000_000_000 % u64::from(s.sample_rate_hz) != 0 {
         c.err(&format!("{key}.sample_rate_hz"), "expected a rate whose period is a whole number of ns (e.g. 100000)");
     }
-    if crate::time::parse_rfc3339_ns(&s.start_time).is_none() {
+    if crate::input::time::parse_rfc3339_ns(&s.start_time).is_none() {
         c.err(&format!("{key}.start_time"), "expected an RFC 3339 time such as \"2024-01-15T10:30:00Z\"");
     }
 }

@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::batch::{BlockColumns, InputId, RecordBatch};
-use crate::event::{BuildId, Channel, LaserParams, LayerEvent, LayerPhase, LogRecord, TimeNs, N_CHANNELS};
-use crate::time::parse_rfc3339_ns;
+use crate::input::batch::{BlockColumns, InputId, RecordBatch};
+use crate::input::event::{BuildId, Channel, LaserParams, LayerEvent, LayerPhase, LogRecord, TimeNs, N_CHANNELS};
+use crate::input::time::parse_rfc3339_ns;
 
 /// Layer index used for records that name no layer (the seed's sensor messages): they feed
 /// time windows and rules but no layer window.
@@ -522,7 +522,7 @@ impl Decoder {
         };
         if t_ns > now_ns.saturating_add(self.limits.max_future_ns) {
             return Err(RejectReason::Future {
-                t: crate::time::format_rfc3339(t_ns),
+                t: crate::input::time::format_rfc3339(t_ns),
                 max_future_s: self.limits.max_future_ns / 1_000_000_000,
             });
         }

@@ -2,7 +2,7 @@
 //! layer events with process parameters, machine-log records.
 //!
 //! Samples never exist as one struct per sample on the hot path: they live in the columns of a
-//! [`crate::batch::RecordBatch`]. The types here are the rare, per-layer and per-second events.
+//! [`crate::input::batch::RecordBatch`]. The types here are the rare, per-layer and per-second events.
 
 use std::sync::Arc;
 
@@ -122,7 +122,7 @@ fn default_style() -> String {
 impl LaserParams {
     /// Volumetric energy density E = P / (v · h · t) in J/mm³.
     pub fn energy_density_j_mm3(&self) -> f64 {
-        crate::energy::energy_density_j_mm3(
+        crate::analytics::energy::energy_density_j_mm3(
             self.power_w,
             self.scan_speed_mm_s,
             self.hatch_spacing_mm,

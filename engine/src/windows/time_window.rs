@@ -4,11 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use crate::event::{Channel, TimeNs};
+use crate::input::event::{Channel, TimeNs};
 use crate::offset_ledger::{Hold, HoldSet};
 use crate::records::WindowResult;
-use crate::stats::RunningStats;
-use crate::time::format_rfc3339;
+use crate::analytics::stats::RunningStats;
+use crate::input::time::format_rfc3339;
 use crate::topology::{TimeWindowConfig, TimeWindowKind};
 
 /// A compiled time-window spec.

@@ -11,8 +11,8 @@
 
 use std::sync::Arc;
 
-use crate::decode::DeadLetter;
-use crate::event::{BuildId, Channel, LayerEvent, LogRecord, TimeNs, N_CHANNELS};
+use crate::input::decode::DeadLetter;
+use crate::input::event::{BuildId, Channel, LayerEvent, LogRecord, TimeNs, N_CHANNELS};
 
 /// Identifies one input of a topology: one file, one simulator, one Kafka partition.
 pub type InputId = u32;

@@ -1,6 +1,6 @@
 //! RFC 3339 timestamps to and from event-time nanoseconds, without allocation.
 
-use crate::event::TimeNs;
+use crate::input::event::TimeNs;
 
 /// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)` into nanoseconds since the Unix epoch.
 pub fn parse_rfc3339_ns(s: &str) -> Option<TimeNs> {

@@ -3,7 +3,7 @@
 //! samples raises one alert, not a thousand. Every exceedance is still counted in the layer
 //! summary (`rule_hits`), so counts stay exact and order-independent.
 
-use crate::event::{Channel, TimeNs};
+use crate::input::event::{Channel, TimeNs};
 use crate::topology::RuleConfig;
 
 /// A comparison.

@@ -21,7 +21,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use meltstream_engine::input::batch::RecordBatch;
 use meltstream_engine::build_processor::BuildProcessor;
-use meltstream_engine::input::decode::{DeadLetter, RejectReason};
+use meltstream_engine::input::reject::{DeadLetter, RejectReason};
 use meltstream_engine::input::event::{BuildId, TimeNs};
 use meltstream_engine::offset_ledger::{HoldSet, HolderId};
 use meltstream_engine::operator::{Ctx, Operator};

@@ -10,7 +10,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use meltstream_engine::input::batch::RecordBatch;
-use meltstream_engine::input::decode::{DeadLetter, DecodeLimits, Decoder, RejectReason};
+use meltstream_engine::input::decode::{DecodeLimits, Decoder};
+use meltstream_engine::input::reject::{DeadLetter, RejectReason};
 
 use crate::now_wall_ns;
 use crate::source::SourceCtx;

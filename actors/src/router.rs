@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use meltstream_engine::input::batch::{InputId, RecordBatch};
+use meltstream_engine::input::batch::RecordBatch;
 use meltstream_engine::build_processor::{BuildProcessor, BuildSettings};
-use meltstream_engine::input::event::{BuildId, TimeNs};
+use meltstream_engine::input::event::{BuildId, InputId, TimeNs};
 use meltstream_engine::offset_ledger::{HoldSet, HolderId};
 use meltstream_engine::records::{DeadLetterRecord, Emitted, OutputRecord};
 use meltstream_engine::restart_budget::RestartBudget;

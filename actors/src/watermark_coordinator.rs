@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use meltstream_engine::input::batch::InputId;
-use meltstream_engine::input::event::TimeNs;
+use meltstream_engine::input::event::{InputId, TimeNs};
 use meltstream_engine::windows::watermark::WatermarkTracker;
 
 use crate::now_wall_ns;

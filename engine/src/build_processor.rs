@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::input::batch::{BlockHeader, RecordBatch, COL_X, COL_Y};
-use crate::input::decode::{DeadLetter, RejectReason, NO_LAYER};
-use crate::input::event::{BuildId, Channel, LayerEvent, LayerPhase, TimeNs};
+use crate::input::reject::{DeadLetter, RejectReason};
+use crate::input::event::{BuildId, Channel, LayerEvent, LayerPhase, TimeNs, NO_LAYER};
 use crate::analytics::grid::GridSpec;
 use crate::windows::layer_window::LayerWindow;
 use crate::offset_ledger::HoldSet;
@@ -20,7 +20,8 @@ use crate::records::{Anomaly, DeadLetterRecord, Emitted, LateRecord, OutputRecor
 use crate::analytics::rules::{Cooldown, Rule, RuleTarget};
 use crate::input::time::format_rfc3339;
 use crate::windows::time_window::{TimeWindowSpec, TimeWindowState};
-use crate::topology::{LatePolicy, Topology};
+use crate::topology::engine_config::LatePolicy;
+use crate::topology::Topology;
 
 /// Lasers per build for which rule cooldowns are tracked (laser numbers above share the last).
 const MAX_LASERS: usize = 65;
@@ -461,7 +462,7 @@ impl BuildProcessor {
     }
 }
 
-fn position_of(ctx: &Ctx, offset: u64) -> Option<(crate::input::batch::InputId, u64)> {
+fn position_of(ctx: &Ctx, offset: u64) -> Option<(crate::input::event::InputId, u64)> {
     ctx.hold.map(|(input, _)| (input, offset))
 }
 

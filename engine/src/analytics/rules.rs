@@ -4,7 +4,7 @@
 //! summary (`rule_hits`), so counts stay exact and order-independent.
 
 use crate::input::event::{Channel, TimeNs};
-use crate::topology::RuleConfig;
+use crate::topology::rules_config::RuleConfig;
 
 /// A comparison.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

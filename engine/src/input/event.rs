@@ -12,6 +12,13 @@ pub type TimeNs = i64;
 /// A build's identifier, cheap to clone (interned by the decoder and the simulator).
 pub type BuildId = Arc<str>;
 
+/// Identifies one input of a topology: one file, one simulator, one Kafka partition.
+pub type InputId = u32;
+
+/// Layer index used for records that name no layer (the seed's sensor messages): they feed
+/// time windows and rules but no layer window.
+pub const NO_LAYER: u32 = u32::MAX;
+
 /// Melt-pool channels a sample may carry. Units are in the names, as in the output records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use crate::input::batch::{BlockColumns, InputId, RecordBatch};
-use crate::input::event::{BuildId, Channel};
+use crate::input::batch::{BlockColumns, RecordBatch};
+use crate::input::event::{BuildId, Channel, InputId};
 
 /// Generates R1 batches.
 #[derive(Debug)]

@@ -9,7 +9,7 @@ use crate::offset_ledger::{Hold, HoldSet};
 use crate::records::WindowResult;
 use crate::analytics::stats::RunningStats;
 use crate::input::time::format_rfc3339;
-use crate::topology::{TimeWindowConfig, TimeWindowKind};
+use crate::topology::windows_config::{TimeWindowConfig, TimeWindowKind};
 
 /// A compiled time-window spec.
 #[derive(Clone, Debug, PartialEq)]

@@ -134,24 +134,10 @@ pub(super) fn rule_channel_problem(ch: &str) -> Option<String> {
     let known = Channel::ALL.iter().map(|c| c.name()).chain(["energy_density_j_mm3"]);
     let norm = |s: &str| s.to_ascii_lowercase().replace(['-', ' '], "_");
     let wanted = norm(ch);
-    let near = known.into_iter().find(|k| norm(k) == wanted || (ch.len() > 4 && edit_distance(&wanted, k) <= 2))?;
+    let near = known.into_iter().find(|k| norm(k) == wanted || (ch.len() > 4 && strsim::levenshtein(&wanted, k) <= 2))?;
     Some(format!(
         "unknown channel {ch:?}: did you mean {near:?}? (a machine-log value this close to a channel name needs the prefix \"log:\", e.g. \"log:{ch}\")"
     ))
-}
-
-/// Levenshtein distance, for the did-you-mean hints of channel names (short strings).
-fn edit_distance(a: &str, b: &str) -> usize {
-    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 fn channel_expected(got: &str) -> String {

@@ -178,7 +178,8 @@ mod tests {
     use super::*;
     use crate::input::decode::{DecodeLimits, Decoder};
     use crate::input::encode::write_json_lines;
-    use crate::input::event::{Channel, LayerEvent, LogRecord};
+    use crate::input::batch::{COL_X, COL_Y};
+    use crate::input::event::{Channel, LayerEvent, LayerPhase, LogRecord};
 
     fn fleet(seed: u64, layer_ms: u64) -> SimulatorConfig {
         SimulatorConfig {

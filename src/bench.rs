@@ -149,7 +149,7 @@ async fn produce_r2(brokers: &str, topic: &str, machines: u32, layers: u32) -> a
     while let Some(b) = sim.next_batch() {
         samples += b.sample_count();
         text.clear();
-        meltstream_engine::simulator::write_json_lines(&b, &mut text);
+        meltstream_engine::input::encode::write_json_lines(&b, &mut text);
         for line in text.lines() {
             let key = line.split("\"build_id\":\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or("").to_owned();
             let f = p.send_result(FutureRecord::to(topic).key(key.as_str()).payload(line)).map_err(|(e, _)| e).context("enqueue")?;
@@ -209,8 +209,8 @@ fn kafka_pg(machines: u32, layers: u32) -> anyhow::Result<()> {
 
 /// Decodes `lines` into batches of 512 records, `rounds` times; returns (records, seconds).
 fn decode_lines(lines: &[String], rounds: usize) -> (u64, f64, u64) {
-    use meltstream_engine::batch::RecordBatch;
-    use meltstream_engine::decode::{DecodeLimits, Decoder};
+    use meltstream_engine::input::batch::RecordBatch;
+    use meltstream_engine::input::decode::{DecodeLimits, Decoder};
     let mut d = Decoder::new(0, DecodeLimits::default());
     let now = 1_900_000_000_000_000_000;
     let (mut records, mut samples) = (0u64, 0u64);
@@ -255,7 +255,7 @@ fn json_decode(events: u64, machines: u32, layers: u32) -> anyhow::Result<()> {
     let mut sim = meltstream_engine::simulator::Simulator::new(&cfg, 0);
     let mut text = String::new();
     while let Some(b) = sim.next_batch() {
-        meltstream_engine::simulator::write_json_lines(&b, &mut text);
+        meltstream_engine::input::encode::write_json_lines(&b, &mut text);
     }
     let blocks: Vec<String> = text.lines().map(str::to_owned).collect();
     let bytes: usize = blocks.iter().map(String::len).sum();

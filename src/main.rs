@@ -198,7 +198,7 @@ fn simulate(cfg: &meltstream_engine::topology::SimulatorConfig, out: &PathBuf, t
     let mut s = String::new();
     while let Some(b) = sim.next_batch() {
         s.clear();
-        meltstream_engine::simulator::write_json_lines(&b, &mut s);
+        meltstream_engine::input::encode::write_json_lines(&b, &mut s);
         w.write_all(s.as_bytes())?;
     }
     w.flush()?;

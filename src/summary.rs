@@ -39,7 +39,7 @@ fn fmt_wm(wm: i64) -> String {
     match wm {
         i64::MIN | 0 => "-".into(),
         i64::MAX => "end".into(),
-        t => meltstream_engine::time::format_rfc3339(t),
+        t => meltstream_engine::input::time::format_rfc3339(t),
     }
 }
 

@@ -22,7 +22,8 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use meltstream_engine::simulator::{write_json_lines, Simulator};
+use meltstream_engine::input::encode::write_json_lines;
+use meltstream_engine::simulator::Simulator;
 use meltstream_engine::topology::SimulatorConfig;
 
 mod support;

@@ -11,7 +11,7 @@ use meltstream_actors::progress::{Checkpoint, Progress, StoredProgress};
 use meltstream_actors::sink::{SinkError, SinkWriter};
 use meltstream_engine::offset_ledger::HoldSet;
 use meltstream_engine::records::{Anomaly, DeadLetterRecord, Emitted, GridCell, GridMap, LateRecord, LayerSummary, OutputRecord, WindowResult};
-use meltstream_engine::stats::ChannelSummary;
+use meltstream_engine::analytics::stats::ChannelSummary;
 
 fn database_url() -> String {
     match std::env::var("DATABASE_URL") {

@@ -5,7 +5,8 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use meltstream_engine::simulator::{write_json_lines, Simulator};
+use meltstream_engine::input::encode::write_json_lines;
+use meltstream_engine::simulator::Simulator;
 use meltstream_engine::topology::SimulatorConfig;
 
 fn fleet() -> SimulatorConfig {

@@ -22,10 +22,10 @@ use std::sync::{Arc, Mutex};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use meltstream_engine::batch::RecordBatch;
+use meltstream_engine::input::batch::RecordBatch;
 use meltstream_engine::build_processor::BuildProcessor;
-use meltstream_engine::decode::{DeadLetter, RejectReason};
-use meltstream_engine::event::BuildId;
+use meltstream_engine::input::reject::{DeadLetter, RejectReason};
+use meltstream_engine::input::event::BuildId;
 use meltstream_engine::offset_ledger::{HoldSet, HolderId};
 use meltstream_engine::operator::{Ctx, Operator};
 use meltstream_engine::records::{DeadLetterRecord, Emitted, OutputRecord};

@@ -29,8 +29,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
-use meltstream_engine::batch::RecordBatch;
-use meltstream_engine::event::TimeNs;
+use meltstream_engine::input::batch::RecordBatch;
+use meltstream_engine::input::event::TimeNs;
 
 use crate::memory_budget::MemoryPermit;
 

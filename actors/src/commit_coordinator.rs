@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use meltstream_engine::batch::{InputId, SourceSpan};
+use meltstream_engine::input::batch::SourceSpan;
+use meltstream_engine::input::event::InputId;
 use meltstream_engine::offset_ledger::{Hold, HoldSet, HolderId, OffsetLedger};
 
 use crate::engine_stats::EngineStats;

@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use meltstream_engine::batch::RecordBatch;
-use meltstream_engine::decode::{DeadLetter, DecodeLimits, Decoder, RejectReason};
+use meltstream_engine::input::batch::RecordBatch;
+use meltstream_engine::input::decode::{DecodeLimits, Decoder};
+use meltstream_engine::input::reject::{DeadLetter, RejectReason};
 
 use crate::now_wall_ns;
 use crate::source::SourceCtx;

@@ -50,8 +50,10 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 use tokio::sync::watch;
 
-use meltstream_engine::batch::{InputId, RecordBatch, SourceSpan};
-use meltstream_engine::decode::{DeadLetter, DecodeLimits, Decoder, RejectReason};
+use meltstream_engine::input::batch::{RecordBatch, SourceSpan};
+use meltstream_engine::input::decode::{DecodeLimits, Decoder};
+use meltstream_engine::input::event::InputId;
+use meltstream_engine::input::reject::{DeadLetter, RejectReason};
 use meltstream_engine::topology::KafkaSourceConfig;
 
 use crate::now_wall_ns;

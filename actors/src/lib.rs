@@ -37,7 +37,7 @@ use ractor::{Actor, ActorName, ActorRef};
 use tokio::sync::Semaphore;
 
 use meltstream_engine::build_processor::BuildSettings;
-use meltstream_engine::decode::DecodeLimits;
+use meltstream_engine::input::decode::DecodeLimits;
 use meltstream_engine::restart_budget::RestartBudget;
 use meltstream_engine::topology::{expand_env, SinkKind, SourceKind, Topology};
 

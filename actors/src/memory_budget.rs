@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use meltstream_engine::batch::{BlockHeader, RecordBatch};
+use meltstream_engine::input::batch::{BlockHeader, RecordBatch};
 use meltstream_engine::records::Emitted;
 
 /// A stage of the data path, with its own share of the budget.

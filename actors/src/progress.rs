@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use meltstream_engine::batch::InputId;
+use meltstream_engine::input::event::InputId;
 
 /// Progress of one input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

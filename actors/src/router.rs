@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use meltstream_engine::batch::{InputId, RecordBatch};
+use meltstream_engine::input::batch::RecordBatch;
 use meltstream_engine::build_processor::{BuildProcessor, BuildSettings};
-use meltstream_engine::event::{BuildId, TimeNs};
+use meltstream_engine::input::event::{BuildId, InputId, TimeNs};
 use meltstream_engine::offset_ledger::{HoldSet, HolderId};
 use meltstream_engine::records::{DeadLetterRecord, Emitted, OutputRecord};
 use meltstream_engine::restart_budget::RestartBudget;

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use meltstream_engine::batch::RecordBatch;
-use meltstream_engine::r1::R1Generator;
+use meltstream_engine::input::batch::RecordBatch;
+use meltstream_engine::simulator::r1::R1Generator;
 use meltstream_engine::simulator::Simulator;
 use meltstream_engine::topology::{Pace, R1Config, SimulatorConfig};
 

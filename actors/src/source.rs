@@ -11,7 +11,8 @@ use std::sync::Arc;
 use ractor::ActorRef;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use meltstream_engine::batch::{InputId, RecordBatch};
+use meltstream_engine::input::batch::RecordBatch;
+use meltstream_engine::input::event::InputId;
 use meltstream_engine::topology::WhenFull;
 
 use crate::engine_stats::EngineStats;

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-use meltstream_engine::batch::InputId;
+use meltstream_engine::input::event::InputId;
 
 use crate::commit_coordinator::CommitMsg;
 use crate::outputs::Outputs;

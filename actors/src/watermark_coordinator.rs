@@ -10,9 +10,8 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use meltstream_engine::batch::InputId;
-use meltstream_engine::event::TimeNs;
-use meltstream_engine::watermark::WatermarkTracker;
+use meltstream_engine::input::event::{InputId, TimeNs};
+use meltstream_engine::windows::watermark::WatermarkTracker;
 
 use crate::build_queue::StampedWatermark;
 use crate::now_wall_ns;

@@ -9,18 +9,19 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::batch::{BlockHeader, RecordBatch, COL_X, COL_Y};
-use crate::decode::{DeadLetter, RejectReason, NO_LAYER};
-use crate::event::{BuildId, Channel, LayerEvent, LayerPhase, TimeNs};
-use crate::grid::GridSpec;
-use crate::layer_window::LayerWindow;
+use crate::input::batch::{BlockHeader, RecordBatch, COL_X, COL_Y};
+use crate::input::reject::{DeadLetter, RejectReason};
+use crate::input::event::{BuildId, Channel, LayerEvent, LayerPhase, TimeNs, NO_LAYER};
+use crate::analytics::grid::GridSpec;
+use crate::windows::layer_window::LayerWindow;
 use crate::offset_ledger::HoldSet;
 use crate::operator::{Ctx, Operator};
 use crate::records::{Anomaly, DeadLetterRecord, Emitted, LateRecord, OutputRecord};
-use crate::rules::{Cooldown, Rule, RuleTarget};
-use crate::time::format_rfc3339;
-use crate::time_window::{TimeWindowSpec, TimeWindowState};
-use crate::topology::{LatePolicy, Topology};
+use crate::analytics::rules::{Cooldown, Rule, RuleTarget};
+use crate::input::time::format_rfc3339;
+use crate::windows::time_window::{TimeWindowSpec, TimeWindowState};
+use crate::topology::engine_config::LatePolicy;
+use crate::topology::Topology;
 
 /// Lasers per build for which rule cooldowns are tracked (laser numbers above share the last).
 const MAX_LASERS: usize = 65;
@@ -461,7 +462,7 @@ impl BuildProcessor {
     }
 }
 
-fn position_of(ctx: &Ctx, offset: u64) -> Option<(crate::batch::InputId, u64)> {
+fn position_of(ctx: &Ctx, offset: u64) -> Option<(crate::input::event::InputId, u64)> {
     ctx.hold.map(|(input, _)| (input, offset))
 }
 
@@ -471,10 +472,10 @@ fn hold_of(ctx: &Ctx) -> HoldSet {
 
 fn op_str(rule: &Rule) -> String {
     match rule.op {
-        crate::rules::CmpOp::Gt => ">",
-        crate::rules::CmpOp::Ge => ">=",
-        crate::rules::CmpOp::Lt => "<",
-        crate::rules::CmpOp::Le => "<=",
+        crate::analytics::rules::CmpOp::Gt => ">",
+        crate::analytics::rules::CmpOp::Ge => ">=",
+        crate::analytics::rules::CmpOp::Lt => "<",
+        crate::analytics::rules::CmpOp::Le => "<=",
     }
     .to_owned()
 }
@@ -526,7 +527,7 @@ impl BuildProcessor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{DecodeLimits, Decoder};
+    use crate::input::decode::{DecodeLimits, Decoder};
 
     const NOW: TimeNs = 1_800_000_000_000_000_000;
 

@@ -1,24 +1,22 @@
 //! meltstream's pure core: event types and decoding, batches, windows and aggregates, watermark
 //! logic, the offset ledger, rules, the simulator and the topology schema. No actors, no
 //! sockets, no async: every piece is a plain struct with methods, tested without a runtime.
+//!
+//! Rooms by role: [`input`] (where a sample enters: events, batches, time, decoding and
+//! encoding), [`windows`] (layer and time windows, watermarks), [`analytics`] (statistics,
+//! grid, energy density, rules), [`topology`] (the schema, its loading and checking), and
+//! [`simulator`] (the simulated fleet and the R1 generator). At the top: the output
+//! [`records`], the [`offset_ledger`], the [`restart_budget`], and the operator a build runs
+//! ([`operator`], [`build_processor`]).
 #![warn(missing_docs)]
 
-pub mod batch;
+pub mod analytics;
 pub mod build_processor;
-pub mod decode;
-pub mod energy;
-pub mod event;
-pub mod grid;
-pub mod layer_window;
+pub mod input;
 pub mod offset_ledger;
 pub mod operator;
-pub mod r1;
 pub mod records;
 pub mod restart_budget;
-pub mod rules;
 pub mod simulator;
-pub mod stats;
-pub mod time;
-pub mod time_window;
 pub mod topology;
-pub mod watermark;
+pub mod windows;

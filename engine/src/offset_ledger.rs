@@ -10,7 +10,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::batch::{InputId, SourceSpan};
+use crate::input::batch::SourceSpan;
+use crate::input::event::InputId;
 
 /// A claim on a batch: (input, batch sequence).
 pub type Hold = (InputId, u64);

@@ -2,8 +2,8 @@
 //! end of its input. No actor or channel types: the runtime in `actors` calls these hooks, in
 //! the order in which batches and watermarks arrived, and routes what lands in `out`.
 
-use crate::batch::RecordBatch;
-use crate::event::TimeNs;
+use crate::input::batch::RecordBatch;
+use crate::input::event::TimeNs;
 use crate::offset_ledger::Hold;
 use crate::records::Emitted;
 

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::offset_ledger::HoldSet;
-use crate::stats::ChannelSummary;
-use crate::topology::RecordKind;
+use crate::analytics::stats::ChannelSummary;
+use crate::topology::sinks::RecordKind;
 
 /// Statistics of one layer and one laser.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -168,7 +168,7 @@ pub struct DeadLetterRecord {
 impl DeadLetterRecord {
     /// The record of a dead letter from source `source`, read from Kafka partition `partition`
     /// (topic, partition) when it was.
-    pub fn from_dead_letter(source: String, partition: Option<(String, i32)>, d: &crate::decode::DeadLetter) -> DeadLetterRecord {
+    pub fn from_dead_letter(source: String, partition: Option<(String, i32)>, d: &crate::input::reject::DeadLetter) -> DeadLetterRecord {
         let (topic, partition) = partition.map_or((None, None), |(t, p)| (Some(t), Some(p)));
         DeadLetterRecord {
             source,
@@ -283,5 +283,5 @@ pub struct Emitted {
     /// results, which many records produce. On a replay after a crash, a transactional sink
     /// drops a positioned record whose offset lies below the "emitted through" offset it stored
     /// with its last transaction (it is already durable there).
-    pub position: Option<(crate::batch::InputId, u64)>,
+    pub position: Option<(crate::input::event::InputId, u64)>,
 }

@@ -4,12 +4,12 @@
 
 use std::collections::BTreeMap;
 
-use crate::event::{Channel, TimeNs};
+use crate::input::event::{Channel, TimeNs};
 use crate::offset_ledger::{Hold, HoldSet};
 use crate::records::WindowResult;
-use crate::stats::RunningStats;
-use crate::time::format_rfc3339;
-use crate::topology::{TimeWindowConfig, TimeWindowKind};
+use crate::analytics::stats::RunningStats;
+use crate::input::time::format_rfc3339;
+use crate::topology::windows_config::{TimeWindowConfig, TimeWindowKind};
 
 /// A compiled time-window spec.
 #[derive(Clone, Debug, PartialEq)]

@@ -1,6 +1,11 @@
 //! RFC 3339 timestamps to and from event-time nanoseconds, without allocation.
+//!
+//! Parsing is on the decoder's hot path (every seed-format message carries a `timestamp`), so
+//! it is a single pass over fixed byte positions rather than a general date library; it is
+//! still calendar-correct: month lengths and leap years, seconds 00–59 (a leap second `60`
+//! cannot be placed on the event-time axis and is refused), offsets up to ±23:59.
 
-use crate::event::TimeNs;
+use crate::input::event::TimeNs;
 
 /// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)` into nanoseconds since the Unix epoch.
 pub fn parse_rfc3339_ns(s: &str) -> Option<TimeNs> {
@@ -23,7 +28,7 @@ pub fn parse_rfc3339_ns(s: &str) -> Option<TimeNs> {
     }
     let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+    if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 || sec > 59 {
         return None;
     }
     let mut i = 19;
@@ -44,7 +49,11 @@ pub fn parse_rfc3339_ns(s: &str) -> Option<TimeNs> {
     let offset_s = match b.get(i)? {
         b'Z' | b'z' if i + 1 == b.len() => 0,
         c @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {
-            let o = num(i + 1..i + 3)? * 3600 + num(i + 4..i + 6)? * 60;
+            let (oh, om) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let o = oh * 3600 + om * 60;
             if *c == b'+' {
                 o
             } else {
@@ -73,6 +82,17 @@ pub fn format_rfc3339(t_ns: TimeNs) -> String {
         sod % 60,
         ns / 1000
     )
+}
+
+/// Days in month `m` (1–12) of year `y`, proleptic Gregorian.
+#[inline]
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        2 if y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
 }
 
 // Howard Hinnant's civil-date algorithms.
@@ -111,6 +131,52 @@ mod tests {
         assert_eq!(format_rfc3339(1_705_314_600_000_001_000), "2024-01-15T10:30:00.000001Z");
         assert_eq!(parse_rfc3339_ns("2024-13-15T10:30:00Z"), None);
         assert_eq!(parse_rfc3339_ns("garbage"), None);
+    }
+
+    #[test]
+    fn refuses_dates_and_times_that_do_not_exist() {
+        for bad in [
+            "2024-02-30T00:00:00Z",
+            "2024-02-31T00:00:00Z",
+            "2023-02-29T00:00:00Z",
+            "1900-02-29T00:00:00Z",
+            "2024-04-31T00:00:00Z",
+            "2024-06-31T00:00:00Z",
+            "2024-09-31T00:00:00Z",
+            "2024-11-31T00:00:00Z",
+            "2024-01-00T00:00:00Z",
+            "2024-00-10T00:00:00Z",
+            "2024-01-15T24:00:00Z",
+            "2024-01-15T10:60:00Z",
+            "2024-01-15T10:30:60Z",
+            "2016-12-31T23:59:60Z",
+            "2024-01-15T10:30:00+24:00",
+            "2024-01-15T10:30:00-01:60",
+            "2024-01-15T10:30:00.Z",
+            "2024-01-15T10:30:00",
+        ] {
+            assert_eq!(parse_rfc3339_ns(bad), None, "{bad}");
+        }
+        for good in ["2024-02-29T00:00:00Z", "2000-02-29T12:00:00Z", "2023-12-31T23:59:59.999999999Z", "2024-01-15T10:30:00-23:59"] {
+            assert!(parse_rfc3339_ns(good).is_some(), "{good}");
+        }
+    }
+
+    proptest::proptest! {
+        /// A date-time parses exactly when it exists: the day is within its month (checked
+        /// independently by normalising through the day count and back) and the second is
+        /// below 60; what parses formats back to the same date and time.
+        #[test]
+        fn parses_exactly_the_existing_times(y in 1700i64..2260, m in 1i64..=12, d in 1i64..=31, h in 0i64..=23, mi in 0i64..=59, sec in 0i64..=60) {
+            let text = format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{sec:02}Z");
+            let exists = civil_from_days(days_from_civil(y, m, d)) == (y, m, d) && sec < 60;
+            let got = parse_rfc3339_ns(&text);
+            proptest::prop_assert_eq!(got.is_some(), exists, "{}", text);
+            if let Some(t) = got {
+                let back = format_rfc3339(t);
+                proptest::prop_assert_eq!(&back[..19], &text[..19]);
+            }
+        }
     }
 
     #[test]

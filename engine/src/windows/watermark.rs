@@ -7,8 +7,7 @@
 //! ignored; when every input is idle the watermark may advance to the maximum over them; a
 //! finished input no longer counts; when every input has finished the watermark is `MAX`.
 
-use crate::batch::InputId;
-use crate::event::TimeNs;
+use crate::input::event::{InputId, TimeNs};
 
 /// The watermark value once every input has ended: every window closes.
 pub const END_OF_TIME: TimeNs = TimeNs::MAX;

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use crate::batch::{BlockColumns, InputId, RecordBatch};
-use crate::event::{BuildId, Channel};
+use crate::input::batch::{BlockColumns, RecordBatch};
+use crate::input::event::{BuildId, Channel, InputId};
 
 /// Generates R1 batches.
 #[derive(Debug)]
@@ -42,7 +42,7 @@ impl R1Generator {
         }
         let n = (self.total - self.next).min(self.batch as u64);
         let mut b = RecordBatch::with_capacity(n as usize);
-        b.span = crate::batch::SourceSpan { input: self.input, seq: self.seq, first_offset: self.next, next_offset: self.next + n };
+        b.span = crate::input::batch::SourceSpan { input: self.input, seq: self.seq, first_offset: self.next, next_offset: self.next + n };
         let nb = self.builds.len() as u64;
         for k in self.next..self.next + n {
             let build = &self.builds[(k % nb) as usize];

@@ -2,7 +2,7 @@
 //! layer events with process parameters, machine-log records.
 //!
 //! Samples never exist as one struct per sample on the hot path: they live in the columns of a
-//! [`crate::batch::RecordBatch`]. The types here are the rare, per-layer and per-second events.
+//! [`crate::input::batch::RecordBatch`]. The types here are the rare, per-layer and per-second events.
 
 use std::sync::Arc;
 
@@ -11,6 +11,13 @@ pub type TimeNs = i64;
 
 /// A build's identifier, cheap to clone (interned by the decoder and the simulator).
 pub type BuildId = Arc<str>;
+
+/// Identifies one input of a topology: one file, one simulator, one Kafka partition.
+pub type InputId = u32;
+
+/// Layer index used for records that name no layer (the seed's sensor messages): they feed
+/// time windows and rules but no layer window.
+pub const NO_LAYER: u32 = u32::MAX;
 
 /// Melt-pool channels a sample may carry. Units are in the names, as in the output records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -122,7 +129,7 @@ fn default_style() -> String {
 impl LaserParams {
     /// Volumetric energy density E = P / (v · h · t) in J/mm³.
     pub fn energy_density_j_mm3(&self) -> f64 {
-        crate::energy::energy_density_j_mm3(
+        crate::analytics::energy::energy_density_j_mm3(
             self.power_w,
             self.scan_speed_mm_s,
             self.hatch_spacing_mm,

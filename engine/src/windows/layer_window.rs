@@ -6,12 +6,12 @@
 
 use std::collections::BTreeMap;
 
-use crate::event::{Channel, LaserParams, TimeNs, N_CHANNELS};
-use crate::grid::{Grid, GridSpec};
+use crate::input::event::{Channel, LaserParams, TimeNs, N_CHANNELS};
+use crate::analytics::grid::{Grid, GridSpec};
 use crate::offset_ledger::HoldSet;
 use crate::records::LayerSummary;
-use crate::stats::ChannelAgg;
-use crate::time::format_rfc3339;
+use crate::analytics::stats::ChannelAgg;
+use crate::input::time::format_rfc3339;
 
 /// Aggregates of one laser in one layer.
 #[derive(Clone, Debug, Default)]
@@ -116,7 +116,7 @@ impl LayerWindow {
             if let Some(l) = self.lasers.get(usize::from(laser)) {
                 let mean = |c: Channel| l.channels[c.index()].as_ref().map(|a| a.stats.mean());
                 if let (Some(p), Some(v), Some(h)) = (mean(Channel::LaserPowerW), mean(Channel::ScanSpeedMmS), mean(Channel::HatchSpacingMm)) {
-                    let e = crate::energy::energy_density_j_mm3(p, v, h, default_thickness_um / 1000.0);
+                    let e = crate::analytics::energy::energy_density_j_mm3(p, v, h, default_thickness_um / 1000.0);
                     if e.is_finite() {
                         m.insert("measured".to_owned(), e);
                     }

@@ -11,11 +11,8 @@
 
 use std::sync::Arc;
 
-use crate::decode::DeadLetter;
-use crate::event::{BuildId, Channel, LayerEvent, LogRecord, TimeNs, N_CHANNELS};
-
-/// Identifies one input of a topology: one file, one simulator, one Kafka partition.
-pub type InputId = u32;
+use crate::input::event::{BuildId, Channel, InputId, LayerEvent, LogRecord, TimeNs, N_CHANNELS};
+use crate::input::reject::DeadLetter;
 
 /// Where a batch came from: the input, the batch's sequence number on that input, and the
 /// half-open range of source offsets it covers (lines of a file, Kafka offsets).

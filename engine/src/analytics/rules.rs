@@ -3,8 +3,8 @@
 //! samples raises one alert, not a thousand. Every exceedance is still counted in the layer
 //! summary (`rule_hits`), so counts stay exact and order-independent.
 
-use crate::event::{Channel, TimeNs};
-use crate::topology::RuleConfig;
+use crate::input::event::{Channel, TimeNs};
+use crate::topology::rules_config::RuleConfig;
 
 /// A comparison.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

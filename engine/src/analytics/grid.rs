@@ -2,7 +2,7 @@
 //! Allocated on a layer's first sample with x/y, freed when the layer's window is dropped.
 
 use crate::records::{GridCell, GridMap};
-use crate::stats::SCALE;
+use crate::analytics::stats::SCALE;
 
 /// Geometry of the grid.
 #[derive(Clone, Copy, Debug, PartialEq)]

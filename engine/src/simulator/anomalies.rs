@@ -1,0 +1,203 @@
+//! The anomalies the simulator plants and the ground truth it keeps of them: which machine gets
+//! which kind on which layer and laser (drawn from the seed), and how a power drop or a hot
+//! cell rewrites a block the physical model already filled. An O2 rise and a lack of fusion
+//! change the machine's log values and scan speed, so the machine applies those itself. Nothing
+//! here schedules records; it never changes a sample outside its anomaly's span.
+
+use crate::input::event::{BuildId, TimeNs};
+use crate::topology::sources::SimulatorConfig;
+
+use super::model::{model, SplitMix, AMP_PD_OFF, AMP_PD_ON, AMP_TEMP, MS};
+
+/// Duration of an O2 rise.
+pub(super) const O2_RISE_NS: i64 = 2_000 * MS;
+pub(super) const HOT_CELL_MM: f64 = 20.0;
+pub(super) const DROP_POWER_W: f32 = 100.0;
+pub(super) const HOT_PD_ON: f32 = 3400.0;
+pub(super) const HOT_PD_OFF: f32 = 1900.0;
+pub(super) const HOT_TEMP: f32 = 1800.0;
+
+/// Kind of an injected anomaly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnomalyKind {
+    /// A 20 × 20 mm cell of one laser's layer melts too hot: `photodiode_on_axis` > 3200 and `temperature_c` > 1750 in it.
+    HotSpot,
+    /// One laser's power falls to ≈ 100 W for a fifth of a layer.
+    PowerDrop,
+    /// Chamber oxygen rises above 1500 ppm for 2 s.
+    O2Rise,
+    /// One laser scans a layer so fast (2.8 m/s) that its energy density falls below 35 J/mm³.
+    LackOfFusion,
+}
+
+/// One injected anomaly: what, where, and when (event times, half-open `[start_ns, end_ns)`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct InjectedAnomaly {
+    /// Build it was injected into.
+    pub build_id: String,
+    /// Layer it belongs to (for an O2 rise, the layer during which it starts).
+    pub layer: u32,
+    /// Laser, `None` for a machine-wide anomaly (O2 rise).
+    pub laser: Option<u8>,
+    /// What was injected.
+    pub kind: AnomalyKind,
+    /// Event time of the first affected sample or record.
+    pub start_ns: i64,
+    /// One past the event time of the last affected sample (the end of the interval).
+    pub end_ns: i64,
+    /// x range of the affected region in mm (hot spot only).
+    pub x_mm: Option<(f64, f64)>,
+    /// y range of the affected region in mm (hot spot only).
+    pub y_mm: Option<(f64, f64)>,
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct PowerDropSpan {
+    /// Sample indices within the layer, half-open.
+    pub(super) from: u64,
+    pub(super) to: u64,
+    pub(super) recorded: bool,
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct HotCell {
+    pub(super) x0: f32,
+    pub(super) x1: f32,
+    pub(super) y0: f32,
+    pub(super) y1: f32,
+    /// Index of its entry in the ground truth, once a hot sample was generated.
+    pub(super) truth: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Plan {
+    pub(super) kind: AnomalyKind,
+    pub(super) layer: u32,
+    pub(super) laser: u8,
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct O2Rise {
+    pub(super) layer: u32,
+    pub(super) start_ns: TimeNs,
+    pub(super) end_ns: TimeNs,
+    /// Whether the extra log record at `start_ns` was emitted.
+    pub(super) marker_sent: bool,
+    pub(super) recorded: bool,
+}
+
+/// The anomalies planned for machine `i` (from 1) of the fleet `cfg`: kind `i mod 4` on layer
+/// `min(1, layers - 1)`, and for machine 1 a second hot spot on another laser.
+pub(super) fn plans_for(i: u32, cfg: &SimulatorConfig, rng: &mut SplitMix) -> Vec<Plan> {
+    let mut plans = Vec::new();
+    if cfg.anomalies && cfg.layers > 0 && cfg.lasers > 0 {
+        let layer = cfg.layers.saturating_sub(1).min(1);
+        let kind = match i % 4 {
+            0 => AnomalyKind::HotSpot,
+            1 => AnomalyKind::PowerDrop,
+            2 => AnomalyKind::O2Rise,
+            _ => AnomalyKind::LackOfFusion,
+        };
+        let laser = 1 + rng.below(u64::from(cfg.lasers)) as u8;
+        plans.push(Plan { kind, layer, laser: if kind == AnomalyKind::O2Rise { 0 } else { laser } });
+        if i == 1 {
+            let other = if cfg.lasers > 1 { laser % cfg.lasers + 1 } else { laser };
+            plans.push(Plan { kind: AnomalyKind::HotSpot, layer, laser: other });
+        }
+    }
+    plans
+}
+
+/// The block an anomaly is applied to: which build, layer and laser (for the ground truth),
+/// the index of its first sample in the layer, its start time and sample spacing.
+pub(super) struct Site<'a> {
+    pub(super) build: &'a BuildId,
+    pub(super) layer: u32,
+    pub(super) laser: u8,
+    pub(super) first: u64,
+    pub(super) t0: TimeNs,
+    pub(super) dt: i64,
+}
+
+/// A block's sample columns, already filled by the normal model.
+pub(super) struct Columns<'a> {
+    pub(super) power: &'a mut [f32],
+    pub(super) on: &'a mut [f32],
+    pub(super) off: &'a mut [f32],
+    pub(super) temp: &'a mut [f32],
+    pub(super) xs: &'a [f32],
+    pub(super) ys: &'a [f32],
+}
+
+impl PowerDropSpan {
+    /// Re-models the block's samples inside the drop at [`DROP_POWER_W`]; records the ground
+    /// truth (the whole span) the first time the drop is reached.
+    pub(super) fn apply(&mut self, site: &Site<'_>, melt: (f32, f32, f32), nz: [&[f32]; 4], c: &mut Columns<'_>, truth: &mut Vec<InjectedAnomaly>) {
+        let (first, t0, dt) = (site.first, site.t0, site.dt);
+        let n = c.power.len();
+        let (power, on, off, temp) = (&mut *c.power, &mut *c.on, &mut *c.off, &mut *c.temp);
+        let lo = self.from.max(first);
+        let hi = self.to.min(first + n as u64);
+        if lo < hi {
+            let (a, b) = ((lo - first) as usize, (hi - first) as usize);
+            let nz2 = [&nz[0][a..b], &nz[1][a..b], &nz[2][a..b], &nz[3][a..b]];
+            model(DROP_POWER_W, melt.0, melt.1, melt.2, nz2, &mut power[a..b], &mut on[a..b], &mut off[a..b], &mut temp[a..b]);
+            if !self.recorded {
+                self.recorded = true;
+                let layer_start = t0 - first as i64 * dt;
+                let (from, to) = (self.from as i64, self.to as i64);
+                let gt = InjectedAnomaly {
+                    build_id: site.build.to_string(),
+                    layer: site.layer,
+                    laser: Some(site.laser),
+                    kind: AnomalyKind::PowerDrop,
+                    start_ns: layer_start + from * dt,
+                    end_ns: layer_start + to * dt,
+                    x_mm: None,
+                    y_mm: None,
+                };
+                truth.push(gt);
+            }
+        }
+    }
+}
+
+impl HotCell {
+    /// Overwrites the signals of the block's samples inside the cell with hot values; opens
+    /// the ground truth on the first hot sample and extends its end on every later one.
+    pub(super) fn apply(&mut self, site: &Site<'_>, nz: [&[f32]; 4], c: &mut Columns<'_>, truth: &mut Vec<InjectedAnomaly>) {
+        let (t0, dt) = (site.t0, site.dt);
+        let n = c.power.len();
+        let (on, off, temp, xs, ys) = (&mut *c.on, &mut *c.off, &mut *c.temp, c.xs, c.ys);
+        let mut hits: Option<(usize, usize)> = None;
+        for i in 0..n {
+            let (x, y) = (xs[i], ys[i]);
+            if x >= self.x0 && x < self.x1 && y >= self.y0 && y < self.y1 {
+                on[i] = HOT_PD_ON + AMP_PD_ON * nz[1][i];
+                off[i] = HOT_PD_OFF + AMP_PD_OFF * nz[2][i];
+                temp[i] = HOT_TEMP + AMP_TEMP * nz[3][i];
+                hits = Some(hits.map_or((i, i), |(a, _)| (a, i)));
+            }
+        }
+        if let Some((a, b)) = hits {
+            let (start, end) = (t0 + a as i64 * dt, t0 + (b as i64 + 1) * dt);
+            match self.truth.and_then(|k| truth.get_mut(k)) {
+                Some(gt) => gt.end_ns = end,
+                None => {
+                    self.truth = Some(truth.len());
+                    truth.push(InjectedAnomaly {
+                        build_id: site.build.to_string(),
+                        layer: site.layer,
+                        laser: Some(site.laser),
+                        kind: AnomalyKind::HotSpot,
+                        start_ns: start,
+                        end_ns: end,
+                        x_mm: Some((f64::from(self.x0), f64::from(self.x1))),
+                        y_mm: Some((f64::from(self.y0), f64::from(self.y1))),
+                    });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! Loading a topology: parse the TOML once keeping positions, deserialize each component
+//! through the registry (the `match` on `type` in [`parse_source`] and [`parse_sink`]), run every
+//! check, and fill the defaults that depend on the topology's name. Returns a [`Topology`] only
+//! when no error was found; nothing here starts anything.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::topology::check::{check_engine, check_graph, check_simulator, check_windows, positive, Checker};
+use crate::topology::engine_config::EngineConfig;
+use crate::topology::positions::{line_of, Positions};
+use crate::topology::rules_config::RuleConfig;
+use crate::topology::sinks::{FileSinkConfig, KafkaSinkConfig, PostgresSinkConfig, RecordKind, SinkConfig, SinkKind};
+use crate::topology::sources::{FileSourceConfig, KafkaSourceConfig, R1Config, SimulatorConfig, SourceConfig, SourceKind};
+use crate::topology::windows_config::WindowsConfig;
+use crate::topology::{ConfigError, ConfigErrors, Topology};
+
+/// Reads and checks a topology file.
+pub fn load_file(path: &Path) -> Result<Topology, ConfigErrors> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError { file: file.clone(), line: 0, key: String::new(), message: format!("cannot read: {e}") }])
+    })?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    load(&text, &file, &base)
+}
+
+/// Parses and checks a topology from `text`; `file` names it in errors, `base_dir` resolves
+/// relative source paths.
+pub fn load(text: &str, file: &str, base_dir: &Path) -> Result<Topology, ConfigErrors> {
+    // One parse: toml_edit keeps every key's span for the positions, and the same document is
+    // then deserialized into a plain table (exactly what `toml::from_str` does inside).
+    let not_toml = |message: &str, span: Option<std::ops::Range<usize>>| {
+        let line = span.map(|s| line_of(text, s.start)).unwrap_or(0);
+        ConfigErrors(vec![ConfigError { file: file.to_owned(), line, key: String::new(), message: format!("not valid TOML: {message}") }])
+    };
+    let doc = toml_edit::ImDocument::parse(text).map_err(|e| not_toml(e.message(), e.span()))?;
+    let pos = Positions::new(text, doc.as_table());
+    let root = toml::Table::deserialize(toml_edit::de::Deserializer::from(doc)).map_err(|e| not_toml(e.message(), e.span()))?;
+    let mut c = Checker { file, pos, errors: Vec::new() };
+    let known = ["name", "engine", "sources", "windows", "rules", "sinks"];
+    for k in root.keys() {
+        if !known.contains(&k.as_str()) {
+            c.err(k, format!("unknown top-level key, expected one of: {}", known.join(", ")));
+        }
+    }
+    let name = match root.get("name") {
+        Some(toml::Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(_) => {
+            c.err("name", "expected a non-empty string");
+            String::new()
+        }
+        None => "unnamed".into(),
+    };
+    let engine: EngineConfig = match root.get("engine") {
+        Some(v) => c.de("engine", v.clone()).unwrap_or_default(),
+        None => EngineConfig::default(),
+    };
+    let windows: WindowsConfig = match root.get("windows") {
+        Some(v) => c.de("windows", v.clone()).unwrap_or_default(),
+        None => WindowsConfig::default(),
+    };
+    let sources = array_of_tables(&mut c, &root, "sources")
+        .into_iter()
+        .filter_map(|(key, t)| parse_source(&mut c, &key, t))
+        .collect::<Vec<_>>();
+    let sinks = array_of_tables(&mut c, &root, "sinks")
+        .into_iter()
+        .filter_map(|(key, t)| parse_sink(&mut c, &key, t))
+        .collect::<Vec<_>>();
+    let rules = array_of_tables(&mut c, &root, "rules")
+        .into_iter()
+        .filter_map(|(key, t)| c.de::<RuleConfig>(&key, toml::Value::Table(t)).map(|r| (key, r)))
+        .collect::<Vec<_>>();
+
+    check_engine(&mut c, &engine);
+    check_windows(&mut c, &windows);
+    if !root.contains_key("sources") {
+        c.err("sources", "a topology needs at least one [[sources]] entry");
+    }
+    if !root.contains_key("sinks") {
+        c.err("sinks", "a topology needs at least one [[sinks]] entry");
+    }
+    check_graph(&mut c, &engine, &sources, &sinks, &rules);
+    if !c.errors.is_empty() {
+        c.errors.sort_by_key(|e| e.line);
+        return Err(ConfigErrors(c.errors));
+    }
+    let mut sources: Vec<SourceConfig> = sources.into_iter().map(|(_, s)| s).collect();
+    for s in &mut sources {
+        if let SourceKind::Kafka(k) = &mut s.kind {
+            if k.group_id.is_empty() {
+                k.group_id = format!("meltstream-{name}");
+            }
+        }
+    }
+    let mut sinks: Vec<SinkConfig> = sinks.into_iter().map(|(_, s)| s).collect();
+    for s in &mut sinks {
+        match &mut s.kind {
+            SinkKind::Postgres(p) if p.pipeline.is_empty() => p.pipeline = name.clone(),
+            SinkKind::Kafka(k) if k.transactional_id.is_empty() => k.transactional_id = format!("meltstream-{name}-{}", s.name),
+            _ => {}
+        }
+    }
+    Ok(Topology { name, base_dir: base_dir.to_path_buf(), engine, sources, windows, rules: rules.into_iter().map(|(_, r)| r).collect(), sinks })
+}
+
+fn array_of_tables(c: &mut Checker<'_>, root: &toml::Table, key: &str) -> Vec<(String, toml::Table)> {
+    match root.get(key) {
+        None => Vec::new(),
+        Some(toml::Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| match v {
+                toml::Value::Table(t) => Some((format!("{key}[{i}]"), t.clone())),
+                _ => {
+                    c.err(&format!("{key}[{i}]"), "expected a table");
+                    None
+                }
+            })
+            .collect(),
+        Some(_) => {
+            c.err(key, format!("expected an array of tables ([[{key}]])"));
+            Vec::new()
+        }
+    }
+}
+
+fn take_name_and_type(c: &mut Checker<'_>, key: &str, t: &mut toml::Table, types: &[&str]) -> Option<(String, String)> {
+    let name = match t.remove("name") {
+        Some(toml::Value::String(s)) if !s.is_empty() => Some(s),
+        Some(_) => {
+            c.err(&format!("{key}.name"), "expected a non-empty string");
+            None
+        }
+        None => {
+            c.err(key, "missing `name`");
+            None
+        }
+    };
+    let ty = match t.remove("type") {
+        Some(toml::Value::String(s)) if types.contains(&s.as_str()) => Some(s),
+        Some(toml::Value::String(s)) => {
+            c.err(&format!("{key}.type"), format!("unknown type {s:?}, expected one of: {}", types.join(", ")));
+            None
+        }
+        Some(_) => {
+            c.err(&format!("{key}.type"), format!("expected a string, one of: {}", types.join(", ")));
+            None
+        }
+        None => {
+            c.err(key, format!("missing `type`, expected one of: {}", types.join(", ")));
+            None
+        }
+    };
+    Some((name?, ty?))
+}
+
+/// The source registry: one arm per source type.
+fn parse_source(c: &mut Checker<'_>, key: &str, mut t: toml::Table) -> Option<(String, SourceConfig)> {
+    let (name, ty) = take_name_and_type(c, key, &mut t, &["simulator", "file", "r1", "kafka"])?;
+    let v = toml::Value::Table(t);
+    let kind = match ty.as_str() {
+        "simulator" => {
+            let s: SimulatorConfig = c.de(key, v)?;
+            check_simulator(c, key, &s);
+            SourceKind::Simulator(s)
+        }
+        "r1" => {
+            let r: R1Config = c.de(key, v)?;
+            positive(c, &format!("{key}.builds"), r.builds as u64);
+            positive(c, &format!("{key}.batch_samples"), r.batch_samples as u64);
+            SourceKind::R1(r)
+        }
+        "file" => {
+            let f: FileSourceConfig = c.de(key, v)?;
+            if f.batch_records == 0 {
+                c.err(&format!("{key}.batch_records"), "expected a positive number");
+            }
+            SourceKind::File(f)
+        }
+        "kafka" => {
+            let k: KafkaSourceConfig = c.de(key, v)?;
+            if k.brokers.trim().is_empty() {
+                c.err(&format!("{key}.brokers"), "expected `host:port[,host:port...]`");
+            }
+            if k.topics.is_empty() || k.topics.iter().any(|t| t.is_empty()) {
+                c.err(&format!("{key}.topics"), "expected at least one non-empty topic name");
+            }
+            if k.topics.len() > 256 {
+                c.err(&format!("{key}.topics"), "at most 256 topics per source");
+            }
+            positive(c, &format!("{key}.batch_records"), k.batch_records as u64);
+            positive(c, &format!("{key}.linger_ms"), k.linger_ms);
+            positive(c, &format!("{key}.prefetch_kib"), k.prefetch_kib);
+            SourceKind::Kafka(k)
+        }
+        _ => return None,
+    };
+    Some((key.to_owned(), SourceConfig { name, kind }))
+}
+
+/// The sink registry: one arm per sink type.
+fn parse_sink(c: &mut Checker<'_>, key: &str, mut t: toml::Table) -> Option<(String, SinkConfig)> {
+    let (name, ty) = take_name_and_type(c, key, &mut t, &["file", "null", "postgres", "kafka"])?;
+    let v = toml::Value::Table(t);
+    let kind = match ty.as_str() {
+        "file" => {
+            let f: FileSinkConfig = c.de(key, v)?;
+            if f.flush_ms == 0 {
+                c.err(&format!("{key}.flush_ms"), "expected a positive number of milliseconds");
+            }
+            SinkKind::File(f)
+        }
+        "null" => SinkKind::Null(c.de(key, v)?),
+        "postgres" => {
+            let p: PostgresSinkConfig = c.de(key, v)?;
+            if p.url.trim().is_empty() {
+                c.err(&format!("{key}.url"), "expected a connection URL such as \"postgres://user@host:5432/db\"");
+            }
+            if p.schema.is_empty() || !p.schema.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_') || p.schema.starts_with(|ch: char| ch.is_ascii_digit()) {
+                c.err(&format!("{key}.schema"), "expected an identifier (letters, digits, `_`, not starting with a digit)");
+            }
+            positive(c, &format!("{key}.flush_ms"), p.flush_ms);
+            SinkKind::Postgres(p)
+        }
+        "kafka" => {
+            let k: KafkaSinkConfig = c.de(key, v)?;
+            if k.brokers.trim().is_empty() {
+                c.err(&format!("{key}.brokers"), "expected `host:port[,host:port...]`");
+            }
+            if k.topic.is_empty() {
+                c.err(&format!("{key}.topic"), "expected a topic name");
+            }
+            for r in &k.records {
+                if matches!(r, RecordKind::LayerSummary | RecordKind::Grid | RecordKind::Window) {
+                    c.err(
+                        &format!("{key}.records"),
+                        format!("{:?} cannot go to a Kafka sink exactly once (window results are deduplicated by key; a topic has none): use a postgres or file sink; expected anomaly, dead_letter or late", r.name()),
+                    );
+                }
+            }
+            positive(c, &format!("{key}.flush_ms"), k.flush_ms);
+            SinkKind::Kafka(k)
+        }
+        _ => return None,
+    };
+    Some((key.to_owned(), SinkConfig { name, kind }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::DEMO_TOML;
+
+    #[test]
+    fn demo_topology_loads() {
+        let t = load(DEMO_TOML, "demo.toml", Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!t.sources.is_empty() && !t.sinks.is_empty());
+    }
+
+    #[test]
+    fn every_error_at_once_with_lines() {
+        let text = "name = \"x\"\n[engine]\nwatermark_bound_ms = \"fast\"\n\n[[sources]]\nname = \"a\"\ntype = \"simulatr\"\n\n[[sinks]]\nname = \"o\"\ntype = \"file\"\npathh = \"x\"\n";
+        let errs = load(text, "t.toml", Path::new(".")).unwrap_err().0;
+        let got: Vec<(usize, &str)> = errs.iter().map(|e| (e.line, e.key.as_str())).collect();
+        assert_eq!(got, vec![(3, "engine.watermark_bound_ms"), (7, "sources[0].type"), (12, "sinks[0].pathh")], "{errs:?}");
+    }
+
+    #[test]
+    fn syntax_error_has_a_line() {
+        let errs = load("name = \"x\"\n[engine\n", "t.toml", Path::new(".")).unwrap_err().0;
+        assert_eq!(errs[0].line, 2, "{errs:?}");
+    }
+
+    #[test]
+    fn a_misspelt_rule_channel_is_refused_with_a_hint() {
+        let rule = |ch: &str| format!("name = \"x\"\n[[sources]]\nname = \"a\"\ntype = \"simulator\"\n[[sinks]]\nname = \"o\"\ntype = \"null\"\n[[rules]]\nname = \"r\"\nchannel = \"{ch}\"\nop = \">\"\nlimit = 1.0\n");
+        for bad in ["temprature_c", "Temperature_C", "photodiode-on-axis", "energy_density_j_mm"] {
+            let errs = load(&rule(bad), "t.toml", Path::new(".")).unwrap_err().0;
+            assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+            assert_eq!((errs[0].line, errs[0].key.as_str()), (10, "rules[0].channel"), "{bad}: {errs:?}");
+            assert!(errs[0].message.contains("did you mean"), "{bad}: {}", errs[0].message);
+        }
+        for good in ["temperature_c", "temperature", "energy_density_j_mm3", "o2_ppm", "chamber_pressure_mbar", "log:temprature_c"] {
+            load(&rule(good), "t.toml", Path::new(".")).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        assert!(load(&rule("log:"), "t.toml", Path::new(".")).is_err());
+    }
+}

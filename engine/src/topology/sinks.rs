@@ -1,0 +1,172 @@
+//! `[[sinks]]`: the record kinds a sink can take, the config struct of each sink type (file,
+//! null, PostgreSQL, Kafka) with their defaults, and [`SinkKind`], the tagged set of them. Plain
+//! serde structs; which `type` picks which struct is the registry in `load`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Which output records a sink takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    /// Per layer and laser statistics.
+    LayerSummary,
+    /// Per layer x/y grid map.
+    Grid,
+    /// Time-window results.
+    Window,
+    /// Rule hits.
+    Anomaly,
+    /// Rejected input.
+    DeadLetter,
+    /// Records that came too late (with `late_policy = "late_sink"`).
+    Late,
+}
+
+impl RecordKind {
+    /// Every kind.
+    pub const ALL: [RecordKind; 6] = [
+        RecordKind::LayerSummary,
+        RecordKind::Grid,
+        RecordKind::Window,
+        RecordKind::Anomaly,
+        RecordKind::DeadLetter,
+        RecordKind::Late,
+    ];
+
+    /// Its name in topologies and in the records' `kind` field.
+    pub fn name(self) -> &'static str {
+        match self {
+            RecordKind::LayerSummary => "layer_summary",
+            RecordKind::Grid => "grid",
+            RecordKind::Window => "window",
+            RecordKind::Anomaly => "anomaly",
+            RecordKind::DeadLetter => "dead_letter",
+            RecordKind::Late => "late",
+        }
+    }
+}
+
+fn all_kinds() -> Vec<RecordKind> {
+    RecordKind::ALL.to_vec()
+}
+
+/// `type = "file"` sink: JSON lines.
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    /// Output file (relative to the working directory); created with its directory.
+    pub path: PathBuf,
+    /// Record kinds written.
+    #[serde(default = "all_kinds")]
+    pub records: Vec<RecordKind>,
+    /// Flush (and acknowledge) at least this often, ms.
+    #[serde(default = "default_flush_ms")]
+    pub flush_ms: u64,
+    /// fsync on every flush (durable across power loss, slower).
+    #[serde(default)]
+    pub fsync: bool,
+}
+
+fn default_flush_ms() -> u64 {
+    100
+}
+
+/// `type = "null"` sink: counts and acknowledges.
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NullSinkConfig {
+    /// Record kinds taken.
+    #[serde(default = "all_kinds")]
+    pub records: Vec<RecordKind>,
+}
+
+/// `type = "postgres"` sink: tables per record kind, written in batches, each flush one
+/// transaction together with the source progress.
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSinkConfig {
+    /// Connection URL; `${VAR}` and `${VAR:-default}` are expanded.
+    pub url: String,
+    /// Schema holding the tables (created and migrated by the engine).
+    #[serde(default = "default_pg_schema")]
+    pub schema: String,
+    /// Pipeline name keying every row and the progress (default: the topology's name).
+    #[serde(default)]
+    pub pipeline: String,
+    /// Record kinds written.
+    #[serde(default = "all_kinds")]
+    pub records: Vec<RecordKind>,
+    /// Flush (one transaction) at least this often, ms.
+    #[serde(default = "default_flush_ms")]
+    pub flush_ms: u64,
+}
+
+fn default_pg_schema() -> String {
+    "meltstream".into()
+}
+
+/// `type = "kafka"` sink: a transactional producer; records and the source offsets that
+/// produced them commit together.
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkConfig {
+    /// Bootstrap servers; `${VAR}` and `${VAR:-default}` are expanded.
+    pub brokers: String,
+    /// Topic written.
+    pub topic: String,
+    /// Transactional id (default: `meltstream-<topology name>-<sink name>`); one per running
+    /// engine instance.
+    #[serde(default)]
+    pub transactional_id: String,
+    /// Record kinds written: only kinds with a source position (`anomaly`, `dead_letter`, `late`).
+    #[serde(default = "alert_kinds")]
+    pub records: Vec<RecordKind>,
+    /// Flush (one transaction) at least this often, ms.
+    #[serde(default = "default_flush_ms")]
+    pub flush_ms: u64,
+    /// Extra librdkafka properties.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn alert_kinds() -> Vec<RecordKind> {
+    vec![RecordKind::Anomaly]
+}
+
+/// A sink of the topology.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SinkKind {
+    /// JSON-lines file.
+    File(FileSinkConfig),
+    /// Discards.
+    Null(NullSinkConfig),
+    /// PostgreSQL tables.
+    Postgres(PostgresSinkConfig),
+    /// Kafka topic, transactional.
+    Kafka(KafkaSinkConfig),
+}
+
+impl SinkKind {
+    /// The record kinds this sink takes.
+    pub fn records(&self) -> &[RecordKind] {
+        match self {
+            SinkKind::File(c) => &c.records,
+            SinkKind::Null(c) => &c.records,
+            SinkKind::Postgres(c) => &c.records,
+            SinkKind::Kafka(c) => &c.records,
+        }
+    }
+}
+
+/// A named sink.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct SinkConfig {
+    /// Its name.
+    pub name: String,
+    /// What it is.
+    pub kind: SinkKind,
+}

@@ -1,4 +1,4 @@
-//! One actor per build: feeds its [`BuildProcessor`] the batches and watermarks the router
+//! One actor per build: feeds its [`BuildPipeline`] the batches and watermarks the router
 //! sends, in arrival order, and routes what it emits to the sinks.
 //!
 //! The processor lives in a [`BuildSlot`] that the router keeps across restarts: if processing
@@ -20,11 +20,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::OwnedSemaphorePermit;
 
 use meltstream_engine::batch::RecordBatch;
-use meltstream_engine::build_processor::BuildProcessor;
+use meltstream_engine::pipeline::build_pipeline::BuildPipeline;
 use meltstream_engine::decode::{DeadLetter, RejectReason};
 use meltstream_engine::event::{BuildId, TimeNs};
 use meltstream_engine::offset_ledger::{HoldSet, HolderId};
-use meltstream_engine::operator::{Ctx, Operator};
+use meltstream_engine::pipeline::operator::Ctx;
 use meltstream_engine::records::{DeadLetterRecord, Emitted, OutputRecord};
 
 use crate::commit_coordinator::CommitMsg;
@@ -57,7 +57,7 @@ pub enum Inbound {
 /// permits of; the actor's mailbox only ever holds `Wake` and `Close`.
 pub struct BuildSlot {
     /// The build's windows and rules.
-    pub processor: BuildProcessor,
+    pub processor: BuildPipeline,
     /// The batch in progress, if any.
     pub in_flight: Option<InFlight>,
     /// Queued data and watermarks.
@@ -71,7 +71,7 @@ pub struct BuildSlot {
 
 impl BuildSlot {
     /// A slot with an empty inbox.
-    pub fn new(processor: BuildProcessor) -> BuildSlot {
+    pub fn new(processor: BuildPipeline) -> BuildSlot {
         BuildSlot { processor, in_flight: None, inbox: Default::default(), wake_pending: false, out: Vec::new() }
     }
 
@@ -168,7 +168,7 @@ impl BuildState {
     async fn deliver(&mut self, released: Option<(u32, u64)>) {
         let (holds, counters, finished) = {
             let slot = lock(&self.args.slot);
-            (slot.processor.holds(), slot.processor.counters, slot.processor.finished())
+            (slot.processor.holds(), slot.processor.counters(), slot.processor.finished())
         };
         let records = std::mem::take(&mut self.out);
         let plan = self.args.outputs.plan(records);

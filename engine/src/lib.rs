@@ -4,14 +4,13 @@
 #![warn(missing_docs)]
 
 pub mod batch;
-pub mod build_processor;
 pub mod decode;
 pub mod energy;
 pub mod event;
 pub mod grid;
 pub mod layer_window;
 pub mod offset_ledger;
-pub mod operator;
+pub mod pipeline;
 pub mod r1;
 pub mod records;
 pub mod restart_budget;

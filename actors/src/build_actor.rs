@@ -1,6 +1,6 @@
 //! One actor per build: takes the batch parts and watermarks the router queued for it
-//! ([`crate::build_queue`]), in order, feeds them to its [`BuildProcessor`], and routes what it
-//! emits to the sinks.
+//! ([`crate::build_queue`]), in order, feeds them to its [`BuildPipeline`] (the build's chain of
+//! operators), and routes what it emits to the sinks.
 //!
 //! The processor and the receiving end of the queue live in a [`BuildSlot`] that outlives the
 //! actor: if processing panics, the router restarts the actor on the same slot, the block that
@@ -23,11 +23,11 @@ use std::sync::{Arc, Mutex};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use meltstream_engine::input::batch::RecordBatch;
-use meltstream_engine::build_processor::BuildProcessor;
-use meltstream_engine::input::reject::{DeadLetter, RejectReason};
 use meltstream_engine::input::event::BuildId;
+use meltstream_engine::input::reject::{DeadLetter, RejectReason};
+use meltstream_engine::pipeline::build_pipeline::BuildPipeline;
 use meltstream_engine::offset_ledger::{HoldSet, HolderId};
-use meltstream_engine::operator::{Ctx, Operator};
+use meltstream_engine::pipeline::operator::Ctx;
 use meltstream_engine::records::{DeadLetterRecord, Emitted, OutputRecord};
 
 use crate::build_queue::{BuildQueue, Next, QueueReceiver, QueuedBatch, StampedWatermark};
@@ -53,7 +53,7 @@ pub struct InFlight {
 /// nothing queued: the restarted actor finds it as it was.
 pub struct BuildSlot {
     /// The build's windows and rules.
-    pub processor: BuildProcessor,
+    pub processor: BuildPipeline,
     /// The batch in progress, if any.
     pub in_flight: Option<InFlight>,
     /// The receiving end of the build's queue.
@@ -64,8 +64,8 @@ pub struct BuildSlot {
 }
 
 impl BuildSlot {
-    /// A slot around a processor and the receiving end of its queue.
-    pub fn new(processor: BuildProcessor, rx: QueueReceiver) -> BuildSlot {
+    /// A slot around a build's pipeline and the receiving end of its queue.
+    pub fn new(processor: BuildPipeline, rx: QueueReceiver) -> BuildSlot {
         BuildSlot { processor, in_flight: None, rx, out: Vec::new() }
     }
 }
@@ -158,7 +158,7 @@ impl BuildState {
     async fn deliver(&mut self, released: Option<(u32, u64)>) {
         let (holds, counters, finished) = {
             let slot = lock(&self.args.slot);
-            (slot.processor.holds(), slot.processor.counters, slot.processor.finished())
+            (slot.processor.holds(), slot.processor.counters(), slot.processor.finished())
         };
         let records = std::mem::take(&mut self.out);
         let plan = self.args.outputs.plan(records);

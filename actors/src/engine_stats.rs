@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use meltstream_engine::build_processor::BuildCounters;
+use meltstream_engine::pipeline::build_pipeline::BuildCounters;
 use meltstream_engine::records::OutputRecord;
 
 /// Which result latency a histogram holds: each kind has its own start.

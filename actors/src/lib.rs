@@ -4,7 +4,7 @@
 //! running engine.
 //!
 //! Where a sample enters: `file_source.rs` / `simulator_source.rs` → `router.rs`. Where it is
-//! aggregated: `build_actor.rs` (around `BuildProcessor`). Where it becomes durable: `sink.rs`.
+//! aggregated: `build_actor.rs` (around `BuildPipeline`). Where it becomes durable: `sink.rs`.
 //! Where its offset is committed: `commit_coordinator.rs`.
 #![warn(missing_docs)]
 
@@ -36,8 +36,8 @@ use std::time::Duration;
 use ractor::{Actor, ActorName, ActorRef};
 use tokio::sync::Semaphore;
 
-use meltstream_engine::build_processor::BuildSettings;
 use meltstream_engine::input::decode::DecodeLimits;
+use meltstream_engine::pipeline::build_pipeline::BuildSettings;
 use meltstream_engine::restart_budget::RestartBudget;
 use meltstream_engine::topology::{expand_env, SinkKind, SourceKind, Topology};
 

@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use meltstream_engine::input::batch::RecordBatch;
-use meltstream_engine::build_processor::{BuildProcessor, BuildSettings};
 use meltstream_engine::input::event::{BuildId, InputId, TimeNs};
+use meltstream_engine::pipeline::build_pipeline::{BuildPipeline, BuildSettings};
 use meltstream_engine::offset_ledger::{HoldSet, HolderId};
 use meltstream_engine::records::{DeadLetterRecord, Emitted, OutputRecord};
 use meltstream_engine::restart_budget::RestartBudget;
@@ -129,15 +129,15 @@ impl RouterState {
             e.last_batch = Instant::now();
             return Ok(e.actor.clone());
         }
-        let mut processor = BuildProcessor::new(build.clone(), self.args.settings.clone());
+        let mut processor = BuildPipeline::new(build.clone(), self.args.settings.clone());
         if self.ended.contains_key(build) {
             // Everything for an ended build is late: a fresh processor must not reopen its layers.
             processor.mark_ended();
         }
         let w = self.watermark;
         if w > TimeNs::MIN {
-            let ctx = meltstream_engine::operator::Ctx { hold: None, now_wall_ns: now_wall_ns(), origin_wall_ns: now_wall_ns() };
-            meltstream_engine::operator::Operator::on_watermark(&mut processor, w, &ctx, &mut Vec::new());
+            let ctx = meltstream_engine::pipeline::operator::Ctx { hold: None, now_wall_ns: now_wall_ns(), origin_wall_ns: now_wall_ns() };
+            processor.on_watermark(w, &ctx, &mut Vec::new());
         }
         let (queue, rx) = build_queue(self.args.build_queue_batches);
         let slot: SharedSlot = Arc::new(std::sync::Mutex::new(BuildSlot::new(processor, rx)));

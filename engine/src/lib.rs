@@ -6,15 +6,14 @@
 //! encoding), [`windows`] (layer and time windows, watermarks), [`analytics`] (statistics,
 //! grid, energy density, rules), [`topology`] (the schema, its loading and checking), and
 //! [`simulator`] (the simulated fleet and the R1 generator). At the top: the output
-//! [`records`], the [`offset_ledger`], the [`restart_budget`], and the operator a build runs
-//! ([`operator`], [`build_processor`]).
+//! [`records`], the [`offset_ledger`] and the [`restart_budget`]; [`pipeline`] is what a build runs:
+//! a chain of operators, one per concern.
 #![warn(missing_docs)]
 
 pub mod analytics;
-pub mod build_processor;
 pub mod input;
 pub mod offset_ledger;
-pub mod operator;
+pub mod pipeline;
 pub mod records;
 pub mod restart_budget;
 pub mod simulator;

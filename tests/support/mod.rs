@@ -9,7 +9,7 @@ use std::sync::Arc;
 use meltstream_actors::engine_stats::EngineStats;
 use meltstream_actors::test_util::CollectSink;
 use meltstream_actors::EngineBuilder;
-use meltstream_engine::build_processor::BuildSettings;
+use meltstream_engine::pipeline::build_pipeline::BuildSettings;
 use meltstream_engine::records::OutputRecord;
 use meltstream_engine::topology;
 

@@ -1,0 +1,318 @@
+//! What every operator of a build shares: the build's settings and counters, and the
+//! layer-event bookkeeping — which layer windows are open, kept for late updates or final, the
+//! layer events applied to them, the watermark and the build's end. The chain
+//! ([`BuildPipeline`]) drives it; operators read it and bump the counters, and keep the state of
+//! their own concern to themselves.
+//!
+//! It must never emit a window twice with the same revision, never let a final layer reopen, and
+//! never decide about a layer `end` differently for different batch boundaries.
+//!
+//! [`BuildPipeline`]: crate::pipeline::build_pipeline::BuildPipeline
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::input::batch::{BlockHeader, RecordBatch};
+use crate::input::event::NO_LAYER;
+use crate::input::reject::{DeadLetter, RejectReason};
+use crate::input::event::{BuildId, Channel, LayerEvent, LayerPhase, TimeNs};
+use crate::analytics::grid::GridSpec;
+use crate::windows::layer_window::LayerWindow;
+use crate::offset_ledger::{Hold, HoldSet};
+use crate::records::{DeadLetterRecord, Emitted, OutputRecord};
+use crate::analytics::rules::Rule;
+use crate::windows::time_window::TimeWindowSpec;
+use crate::topology::{LatePolicy, Topology};
+
+/// What every build of a topology computes; shared by all build pipelines.
+#[derive(Clone, Debug)]
+pub struct BuildSettings {
+    /// Late policy.
+    pub late_policy: LatePolicy,
+    /// Allowed lateness (with the update policy), ns.
+    pub allowed_lateness_ns: i64,
+    /// Gap after which a layer without an `end` event closes, ns.
+    pub layer_gap_ns: i64,
+    /// Grid geometry.
+    pub grid: GridSpec,
+    /// Channel of the grid map.
+    pub grid_channel: Channel,
+    /// Time windows.
+    pub time_windows: Vec<TimeWindowSpec>,
+    /// Rules.
+    pub rules: Vec<Rule>,
+    /// Default layer thickness, µm.
+    pub default_thickness_um: f64,
+    /// Test hook: a block whose first `temperature_c` equals this value panics the pipeline
+    /// before it changes any state (a stand-in for a poison record hitting a bug).
+    #[cfg(feature = "fault-injection")]
+    pub fault_panic_on_temperature: Option<f32>,
+}
+
+impl BuildSettings {
+    /// The settings of a checked topology.
+    pub fn from_topology(t: &Topology) -> BuildSettings {
+        let ms = 1_000_000i64;
+        BuildSettings {
+            late_policy: t.engine.late_policy,
+            allowed_lateness_ns: t.engine.allowed_lateness_ms as i64 * ms,
+            layer_gap_ns: t.engine.layer_gap_timeout_ms as i64 * ms,
+            grid: GridSpec { cell_mm: t.windows.grid_cell_mm, plate_mm: t.windows.plate_mm },
+            grid_channel: Channel::parse(&t.windows.grid_channel).unwrap_or(Channel::PhotodiodeOnAxis),
+            time_windows: t.windows.time.iter().map(TimeWindowSpec::compile).collect(),
+            rules: t.rules.iter().map(Rule::compile).collect(),
+            default_thickness_um: t.engine.default_layer_thickness_um,
+            #[cfg(feature = "fault-injection")]
+            fault_panic_on_temperature: None,
+        }
+    }
+}
+
+/// Running counts of a build, for the terminal summary and the admin API.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BuildCounters {
+    /// Samples processed.
+    pub samples: u64,
+    /// Anomalies emitted.
+    pub anomalies: u64,
+    /// Late samples (dropped, sent to the late sink or merged as updates).
+    pub late_samples: u64,
+    /// Highest layer seen.
+    pub layer: Option<u32>,
+    /// Layer windows closed.
+    pub layers_closed: u64,
+}
+
+/// What a block is to its layer's window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockLayer {
+    /// The block names no layer.
+    None,
+    /// The layer's window is open: the block feeds it.
+    Open,
+    /// The layer's window was emitted and is kept for late updates: the block feeds it, late.
+    Updating,
+    /// The layer's window is final: the block is late and feeds no layer window.
+    Final,
+}
+
+/// The shared state of one build.
+#[derive(Debug)]
+pub struct BuildBook {
+    /// The build.
+    pub build: BuildId,
+    /// Its settings.
+    pub settings: Arc<BuildSettings>,
+    /// Running counts; operators add theirs.
+    pub counters: BuildCounters,
+    layers: BTreeMap<u32, LayerWindow>,
+    max_closed_layer: Option<u32>,
+    watermark: TimeNs,
+    build_end_ns: Option<TimeNs>,
+}
+
+impl BuildBook {
+    /// A build with no layer seen.
+    pub fn new(build: BuildId, settings: Arc<BuildSettings>) -> BuildBook {
+        BuildBook {
+            build,
+            settings,
+            counters: BuildCounters::default(),
+            layers: BTreeMap::new(),
+            max_closed_layer: None,
+            watermark: TimeNs::MIN,
+            build_end_ns: None,
+        }
+    }
+
+    /// Treats every layer as already final: for a build that ended, whose late records must
+    /// not reopen windows.
+    pub fn mark_ended(&mut self) {
+        self.max_closed_layer = Some(NO_LAYER - 1);
+    }
+
+    /// The watermark last applied.
+    pub fn watermark(&self) -> TimeNs {
+        self.watermark
+    }
+
+    /// Advances the watermark; false (and nothing changes) when `wm` is not ahead of it.
+    pub fn advance_watermark(&mut self, wm: TimeNs) -> bool {
+        if wm <= self.watermark {
+            return false;
+        }
+        self.watermark = wm;
+        true
+    }
+
+    /// True once the build's `build_end` event is at or behind `wm`.
+    pub fn ends_by(&self, wm: TimeNs) -> bool {
+        self.build_end_ns.is_some_and(|e| wm >= e)
+    }
+
+    /// The window of `layer`, open or kept for updates.
+    pub fn window(&self, layer: u32) -> Option<&LayerWindow> {
+        self.layers.get(&layer)
+    }
+
+    /// The window of `layer`, open or kept for updates, to add a block's samples to.
+    pub fn window_mut(&mut self, layer: u32) -> Option<&mut LayerWindow> {
+        self.layers.get_mut(&layer)
+    }
+
+    /// Layer windows open or kept for late updates.
+    pub fn open_windows(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Adds the holds of the layer windows still open.
+    pub fn holds_into(&self, acc: &mut HoldSet) {
+        for w in self.layers.values().filter(|w| w.emitted == 0) {
+            acc.merge(&w.hold);
+        }
+    }
+
+    /// Applies a layer event of `batch`; dead-letters (into `out`) an `end` that matches no
+    /// window.
+    pub fn apply_layer_event(&mut self, batch: &RecordBatch, ev: &LayerEvent, hold: Option<Hold>, origin_wall_ns: i64, out: &mut Vec<Emitted>) {
+        if ev.phase == LayerPhase::BuildEnd {
+            self.build_end_ns = Some(self.build_end_ns.map_or(ev.t_ns, |e| e.max(ev.t_ns)));
+            return;
+        }
+        if !matches!(ev.phase, LayerPhase::Start | LayerPhase::End) {
+            return;
+        }
+        if ev.phase == LayerPhase::End && !self.layers.contains_key(&ev.layer) && !self.opened_before(batch, ev.source_offset, Some(ev.layer)) {
+            self.reject_unmatched_end(batch, ev, hold, origin_wall_ns, out);
+            return;
+        }
+        let Some(w) = self.window_for(ev.layer) else {
+            // A start for a layer already emitted: nothing to update.
+            return;
+        };
+        if let Some(h) = hold {
+            w.hold.add(h);
+        }
+        match ev.phase {
+            LayerPhase::Start => {
+                w.start_event_ns = Some(ev.t_ns);
+                w.z_um = ev.z_um.or(w.z_um);
+                for p in &ev.params {
+                    if !w.params.contains(p) {
+                        w.params.push(p.clone());
+                    }
+                }
+            }
+            _ => w.end_event_ns = Some(ev.t_ns),
+        }
+        w.dirty = true;
+        self.see_layer(ev.layer);
+    }
+
+    /// Dead-letters a layer `end` that matches no window: the layer was never started and has
+    /// no samples before it, or its window is already final. The reason depends only on the
+    /// windows open at the event's offset, which a replay from the stored offsets rebuilds, so a
+    /// replay decides the same way:
+    /// `unknown_build` when nothing of the build is open (its first record, or a build whose
+    /// layers are all closed), else `unknown_layer`.
+    fn reject_unmatched_end(&mut self, batch: &RecordBatch, ev: &LayerEvent, hold: Option<Hold>, origin_wall_ns: i64, out: &mut Vec<Emitted>) {
+        let what = format!("layer {} `end` of build {}", ev.layer, self.build);
+        let reason = if self.layers.values().any(|w| w.emitted == 0) || self.opened_before(batch, ev.source_offset, None) {
+            RejectReason::UnknownLayer(format!("{what}: that layer has no open window"))
+        } else {
+            RejectReason::UnknownBuild(format!("{what}, which has no open layer"))
+        };
+        let raw = format!(
+            r#"{{"type":"layer","build_id":{},"layer":{},"phase":"end","t_ns":{}}}"#,
+            serde_json::to_string(&*self.build).unwrap_or_default(),
+            ev.layer,
+            ev.t_ns
+        );
+        let input = hold.map_or(0, |(input, _)| input);
+        let d = DeadLetter::new(input, ev.source_offset, reason, raw.as_bytes());
+        // Source name and partition are filled in by the actor, which knows them.
+        let record = DeadLetterRecord::from_dead_letter(String::new(), None, &d);
+        out.push(Emitted {
+            record: OutputRecord::DeadLetter(record),
+            hold: hold.map(HoldSet::one).unwrap_or_default(),
+            origin_wall_ns,
+            position: hold.map(|(input, _)| (input, ev.source_offset)),
+        });
+    }
+
+    /// True when a block of `batch` read before `offset` opens or feeds a window (of `layer`, or
+    /// of any layer). Layer events are handled before the batch's blocks; this keeps a decision
+    /// about an event the one that reading in offset order gives, whatever the batch boundaries.
+    fn opened_before(&self, batch: &RecordBatch, offset: u64, layer: Option<u32>) -> bool {
+        batch.blocks.iter().any(|h| {
+            h.source_offset < offset
+                && h.layer != NO_LAYER
+                && layer.is_none_or(|l| l == h.layer)
+                && (self.layers.contains_key(&h.layer) || self.max_closed_layer.is_none_or(|m| h.layer > m))
+        })
+    }
+
+    /// The window of `layer` if it is open or kept for updates; a new one if the layer was never
+    /// closed; `None` when the layer is final.
+    fn window_for(&mut self, layer: u32) -> Option<&mut LayerWindow> {
+        if !self.layers.contains_key(&layer) && self.max_closed_layer.is_some_and(|m| layer <= m) {
+            return None;
+        }
+        Some(self.layers.entry(layer).or_default())
+    }
+
+    fn see_layer(&mut self, layer: u32) {
+        self.counters.layer = Some(self.counters.layer.map_or(layer, |l| l.max(layer)));
+    }
+
+    /// Places a block in its layer's window (opening it if the layer was never closed), before
+    /// any operator sees the block: extends the window's time range and holds its batch.
+    pub fn admit_block(&mut self, h: &BlockHeader, hold: Option<Hold>) -> BlockLayer {
+        if h.layer == NO_LAYER {
+            return BlockLayer::None;
+        }
+        self.see_layer(h.layer);
+        let Some(w) = self.window_for(h.layer) else { return BlockLayer::Final };
+        let updating = w.emitted > 0;
+        w.extend_time(h.t0_ns, h.t_last_ns());
+        if let Some(hold) = hold {
+            w.hold.add(hold);
+        }
+        w.dirty = true;
+        if updating {
+            BlockLayer::Updating
+        } else {
+            BlockLayer::Open
+        }
+    }
+
+    /// Open layers that watermark `wm` closes (all open layers with `force`), in layer order.
+    pub fn due_layers(&self, wm: TimeNs, force: bool) -> Vec<u32> {
+        let gap = self.settings.layer_gap_ns;
+        self.layers.iter().filter(|(_, w)| w.emitted == 0 && (force || w.closes_at(wm, gap))).map(|(l, _)| *l).collect()
+    }
+
+    /// Emitted layers that late samples changed since their last result, in layer order.
+    pub fn updated_layers(&self) -> Vec<u32> {
+        self.layers.iter().filter(|(_, w)| w.emitted > 0 && w.dirty).map(|(l, _)| *l).collect()
+    }
+
+    /// Records that a result of `layer` was emitted; its first closes the layer.
+    pub fn mark_emitted(&mut self, layer: u32) {
+        let Some(w) = self.layers.get_mut(&layer) else { return };
+        let first = w.emitted == 0;
+        w.emitted += 1;
+        w.dirty = false;
+        if first {
+            self.counters.layers_closed += 1;
+            self.max_closed_layer = Some(self.max_closed_layer.map_or(layer, |m| m.max(layer)));
+        }
+    }
+
+    /// Drops windows that are final: emitted, and past their allowed lateness at `wm` (all
+    /// emitted ones with `force`).
+    pub fn drop_final(&mut self, wm: TimeNs, force: bool) {
+        let keep_ns = if self.settings.late_policy == LatePolicy::Update { self.settings.allowed_lateness_ns } else { -1 };
+        self.layers.retain(|_, w| w.emitted == 0 || (!force && keep_ns >= 0 && wm <= w.end_ns().saturating_add(keep_ns)));
+    }
+}

@@ -1,0 +1,362 @@
+//! Everything one build computes, as a chain of operators, one per concern: threshold rules,
+//! time windows, energy-density rules, layer statistics, grid maps and late samples (in that
+//! order). The build actor owns one `BuildPipeline` and feeds it batches and watermarks in
+//! arrival order; all arithmetic lives here and in the operators, free of actors and I/O.
+//!
+//! The pipeline keeps the build's shared bookkeeping ([`BuildBook`]) and drives it: it applies
+//! a batch's layer events before any operator sees the batch, places each block in its layer's
+//! window before the operators see the block, and decides which layer windows a watermark
+//! closes, asking every operator for its part of each result. A new concern (SPC, data
+//! quality, fusion) is one more operator appended to the chain; the others do not change.
+//!
+//! Chain order is output order: within a block, rule alerts go before late records; within a
+//! layer result, energy-density alerts go before the summaries, and the summaries before the
+//! grid map; the time windows a watermark completes go after the layer windows it closes.
+//!
+//! It must never emit a window twice with the same revision, never emit a partial layer window
+//! (a layer closes only when its `end` event is behind the watermark, or by the gap timeout),
+//! and never drop a late sample without counting it.
+//!
+//! Operators are called through `Box<dyn Operator>`, once per block and hook, never per sample:
+//! a handful of indirect calls per block of hundreds of samples costs nothing measurable, and a
+//! chain that is a list lets a concern be added (or a test operator appended) without changing
+//! the pipeline's type.
+
+use std::sync::Arc;
+
+use crate::input::batch::RecordBatch;
+use crate::input::event::{BuildId, TimeNs};
+use crate::offset_ledger::HoldSet;
+use crate::pipeline::energy_density::EnergyDensityRules;
+use crate::pipeline::grid_map::GridMaps;
+use crate::pipeline::late_samples::LateSamples;
+use crate::pipeline::layer_stats::LayerStats;
+use crate::pipeline::operator::{Block, Ctx, LayerResult, Operator};
+use crate::pipeline::threshold_rules::ThresholdRules;
+use crate::pipeline::time_windows::TimeWindows;
+use crate::records::Emitted;
+
+pub use crate::pipeline::build_book::{BuildBook, BuildCounters, BuildSettings};
+
+/// The state of one build: its bookkeeping and its chain of operators.
+#[derive(Debug)]
+pub struct BuildPipeline {
+    book: BuildBook,
+    ops: Vec<Box<dyn Operator>>,
+    /// Per-rule exceedances of the block in progress (reused: no allocation per block).
+    rule_hits: Vec<u64>,
+    finished: bool,
+}
+
+/// The operators of a build, in chain order.
+pub fn standard_chain(s: &BuildSettings) -> Vec<Box<dyn Operator>> {
+    vec![
+        Box::new(ThresholdRules::new(s)),
+        Box::new(TimeWindows::new(s)),
+        Box::new(EnergyDensityRules),
+        Box::new(LayerStats),
+        Box::new(GridMaps),
+        Box::new(LateSamples),
+    ]
+}
+
+impl BuildPipeline {
+    /// A new build with the standard chain.
+    pub fn new(build: BuildId, s: Arc<BuildSettings>) -> BuildPipeline {
+        let ops = standard_chain(&s);
+        BuildPipeline::with_chain(build, s, ops)
+    }
+
+    /// A new build with the operators `ops`, in chain order.
+    pub fn with_chain(build: BuildId, s: Arc<BuildSettings>, ops: Vec<Box<dyn Operator>>) -> BuildPipeline {
+        let n_rules = s.rules.len();
+        BuildPipeline { book: BuildBook::new(build, s), ops, rule_hits: vec![0; n_rules], finished: false }
+    }
+
+    /// Appends `op` to the chain: it sees everything after the operators already there.
+    pub fn push(&mut self, op: Box<dyn Operator>) {
+        self.ops.push(op);
+    }
+
+    /// Treats every layer as already final: for a build that ended, whose late records must
+    /// not reopen windows.
+    pub fn mark_ended(&mut self) {
+        self.book.mark_ended();
+    }
+
+    /// The build's id.
+    pub fn build_id(&self) -> &BuildId {
+        &self.book.build
+    }
+
+    /// True once the build's `build_end` event is behind the watermark: the actor may stop.
+    pub fn finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Running counts.
+    pub fn counters(&self) -> BuildCounters {
+        self.book.counters
+    }
+
+    /// The watermark last applied.
+    pub fn watermark(&self) -> TimeNs {
+        self.book.watermark()
+    }
+
+    /// The lowest batch per input that feeds a window still open (the build's window holds).
+    pub fn holds(&self) -> HoldSet {
+        let mut acc = HoldSet::default();
+        self.book.holds_into(&mut acc);
+        for op in &self.ops {
+            op.holds_into(&mut acc);
+        }
+        acc
+    }
+
+    /// Number of windows open or kept for late updates.
+    pub fn open_windows(&self) -> usize {
+        self.book.open_windows() + self.ops.iter().map(|op| op.open_windows()).sum::<usize>()
+    }
+
+    /// Takes a whole batch: its events, its blocks, then the updates they cause.
+    pub fn process(&mut self, batch: &RecordBatch, ctx: &Ctx, out: &mut Vec<Emitted>) {
+        self.process_events(batch, ctx, out);
+        for i in 0..batch.blocks.len() {
+            self.process_block(batch, i, ctx, out);
+        }
+        self.finish_batch(ctx, out);
+    }
+
+    /// The non-sample part of a batch: layer events, then what operators make of the batch
+    /// (machine-log rules).
+    pub fn process_events(&mut self, batch: &RecordBatch, ctx: &Ctx, out: &mut Vec<Emitted>) {
+        for ev in &batch.layers {
+            self.book.apply_layer_event(batch, ev, ctx.hold, ctx.origin_wall_ns, out);
+        }
+        for op in &mut self.ops {
+            op.process(batch, &mut self.book, ctx, out);
+        }
+    }
+
+    /// Processes block `i` of `batch`. Public so that the actor can process a batch block by
+    /// block and set aside the one block that made it fail.
+    pub fn process_block(&mut self, batch: &RecordBatch, i: usize, ctx: &Ctx, out: &mut Vec<Emitted>) {
+        let h = batch.blocks[i];
+        #[cfg(feature = "fault-injection")]
+        if let Some(bad) = self.book.settings.fault_panic_on_temperature {
+            if batch.column(&h, crate::input::event::Channel::TemperatureC.index()).and_then(|v| v.first()) == Some(&bad) {
+                panic!("fault injection: poison temperature {bad} in build {} layer {}", self.book.build, h.layer);
+            }
+        }
+        self.book.counters.samples += u64::from(h.len);
+        let layer = self.book.admit_block(&h, ctx.hold);
+        self.rule_hits.fill(0);
+        let mut block = Block { batch, h, layer, rule_hits: &mut self.rule_hits };
+        for op in &mut self.ops {
+            op.on_block(&mut block, &mut self.book, ctx, out);
+        }
+    }
+
+    /// After the blocks of a batch: a new revision of every kept layer window that late samples
+    /// changed (with the `update` late policy).
+    pub fn finish_batch(&mut self, ctx: &Ctx, out: &mut Vec<Emitted>) {
+        if self.book.settings.late_policy == crate::topology::LatePolicy::Update {
+            for layer in self.book.updated_layers() {
+                self.emit_layer(layer, ctx.hold_set(), ctx.now_wall_ns, out);
+            }
+        }
+    }
+
+    /// The watermark advanced to `wm`: closes what it completes, and everything once the
+    /// build's end is behind it.
+    pub fn on_watermark(&mut self, wm: TimeNs, ctx: &Ctx, out: &mut Vec<Emitted>) {
+        if !self.book.advance_watermark(wm) {
+            return;
+        }
+        self.close_layers(wm, false, ctx, out);
+        for op in &mut self.ops {
+            op.on_watermark(wm, &mut self.book, ctx, out);
+        }
+        if self.book.ends_by(wm) {
+            self.close_all(ctx, out);
+        }
+    }
+
+    /// The input ended or the build is being stopped: emits everything still open.
+    pub fn on_close(&mut self, ctx: &Ctx, out: &mut Vec<Emitted>) {
+        self.close_all(ctx, out);
+    }
+
+    fn close_all(&mut self, ctx: &Ctx, out: &mut Vec<Emitted>) {
+        self.close_layers(self.book.watermark(), true, ctx, out);
+        for op in &mut self.ops {
+            op.on_close(&mut self.book, ctx, out);
+        }
+        self.finished = true;
+    }
+
+    /// Emits the layer windows `wm` closes (all open ones with `force`), then drops the windows
+    /// that are final.
+    fn close_layers(&mut self, wm: TimeNs, force: bool, ctx: &Ctx, out: &mut Vec<Emitted>) {
+        for layer in self.book.due_layers(wm, force) {
+            let hold = self.book.window(layer).map(|w| w.hold.clone()).unwrap_or_default();
+            self.emit_layer(layer, hold, ctx.now_wall_ns, out);
+        }
+        self.book.drop_final(wm, force);
+    }
+
+    /// One result of `layer`'s window: every operator's part, in chain order.
+    fn emit_layer(&mut self, layer: u32, hold: HoldSet, origin_wall_ns: i64, out: &mut Vec<Emitted>) {
+        let Some(w) = self.book.window(layer) else { return };
+        let r = LayerResult { layer, revision: w.emitted, hold, origin_wall_ns };
+        for op in &mut self.ops {
+            op.on_layer_result(&r, &mut self.book, out);
+        }
+        self.book.mark_emitted(layer);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::input::decode::{DecodeLimits, Decoder};
+    use crate::input::event::BuildId;
+    use crate::records::OutputRecord;
+    use std::sync::Mutex;
+
+    const NOW: TimeNs = 1_800_000_000_000_000_000;
+
+    /// Lines of one build: samples of layer 0, a stray end of layer 5, layer 0's end, samples
+    /// of layer 1 and its end; then a build never seen that ends a layer.
+    fn lines() -> Vec<String> {
+        let t = |ms: u32| format!("2024-01-15T10:30:00.{ms:03}Z");
+        vec![
+            format!(r#"{{"build_id": "b", "layer": 0, "timestamp": "{}", "temperature": 1600.0}}"#, t(1)),
+            format!(r#"{{"build_id": "b", "layer": 0, "timestamp": "{}", "temperature": 1610.0}}"#, t(2)),
+            format!(r#"{{"type": "layer", "build_id": "b", "layer": 5, "phase": "end", "timestamp": "{}"}}"#, t(3)),
+            format!(r#"{{"type": "layer", "build_id": "b", "layer": 0, "phase": "end", "timestamp": "{}"}}"#, t(4)),
+            format!(r#"{{"build_id": "b", "layer": 1, "timestamp": "{}", "temperature": 1620.0}}"#, t(5)),
+            format!(r#"{{"type": "layer", "build_id": "b", "layer": 1, "phase": "end", "timestamp": "{}"}}"#, t(6)),
+        ]
+    }
+
+    /// Dead letters (offset, reason) and layer ends (layer, end time).
+    type Outcome = (Vec<(u64, String)>, Vec<(u32, i64)>);
+
+    fn demo_settings() -> Arc<BuildSettings> {
+        let topo = crate::topology::load(crate::topology::DEMO_TOML, "demo.toml", std::path::Path::new(".")).expect("demo topology");
+        Arc::new(BuildSettings::from_topology(&topo))
+    }
+
+    /// Everything `p` emits for `lines()` cut into batches at `cuts`, then closed.
+    fn emitted(p: &mut BuildPipeline, cuts: &[usize]) -> Vec<Emitted> {
+        let mut d = Decoder::new(0, DecodeLimits::default());
+        let lines = lines();
+        let mut out = Vec::new();
+        let mut bounds = vec![0];
+        bounds.extend_from_slice(cuts);
+        bounds.push(lines.len());
+        for (seq, w) in bounds.windows(2).enumerate() {
+            let mut batch = RecordBatch::with_capacity(16);
+            for (i, l) in lines.iter().enumerate().take(w[1]).skip(w[0]) {
+                d.decode(l.as_bytes(), i as u64, NOW, &mut batch);
+            }
+            let ctx = Ctx { hold: Some((0, seq as u64)), now_wall_ns: NOW, origin_wall_ns: NOW };
+            p.process(&batch, &ctx, &mut out);
+        }
+        p.on_close(&Ctx { hold: None, now_wall_ns: NOW, origin_wall_ns: NOW }, &mut out);
+        out
+    }
+
+    /// The outcome with the input cut into batches at `cuts`.
+    fn run(cuts: &[usize]) -> Outcome {
+        let mut p = BuildPipeline::new(BuildId::from("b"), demo_settings());
+        let out = emitted(&mut p, cuts);
+        let mut dead = Vec::new();
+        let mut ends = Vec::new();
+        for e in out {
+            match e.record {
+                OutputRecord::DeadLetter(r) => {
+                    assert_eq!(e.position, Some((0, r.offset)), "positioned, so a replay does not write it twice");
+                    dead.push((r.offset, r.reason_kind));
+                }
+                OutputRecord::LayerSummary(s) => ends.push((s.layer, s.window_end_ns)),
+                _ => {}
+            }
+        }
+        (dead, ends)
+    }
+
+    #[test]
+    fn an_end_without_a_window_is_dead_lettered_whatever_the_batch_boundaries() {
+        let whole = run(&[]);
+        assert_eq!(whole.0, vec![(2, "unknown_layer".to_string())], "only the stray end of layer 5");
+        let ms = |m: i64| 1_705_314_600_000_000_000 + m * 1_000_000;
+        assert_eq!(whole.1, vec![(0, ms(4)), (1, ms(6))], "the ends close their layers");
+        for a in 1..lines().len() {
+            assert_eq!(run(&[a]), whole, "cut at {a}");
+            for b in a + 1..lines().len() {
+                assert_eq!(run(&[a, b]), whole, "cuts at {a}, {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_end_for_a_build_with_nothing_open_is_an_unknown_build() {
+        let mut p = BuildPipeline::new(BuildId::from("ghost"), demo_settings());
+        let mut batch = RecordBatch::with_capacity(4);
+        Decoder::new(0, DecodeLimits::default()).decode(br#"{"type": "layer", "build_id": "ghost", "layer": 7, "phase": "end", "t_ns": 5}"#, 42, NOW, &mut batch);
+        let mut out = Vec::new();
+        p.process(&batch, &Ctx { hold: Some((0, 0)), now_wall_ns: NOW, origin_wall_ns: NOW }, &mut out);
+        let [Emitted { record: OutputRecord::DeadLetter(r), .. }] = &out[..] else { panic!("one dead letter: {out:?}") };
+        assert_eq!((r.offset, r.reason_kind.as_str()), (42, "unknown_build"));
+        assert_eq!(r.raw_prefix, r#"{"type":"layer","build_id":"ghost","layer":7,"phase":"end","t_ns":5}"#);
+        assert_eq!(p.open_windows(), 0, "no window opened for it");
+    }
+
+    /// What a test operator saw: blocks, samples, layer results (layer, revision), closes.
+    #[derive(Debug, Default, PartialEq)]
+    struct Seen {
+        blocks: u64,
+        samples: u64,
+        results: Vec<(u32, u32)>,
+        closes: u32,
+    }
+
+    /// An operator appended to the standard chain: it counts what reaches it and emits nothing.
+    #[derive(Debug)]
+    struct Counting(Arc<Mutex<Seen>>);
+
+    impl Operator for Counting {
+        fn process(&mut self, _batch: &RecordBatch, _book: &mut BuildBook, _ctx: &Ctx, _out: &mut Vec<Emitted>) {}
+
+        fn on_block(&mut self, block: &mut Block<'_>, _book: &mut BuildBook, _ctx: &Ctx, _out: &mut Vec<Emitted>) {
+            let mut s = self.0.lock().expect("not poisoned");
+            s.blocks += 1;
+            s.samples += u64::from(block.h.len);
+        }
+
+        fn on_layer_result(&mut self, r: &LayerResult, _book: &mut BuildBook, _out: &mut Vec<Emitted>) {
+            self.0.lock().expect("not poisoned").results.push((r.layer, r.revision));
+        }
+
+        fn on_close(&mut self, _book: &mut BuildBook, _ctx: &Ctx, _out: &mut Vec<Emitted>) {
+            self.0.lock().expect("not poisoned").closes += 1;
+        }
+    }
+
+    #[test]
+    fn an_operator_appended_to_the_chain_sees_everything_and_changes_nothing_else() {
+        let plain = emitted(&mut BuildPipeline::new(BuildId::from("b"), demo_settings()), &[2]);
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let mut p = BuildPipeline::new(BuildId::from("b"), demo_settings());
+        p.push(Box::new(Counting(seen.clone())));
+        let with = emitted(&mut p, &[2]);
+        let view = |v: &[Emitted]| v.iter().map(|e| (e.record.clone(), e.position, e.hold.clone())).collect::<Vec<_>>();
+        assert_eq!(view(&with), view(&plain), "the other operators emit the same records in the same order");
+        let seen = seen.lock().expect("not poisoned");
+        assert_eq!(*seen, Seen { blocks: 3, samples: 3, results: vec![(0, 0), (1, 0)], closes: 1 });
+        assert_eq!(p.counters().samples, 3);
+    }
+}

@@ -1,0 +1,108 @@
+//! Threshold rules on samples and machine-log values (`temperature_c > 1700`, `o2_ppm > 1000`):
+//! an alert as soon as a block or log record exceeds a limit, without waiting for any window,
+//! with an event-time cooldown per rule and laser. It also counts every exceedance of a block in
+//! [`Block::rule_hits`], for the layer statistics downstream, so counts stay exact whatever the
+//! cooldown. Energy-density rules judge closed layers in their own operator.
+//!
+//! It must never allocate per sample, nor raise an alert for a value that does not exceed its
+//! rule's limit.
+
+use crate::input::batch::{RecordBatch, COL_X, COL_Y};
+use crate::input::event::NO_LAYER;
+use crate::pipeline::build_book::{BuildBook, BuildSettings};
+use crate::pipeline::operator::{Block, Ctx, Operator};
+use crate::records::{Anomaly, Emitted, OutputRecord};
+use crate::analytics::rules::{CmpOp, Cooldown, Rule, RuleTarget};
+use crate::input::time::format_rfc3339;
+
+/// Lasers per build for which rule cooldowns are tracked (laser numbers above share the last).
+const MAX_LASERS: usize = 65;
+
+/// The sample and log rules of one build, with their cooldowns.
+#[derive(Debug)]
+pub struct ThresholdRules {
+    /// Per rule and laser.
+    cooldowns: Vec<Cooldown>,
+}
+
+impl ThresholdRules {
+    /// No alert raised yet.
+    pub fn new(s: &BuildSettings) -> ThresholdRules {
+        ThresholdRules { cooldowns: vec![Cooldown::default(); s.rules.len() * MAX_LASERS] }
+    }
+}
+
+/// The comparison as written in a record (`>`, `<=`, …).
+pub fn op_str(rule: &Rule) -> String {
+    match rule.op {
+        CmpOp::Gt => ">",
+        CmpOp::Ge => ">=",
+        CmpOp::Lt => "<",
+        CmpOp::Le => "<=",
+    }
+    .to_owned()
+}
+
+impl Operator for ThresholdRules {
+    /// Machine-log rules.
+    fn process(&mut self, batch: &RecordBatch, book: &mut BuildBook, ctx: &Ctx, out: &mut Vec<Emitted>) {
+        for rec in &batch.logs {
+            for (ri, rule) in book.settings.rules.iter().enumerate() {
+                let RuleTarget::Log(name) = &rule.target else { continue };
+                for (k, v) in rec.values.iter().filter(|(k, _)| &**k == name.as_str()) {
+                    if rule.op.fires(*v, rule.limit) && self.cooldowns[ri * MAX_LASERS].admit(rec.t_ns, rule.cooldown_ns, NO_LAYER) {
+                        book.counters.anomalies += 1;
+                        let a = Anomaly {
+                            build_id: book.build.to_string(),
+                            layer: None,
+                            laser: None,
+                            time: format_rfc3339(rec.t_ns),
+                            time_ns: rec.t_ns,
+                            rule: rule.name.clone(),
+                            channel: k.to_string(),
+                            value: *v,
+                            op: op_str(rule),
+                            limit: rule.limit,
+                            x_mm: None,
+                            y_mm: None,
+                        };
+                        out.push(Emitted { record: OutputRecord::Anomaly(a), hold: ctx.hold_set(), origin_wall_ns: ctx.origin_wall_ns, position: ctx.position(rec.source_offset) });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sample rules: alerts first, and the block's exceedance counts.
+    fn on_block(&mut self, block: &mut Block<'_>, book: &mut BuildBook, ctx: &Ctx, out: &mut Vec<Emitted>) {
+        let (batch, h) = (block.batch, block.h);
+        for (ri, rule) in book.settings.rules.iter().enumerate() {
+            let RuleTarget::Sample(ch) = rule.target else { continue };
+            let Some(vs) = batch.column(&h, ch.index()) else { continue };
+            let (first, count) = rule.scan(vs);
+            block.rule_hits[ri] = count;
+            let Some(j) = first else { continue };
+            let t = h.t0_ns + h.dt_ns * j as i64;
+            let slot = ri * MAX_LASERS + usize::from(h.laser).min(MAX_LASERS - 1);
+            if self.cooldowns[slot].admit(t, rule.cooldown_ns, h.layer) {
+                book.counters.anomalies += 1;
+                let xy = |c: usize| batch.column(&h, c).map(|v| f64::from(v[j]));
+                let a = Anomaly {
+                    build_id: book.build.to_string(),
+                    layer: (h.layer != NO_LAYER).then_some(h.layer),
+                    laser: (h.laser != 0).then_some(h.laser),
+                    time: format_rfc3339(t),
+                    time_ns: t,
+                    rule: rule.name.clone(),
+                    channel: ch.name().to_owned(),
+                    value: f64::from(vs[j]),
+                    op: op_str(rule),
+                    limit: rule.limit,
+                    x_mm: xy(COL_X),
+                    y_mm: xy(COL_Y),
+                };
+                out.push(Emitted { record: OutputRecord::Anomaly(a), hold: ctx.hold_set(), origin_wall_ns: ctx.origin_wall_ns, position: ctx.position(h.source_offset) });
+            }
+        }
+    }
+}

@@ -14,9 +14,8 @@ use meltstream_engine::batch::{InputId, RecordBatch};
 use meltstream_engine::topology::WhenFull;
 
 use crate::engine_stats::EngineStats;
-use crate::now_wall_ns;
-use crate::router::RouterMsg;
-use crate::supervisor::SupervisorMsg;
+use crate::ports::clock::now_wall_ns;
+use crate::ports::messages::{RouterMsg, SupervisorMsg};
 
 /// A source's link to the engine.
 #[derive(Clone)]

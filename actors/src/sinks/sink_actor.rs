@@ -1,6 +1,7 @@
-//! Sink actors: take records in batches, write them through a [`SinkWriter`], and once the
-//! writer says they are durable, acknowledge their holds to the commit coordinator so that the
-//! source offsets behind them may be committed.
+//! Sink actors: take records in batches, write them through a
+//! [`SinkWriter`](crate::sinks::writer::SinkWriter), and once the writer says they are durable,
+//! acknowledge their holds to the commit coordinator so that the source offsets behind them may
+//! be committed.
 //!
 //! # Backpressure
 //! Every delivery carries permits of the sink's semaphore (one per record); they are released
@@ -21,99 +22,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::OwnedSemaphorePermit;
 
 use meltstream_engine::offset_ledger::Hold;
 use meltstream_engine::records::Emitted;
 
-use crate::commit_coordinator::CommitMsg;
 use crate::engine_stats::{EngineStats, LatencyKind, LatencyStage};
-use crate::now_wall_ns;
+use crate::ports::clock::now_wall_ns;
+use crate::ports::messages::{CommitMsg, SinkMsg};
 use crate::progress::{Checkpoint, ProgressBoard, StoredProgress, Written};
-
-type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
-
-/// Where records end up. `write` may buffer; `flush` makes everything written so far durable.
-pub trait SinkWriter: Send + 'static {
-    /// Buffers or writes records.
-    fn write(&mut self, records: &[Emitted]) -> impl std::future::Future<Output = Result<(), SinkError>> + Send;
-    /// Makes everything written durable; a transactional sink stores `checkpoint` atomically
-    /// with it (a flush with no records then stores just the checkpoint).
-    fn flush(&mut self, checkpoint: &Checkpoint) -> impl std::future::Future<Output = Result<(), SinkError>> + Send;
-    /// For a transactional sink, the progress it stored (read once, before the engine starts);
-    /// `None` for a sink that stores none.
-    fn stored_progress(&mut self) -> impl std::future::Future<Output = Result<Option<StoredProgress>, SinkError>> + Send {
-        async { Ok(None) }
-    }
-    /// After [`SinkWriter::stored_progress`]: source positions at or above the stored
-    /// emitted-through whose records are nevertheless durable here (a sink without keys, whose
-    /// last transactions held records ahead of the progress stored with them).
-    fn take_written(&mut self) -> Written {
-        Written::new()
-    }
-}
-
-/// An object-safe wrapper so that a topology can hold sinks of different types.
-pub type BoxedWriter = Box<dyn DynWriter>;
-
-/// Object-safe form of [`SinkWriter`].
-pub trait DynWriter: Send + 'static {
-    /// See [`SinkWriter::write`].
-    fn write<'a>(&'a mut self, records: &'a [Emitted]) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SinkError>> + Send + 'a>>;
-    /// See [`SinkWriter::flush`].
-    fn flush<'a>(&'a mut self, checkpoint: &'a Checkpoint) -> BoxFuture<'a, Result<(), SinkError>>;
-    /// See [`SinkWriter::stored_progress`].
-    fn stored_progress(&mut self) -> BoxFuture<'_, Result<Option<StoredProgress>, SinkError>>;
-    /// See [`SinkWriter::take_written`].
-    fn take_written(&mut self) -> Written;
-}
-
-impl<W: SinkWriter> DynWriter for W {
-    fn write<'a>(&'a mut self, records: &'a [Emitted]) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SinkError>> + Send + 'a>> {
-        Box::pin(SinkWriter::write(self, records))
-    }
-    fn flush<'a>(&'a mut self, checkpoint: &'a Checkpoint) -> BoxFuture<'a, Result<(), SinkError>> {
-        Box::pin(SinkWriter::flush(self, checkpoint))
-    }
-    fn stored_progress(&mut self) -> BoxFuture<'_, Result<Option<StoredProgress>, SinkError>> {
-        Box::pin(SinkWriter::stored_progress(self))
-    }
-    fn take_written(&mut self) -> Written {
-        SinkWriter::take_written(self)
-    }
-}
-
-/// A sink failure.
-#[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    /// Transient: retrying may help (the sink retries with backoff).
-    #[error("sink {sink}: {message} (will retry)")]
-    Retryable {
-        /// The sink.
-        sink: String,
-        /// What failed.
-        message: String,
-    },
-    /// Permanent: the sink fails and its supervisor decides.
-    #[error("sink {sink}: {message}")]
-    Fatal {
-        /// The sink.
-        sink: String,
-        /// What failed.
-        message: String,
-    },
-}
-
-/// Messages of a sink actor.
-pub enum SinkMsg {
-    /// Records, with one permit each of the sink's queue.
-    Records(Vec<Emitted>, OwnedSemaphorePermit),
-    /// Periodic flush.
-    Tick,
-    /// Flush everything and reply when durable.
-    Drain(RpcReplyPort<()>),
-}
+use crate::sinks::writer::{BoxedWriter, SinkError};
 
 /// Arguments of a sink actor.
 pub struct SinkArgs {
@@ -131,7 +50,8 @@ pub struct SinkArgs {
     pub board: ProgressBoard,
     /// What a transactional writer stored before this run (`None`: not transactional).
     pub stored: Option<StoredProgress>,
-    /// Positions the writer holds beyond what it stored (see [`SinkWriter::take_written`]).
+    /// Positions the writer holds beyond what it stored (see
+    /// [`SinkWriter::take_written`](crate::sinks::writer::SinkWriter::take_written)).
     pub written: Written,
 }
 

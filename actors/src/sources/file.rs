@@ -12,8 +12,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use meltstream_engine::batch::RecordBatch;
 use meltstream_engine::decode::{DeadLetter, DecodeLimits, Decoder, RejectReason};
 
-use crate::now_wall_ns;
-use crate::source::SourceCtx;
+use crate::ports::clock::now_wall_ns;
+use crate::ports::source_ctx::SourceCtx;
 
 /// Messages of the file source.
 pub enum FileSourceMsg {

@@ -37,7 +37,7 @@ pub enum GeneratorConfig {
     R1(R1Config),
 }
 
-use crate::source::SourceCtx;
+use crate::ports::source_ctx::SourceCtx;
 
 /// Messages of the simulator source.
 pub enum SimulatorMsg {

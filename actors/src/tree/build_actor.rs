@@ -27,11 +27,11 @@ use meltstream_engine::offset_ledger::{HoldSet, HolderId};
 use meltstream_engine::operator::{Ctx, Operator};
 use meltstream_engine::records::{DeadLetterRecord, Emitted, OutputRecord};
 
-use crate::commit_coordinator::CommitMsg;
+use crate::ports::messages::CommitMsg;
 use crate::engine_stats::EngineStats;
-use crate::now_wall_ns;
-use crate::outputs::{DeadLetterDesk, Outputs};
-use crate::router::RouterMsg;
+use crate::ports::clock::now_wall_ns;
+use crate::tree::outputs::{DeadLetterDesk, Outputs};
+use crate::ports::messages::RouterMsg;
 
 /// A batch being processed, kept so that a restart knows which block failed.
 pub struct InFlight {

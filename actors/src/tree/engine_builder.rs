@@ -1,30 +1,10 @@
-//! meltstream's runtime: the ractor supervision tree around the pure core in
-//! `meltstream-engine` — sources, router, one actor per build, the watermark and commit
-//! coordinators, and sinks — plus [`EngineBuilder`], which turns a checked topology into a
-//! running engine.
+//! The engine builder: turns a checked topology into a running actor tree — the writers first
+//! (the transactional ones tell where the sources resume), then the supervisor, the commit
+//! coordinator, the sinks, the router, the watermark coordinator and the sources — and the
+//! [`EngineHandle`] that stops it and waits for it.
 //!
-//! Where a sample enters: `file_source.rs` / `simulator_source.rs` → `router.rs`. Where it is
-//! aggregated: `build_actor.rs` (around `BuildProcessor`). Where it becomes durable: `sink.rs`.
-//! Where its offset is committed: `commit_coordinator.rs`.
-#![warn(missing_docs)]
-
-pub mod build_actor;
-pub mod commit_coordinator;
-pub mod engine_stats;
-pub mod file_sink;
-pub mod file_source;
-pub mod kafka_sink;
-pub mod kafka_source;
-pub mod outputs;
-pub mod pg_sink;
-pub mod router;
-pub mod simulator_source;
-pub mod progress;
-pub mod sink;
-pub mod source;
-pub mod supervisor;
-#[cfg(feature = "test_util")]
-pub mod test_util;
+//! It is the only place that knows every concrete source and sink type; the actors themselves
+//! only know the messages in `ports/`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,28 +19,23 @@ use meltstream_engine::decode::DecodeLimits;
 use meltstream_engine::restart_budget::RestartBudget;
 use meltstream_engine::topology::{expand_env, SinkKind, SourceKind, Topology};
 
-use crate::commit_coordinator::{CommitCoordinator, CommitMsg};
 use crate::engine_stats::EngineStats;
-use crate::file_sink::{FileSink, NullSink};
-use crate::file_source::{FileSource, FileSourceArgs, FileSourceMsg};
-use crate::kafka_sink::KafkaSink;
-use crate::kafka_source::{KafkaSource, KafkaSourceArgs, KafkaSourceMsg};
-use crate::pg_sink::PgSink;
-use crate::progress::{resume_offsets, ProgressBoard, StoredProgress};
-use crate::outputs::{Outputs, SinkHandle};
-use crate::router::{Router, RouterArgs, RouterMsg};
-use crate::simulator_source::{GeneratorConfig, SimulatorArgs, SimulatorMsg, SimulatorSource};
-use crate::sink::{BoxedWriter, SinkActor, SinkArgs};
-use crate::source::SourceCtx;
-use crate::supervisor::{Started, Supervisor, SupervisorArgs, SupervisorMsg};
-use crate::watermark_coordinator::{WatermarkArgs, WatermarkCoordinator, WatermarkMsg};
-
-pub mod watermark_coordinator;
-
-/// Wall clock, ns since the epoch.
-pub fn now_wall_ns() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
-}
+use crate::ports::messages::{CommitMsg, RouterMsg, Started, SupervisorMsg, WatermarkMsg};
+use crate::ports::source_ctx::SourceCtx;
+use crate::progress::{resume_offsets, ProgressBoard, StoredProgress, Written};
+use crate::sinks::file::{FileSink, NullSink};
+use crate::sinks::kafka::KafkaSink;
+use crate::sinks::postgres::PgSink;
+use crate::sinks::sink_actor::{SinkActor, SinkArgs};
+use crate::sinks::writer::BoxedWriter;
+use crate::sources::file::{FileSource, FileSourceArgs, FileSourceMsg};
+use crate::sources::kafka::{KafkaSource, KafkaSourceArgs, KafkaSourceMsg};
+use crate::sources::simulator::{GeneratorConfig, SimulatorArgs, SimulatorMsg, SimulatorSource};
+use crate::tree::commit_coordinator::CommitCoordinator;
+use crate::tree::outputs::{DeadLetterDesk, Outputs, SinkHandle};
+use crate::tree::router::{Router, RouterArgs};
+use crate::tree::supervisor::{Supervisor, SupervisorArgs};
+use crate::tree::watermark_coordinator::{WatermarkArgs, WatermarkCoordinator};
 
 /// Why the engine could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -171,7 +146,7 @@ impl EngineBuilder {
         let restart = Arc::new(AtomicBool::new(false));
         let board = ProgressBoard::default();
         // Writers first: the transactional ones tell where the sources resume.
-        let mut writers: Vec<(BoxedWriter, u64, Option<StoredProgress>, progress::Written)> = Vec::new();
+        let mut writers: Vec<(BoxedWriter, u64, Option<StoredProgress>, Written)> = Vec::new();
         for s in &t.sinks {
             let (mut writer, flush_ms): (BoxedWriter, u64) = match self.writers.remove(&s.name) {
                 Some(w) => (w, 50),
@@ -218,7 +193,7 @@ impl EngineBuilder {
             build_idle: Duration::from_millis(e.build_idle_timeout_ms),
             restarts: RestartBudget::new(e.max_restarts, e.max_restart_window_s as i64 * 1_000_000_000),
             stats: stats.clone(),
-            dead_letters: outputs::DeadLetterDesk { source_names: source_names.clone(), board: board.clone(), stats: stats.clone() },
+            dead_letters: DeadLetterDesk { source_names: source_names.clone(), board: board.clone(), stats: stats.clone() },
         };
         let (router, _) = Actor::spawn_linked(None, Router, router_args, sup_cell.clone()).await.map_err(|e| start_err("router", e))?;
         let ms = 1_000_000i64;
@@ -289,7 +264,7 @@ impl EngineBuilder {
             }
         }
         supervisor
-            .cast(SupervisorMsg::Started(Box::new(Started { sources, router, commit: commit.clone(), outputs: outputs.clone() })))
+            .cast(SupervisorMsg::Started(Box::new(Started { sources, router, commit: commit.clone(), sinks: outputs.sinks().iter().map(|s| (s.name.clone(), s.actor.clone())).collect() })))
             .map_err(|e| start_err("supervisor", e))?;
         Ok(EngineHandle { supervisor, join, failure, restart, stats, outputs, watermarks, commit, progress: board })
     }
@@ -332,7 +307,7 @@ async fn stored_progress(name: &str, writer: &mut BoxedWriter) -> Result<Option<
                 }
                 return Ok(p);
             }
-            Err(crate::sink::SinkError::Retryable { message, .. }) if std::time::Instant::now() < deadline => {
+            Err(crate::sinks::writer::SinkError::Retryable { message, .. }) if std::time::Instant::now() < deadline => {
                 tracing::warn!(sink = name, error = %message, backoff_ms = backoff.as_millis() as u64, "cannot read stored progress yet; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));

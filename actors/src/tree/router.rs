@@ -17,40 +17,22 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::sync::Semaphore;
 
-use meltstream_engine::batch::{InputId, RecordBatch};
+use meltstream_engine::batch::RecordBatch;
 use meltstream_engine::build_processor::{BuildProcessor, BuildSettings};
 use meltstream_engine::event::{BuildId, TimeNs};
 use meltstream_engine::offset_ledger::{HoldSet, HolderId};
 use meltstream_engine::records::{DeadLetterRecord, Emitted, OutputRecord};
 use meltstream_engine::restart_budget::RestartBudget;
 
-use crate::build_actor::{BuildActor, BuildArgs, BuildMsg, BuildSlot, Inbound, SharedSlot};
-use crate::commit_coordinator::CommitMsg;
+use crate::tree::build_actor::{BuildActor, BuildArgs, BuildMsg, BuildSlot, Inbound, SharedSlot};
+use crate::ports::messages::CommitMsg;
 use crate::engine_stats::EngineStats;
-use crate::now_wall_ns;
-use crate::outputs::{DeadLetterDesk, Outputs};
-use crate::watermark_coordinator::WatermarkMsg;
-
-/// Messages of the router.
-pub enum RouterMsg {
-    /// A decoded source batch, its source-queue credit, and its arrival wall time.
-    Batch(RecordBatch, Option<OwnedSemaphorePermit>, i64),
-    /// The input has no more data.
-    InputEnded(InputId),
-    /// The watermark advanced (from the coordinator).
-    Watermark(TimeNs),
-    /// A build's `build_end` is behind the watermark.
-    BuildFinished(BuildId),
-    /// Periodic: idle builds.
-    Tick,
-    /// Close every build and reply when their results are with the sinks.
-    Drain(RpcReplyPort<()>, bool),
-    /// Set the watermark coordinator (it is started after the router).
-    SetCoordinator(ActorRef<WatermarkMsg>),
-}
+use crate::ports::clock::now_wall_ns;
+use crate::tree::outputs::{DeadLetterDesk, Outputs};
+use crate::ports::messages::{RouterMsg, WatermarkMsg};
 
 /// Arguments of the router.
 pub struct RouterArgs {

@@ -20,6 +20,7 @@
 pub mod engine_stats;
 pub mod ports;
 pub mod progress;
+pub mod retry;
 pub mod sinks;
 pub mod sources;
 #[cfg(feature = "test_util")]

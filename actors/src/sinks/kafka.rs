@@ -49,6 +49,7 @@ use meltstream_engine::topology::KafkaSinkConfig;
 
 use crate::ports::clock::now_wall_ns;
 use crate::progress::{Checkpoint, Progress, ProgressBoard, StoredProgress, TopicPartition, Written};
+use crate::retry::{retry, Backoff};
 use crate::sinks::writer::{SinkError, SinkWriter};
 
 use metadata::{out_field, parse_metadata, parse_position, TxSpan, POSITION_HEADER};
@@ -66,7 +67,9 @@ struct Buffered {
 
 /// Test hook: with `MELTSTREAM_FAULT_ABORT_AFTER_KAFKA_TX=n`, the process aborts right after
 /// its n-th committed transaction that held records — the instant at which the topic holds
-/// records that the stored progress does not cover yet. `tests/exactly_once.rs` uses it.
+/// records that the stored progress does not cover yet. `tests/exactly_once.rs` uses it. Only
+/// in builds with the `fault-injection` feature (the tests'), never in a release binary.
+#[cfg(feature = "fault-injection")]
 fn fault_abort_after(n: u64) {
     static AT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
     if *AT.get_or_init(|| std::env::var("MELTSTREAM_FAULT_ABORT_AFTER_KAFKA_TX").ok().and_then(|v| v.parse().ok())) == Some(n) {
@@ -305,18 +308,27 @@ impl KafkaSink {
                 rec = rec.headers(OwnedHeaders::new().insert(Header { key: POSITION_HEADER, value: Some(v.as_bytes()) }));
                 tx.1.max_pos.entry(tp.clone()).and_modify(|m| *m = (*m).max(*o)).or_insert(*o);
             }
-            loop {
-                match producer.send_result(rec) {
-                    Ok(d) => {
-                        deliveries.push(d);
-                        break;
-                    }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        rec = r;
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                    Err((e, _)) => return Err(self.classify("producing", e, &tx)),
-                }
+            // The producer's queue is full: wait for librdkafka to send some, every 5 ms.
+            let sent = retry(
+                Backoff::fixed(Duration::from_millis(5)),
+                &mut Some(rec),
+                |unsent| {
+                    let sent = match unsent.take() {
+                        Some(r) => producer.send_result(r).map_err(|(e, r)| {
+                            *unsent = Some(r);
+                            e
+                        }),
+                        None => Err(KafkaError::Canceled),
+                    };
+                    Box::pin(std::future::ready(sent))
+                },
+                |e| matches!(e, KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)),
+                |_, _| {},
+            )
+            .await;
+            match sent {
+                Ok(d) => deliveries.push(d),
+                Err(e) => return Err(self.classify("producing", e, &tx)),
             }
         }
         for d in deliveries {
@@ -375,6 +387,7 @@ impl KafkaSink {
         if !tx.1.first_out.is_empty() {
             self.uncovered.push(tx.1);
             self.txs_with_records += 1;
+            #[cfg(feature = "fault-injection")]
             fault_abort_after(self.txs_with_records);
         }
         Ok(())

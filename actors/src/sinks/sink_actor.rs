@@ -32,6 +32,7 @@ use crate::engine_stats::{EngineStats, LatencyKind, LatencyStage};
 use crate::ports::clock::now_wall_ns;
 use crate::ports::messages::{CommitMsg, SinkMsg};
 use crate::progress::{Checkpoint, ProgressBoard, StoredProgress, Written};
+use crate::retry::{retry, Backoff};
 use crate::sinks::writer::{BoxedWriter, SinkError};
 
 /// Arguments of a sink actor.
@@ -72,24 +73,24 @@ pub struct SinkActor;
 /// Writes `records` (or, with `None`, flushes), retrying a retryable failure with exponential
 /// backoff (50 ms doubling to 5 s); a fatal one fails the actor.
 async fn with_retries(name: &str, writer: &mut BoxedWriter, records: Option<&[Emitted]>, checkpoint: &Checkpoint) -> Result<(), ActorProcessingErr> {
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        let res = match records {
-            Some(r) => writer.write(r).await,
-            None => writer.flush(checkpoint).await,
-        };
-        match res {
-            Ok(()) => return Ok(()),
-            Err(SinkError::Retryable { sink, message }) => {
-                let what = if records.is_some() { "write" } else { "flush" };
+    let what = if records.is_some() { "write" } else { "flush" };
+    retry(
+        Backoff::exponential(Duration::from_millis(50), Duration::from_secs(5)),
+        &mut (writer, records, checkpoint),
+        |(writer, records, checkpoint)| match records {
+            Some(r) => writer.write(r),
+            None => writer.flush(checkpoint),
+        },
+        |e| matches!(e, SinkError::Retryable { .. }),
+        |e, backoff| {
+            if let SinkError::Retryable { sink, message } = e {
                 tracing::warn!(sink = %sink, error = %message, backoff_ms = backoff.as_millis() as u64, "sink {what} failed, retrying");
-                metrics::counter!("meltstream_sink_retries_total", "sink" => name.to_owned()).increment(1);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
-            Err(e @ SinkError::Fatal { .. }) => return Err(Box::new(e)),
-        }
-    }
+            metrics::counter!("meltstream_sink_retries_total", "sink" => name.to_owned()).increment(1);
+        },
+    )
+    .await
+    .map_err(|e| Box::new(e) as ActorProcessingErr)
 }
 
 impl SinkState {

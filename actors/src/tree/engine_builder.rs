@@ -27,7 +27,8 @@ use crate::sinks::file::{FileSink, NullSink};
 use crate::sinks::kafka::KafkaSink;
 use crate::sinks::postgres::PgSink;
 use crate::sinks::sink_actor::{SinkActor, SinkArgs};
-use crate::sinks::writer::BoxedWriter;
+use crate::retry::{retry, Backoff};
+use crate::sinks::writer::{BoxedWriter, SinkError};
 use crate::sources::file::{FileSource, FileSourceArgs, FileSourceMsg};
 use crate::sources::kafka::{KafkaSource, KafkaSourceArgs, KafkaSourceMsg};
 use crate::sources::simulator::{GeneratorConfig, SimulatorArgs, SimulatorMsg, SimulatorSource};
@@ -131,7 +132,8 @@ impl EngineBuilder {
         self
     }
 
-    /// Adjusts what builds compute (tests: fault injection).
+    /// Adjusts what builds compute (tests; the fault-injection settings exist only with the
+    /// `fault-injection` feature).
     pub fn build_settings(mut self, f: impl FnOnce(&mut BuildSettings)) -> EngineBuilder {
         f(&mut self.settings);
         self
@@ -297,22 +299,22 @@ fn make_writer(t: &Topology, name: &str, kind: &SinkKind, board: &ProgressBoard)
 /// What a transactional sink stored, retrying while its service is unreachable (up to a
 /// minute, then the engine refuses to start with the reason).
 async fn stored_progress(name: &str, writer: &mut BoxedWriter) -> Result<Option<StoredProgress>, EngineError> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match writer.stored_progress().await {
-            Ok(p) => {
-                if let Some(p) = &p {
-                    tracing::info!(sink = name, partitions = p.len(), "read stored progress");
-                }
-                return Ok(p);
-            }
-            Err(crate::sinks::writer::SinkError::Retryable { message, .. }) if std::time::Instant::now() < deadline => {
+    let backoff = Backoff::exponential(Duration::from_millis(100), Duration::from_secs(5)).give_up_after(Duration::from_secs(60));
+    let stored = retry(
+        backoff,
+        writer,
+        |writer| writer.stored_progress(),
+        |e| matches!(e, SinkError::Retryable { .. }),
+        |e, backoff| {
+            if let SinkError::Retryable { message, .. } = e {
                 tracing::warn!(sink = name, error = %message, backoff_ms = backoff.as_millis() as u64, "cannot read stored progress yet; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
-            Err(e) => return Err(start_err(&format!("sink {name}"), e)),
-        }
+        },
+    )
+    .await
+    .map_err(|e| start_err(&format!("sink {name}"), e))?;
+    if let Some(p) = &stored {
+        tracing::info!(sink = name, partitions = p.len(), "read stored progress");
     }
+    Ok(stored)
 }

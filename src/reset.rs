@@ -8,7 +8,7 @@ use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::ClientConfig;
 
-use meltstream_actors::pg_sink::reset_pipeline;
+use meltstream_actors::sinks::postgres::admin::reset_pipeline;
 use meltstream_engine::topology::{expand_env, SinkKind, SourceKind, Topology};
 
 /// Resets every store of `t`; prints what it did.

@@ -13,6 +13,10 @@
 //! Each one's PostgreSQL tables and its `read_committed` Kafka output must equal the
 //! reference's, row for row and record for record.
 
+// The fault hooks this test relies on are compiled only with the `fault-injection` feature.
+#[cfg(not(feature = "fault-injection"))]
+compile_error!("tests/exactly_once.rs uses the fault-injection hooks: build with --features fault-injection (scripts/test does)");
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -2,6 +2,10 @@
 //! every other record is processed; a record that crashes a build actor is dead-lettered and the
 //! actor restarted on its state.
 
+// The fault hooks this test relies on are compiled only with the `fault-injection` feature.
+#[cfg(not(feature = "fault-injection"))]
+compile_error!("tests/late_and_bad_input.rs uses the fault-injection hooks: build with --features fault-injection (scripts/test does)");
+
 mod support;
 
 use meltstream_actors::engine_stats::EngineStats;

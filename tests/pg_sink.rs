@@ -6,9 +6,10 @@
 
 use std::collections::BTreeMap;
 
-use meltstream_actors::pg_sink::{query_text, reset_pipeline, row_counts, PgSink};
+use meltstream_actors::sinks::postgres::admin::{query_text, reset_pipeline, row_counts};
+use meltstream_actors::sinks::postgres::PgSink;
 use meltstream_actors::progress::{Checkpoint, Progress, StoredProgress};
-use meltstream_actors::sink::{SinkError, SinkWriter};
+use meltstream_actors::sinks::writer::{SinkError, SinkWriter};
 use meltstream_engine::offset_ledger::HoldSet;
 use meltstream_engine::records::{Anomaly, DeadLetterRecord, Emitted, GridCell, GridMap, LateRecord, LayerSummary, OutputRecord, WindowResult};
 use meltstream_engine::analytics::stats::ChannelSummary;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use meltstream_engine::records::{Emitted, OutputRecord};
 
 use crate::progress::Checkpoint;
-use crate::sink::{SinkError, SinkWriter};
+use crate::sinks::writer::{SinkError, SinkWriter};
 
 /// Collects every record it is given; they count as durable on flush.
 #[derive(Clone, Default)]

@@ -8,7 +8,7 @@ use tokio::io::AsyncWriteExt;
 use meltstream_engine::records::Emitted;
 
 use crate::progress::Checkpoint;
-use crate::sink::{SinkError, SinkWriter};
+use crate::sinks::writer::{SinkError, SinkWriter};
 
 /// Writes JSON lines to a file.
 pub struct FileSink {

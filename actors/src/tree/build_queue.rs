@@ -30,19 +30,9 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 use meltstream_engine::input::batch::RecordBatch;
-use meltstream_engine::input::event::TimeNs;
 
 use crate::memory_budget::MemoryPermit;
-
-/// A watermark and the wall time (ns) at which it was computed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StampedWatermark {
-    /// Event time, ns.
-    pub wm: TimeNs,
-    /// Wall clock when the watermark coordinator computed it (for coalesced advances, the
-    /// earliest of them), ns.
-    pub computed_wall_ns: i64,
-}
+use crate::ports::messages::StampedWatermark;
 
 /// One batch part for one build.
 pub struct QueuedBatch {
@@ -189,6 +179,7 @@ impl QueueReceiver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use meltstream_engine::input::event::TimeNs;
 
     fn part(seq: u64) -> QueuedBatch {
         let mut b = RecordBatch::default();

@@ -23,42 +23,22 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use meltstream_engine::input::batch::RecordBatch;
-use meltstream_engine::input::event::{BuildId, InputId, TimeNs};
+use meltstream_engine::input::event::{BuildId, TimeNs};
 use meltstream_engine::pipeline::build_pipeline::{BuildPipeline, BuildSettings};
 use meltstream_engine::offset_ledger::{HoldSet, HolderId};
 use meltstream_engine::records::{DeadLetterRecord, Emitted, OutputRecord};
 use meltstream_engine::restart_budget::RestartBudget;
 
-use crate::build_actor::{BuildActor, BuildArgs, BuildMsg, BuildSlot, SharedSlot};
-use crate::build_queue::{build_queue, BuildQueue, QueuedBatch, StampedWatermark};
-use crate::memory_budget::{batch_bytes, MemoryBudget, Stage};
-use crate::source::SourceCredit;
-use crate::commit_coordinator::CommitMsg;
 use crate::engine_stats::EngineStats;
-use crate::now_wall_ns;
-use crate::outputs::{DeadLetterDesk, Outputs};
-use crate::watermark_coordinator::WatermarkMsg;
-
-/// Messages of the router.
-pub enum RouterMsg {
-    /// A decoded source batch, its source-queue credit, and its arrival wall time.
-    Batch(RecordBatch, Option<SourceCredit>, i64),
-    /// The input has no more data.
-    InputEnded(InputId),
-    /// The watermark advanced (from the coordinator), stamped with when it was computed.
-    Watermark(StampedWatermark),
-    /// A build's `build_end` is behind the watermark.
-    BuildFinished(BuildId),
-    /// Periodic: idle builds.
-    Tick,
-    /// Close every build and reply when their results are with the sinks.
-    Drain(RpcReplyPort<()>, bool),
-    /// Set the watermark coordinator (it is started after the router).
-    SetCoordinator(ActorRef<WatermarkMsg>),
-}
+use crate::memory_budget::{batch_bytes, MemoryBudget, Stage};
+use crate::ports::clock::now_wall_ns;
+use crate::ports::messages::{CommitMsg, RouterMsg, StampedWatermark, WatermarkMsg};
+use crate::tree::build_actor::{BuildActor, BuildArgs, BuildMsg, BuildSlot, SharedSlot};
+use crate::tree::build_queue::{build_queue, BuildQueue, QueuedBatch};
+use crate::tree::outputs::{DeadLetterDesk, Outputs};
 
 /// Arguments of the router.
 pub struct RouterArgs {

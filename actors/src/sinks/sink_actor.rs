@@ -1,6 +1,7 @@
-//! Sink actors: take records in batches, write them through a [`SinkWriter`], and once the
-//! writer says they are durable, acknowledge their holds to the commit coordinator so that the
-//! source offsets behind them may be committed.
+//! Sink actors: take records in batches, write them through a
+//! [`SinkWriter`](crate::sinks::writer::SinkWriter), and once the writer says they are durable,
+//! acknowledge their holds to the commit coordinator so that the source offsets behind them may
+//! be committed.
 //!
 //! # Backpressure
 //! Every delivery carries permits of the sink's semaphore (one per record) and of the sinks'
@@ -22,114 +23,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::sync::OwnedSemaphorePermit;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use meltstream_engine::offset_ledger::Hold;
 use meltstream_engine::records::Emitted;
 
-use crate::commit_coordinator::CommitMsg;
 use crate::engine_stats::{EngineStats, LatencyKind, LatencyStage};
-use crate::memory_budget::MemoryPermit;
-use crate::now_wall_ns;
+use crate::ports::clock::now_wall_ns;
+use crate::ports::messages::{CommitMsg, SinkMsg};
 use crate::progress::{Checkpoint, ProgressBoard, StoredProgress, Written};
-
-type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
-
-/// Where records end up. `write` may buffer; `flush` makes everything written so far durable.
-pub trait SinkWriter: Send + 'static {
-    /// Buffers or writes records.
-    fn write(&mut self, records: &[Emitted]) -> impl std::future::Future<Output = Result<(), SinkError>> + Send;
-    /// Makes everything written durable; a transactional sink stores `checkpoint` atomically
-    /// with it (a flush with no records then stores just the checkpoint).
-    fn flush(&mut self, checkpoint: &Checkpoint) -> impl std::future::Future<Output = Result<(), SinkError>> + Send;
-    /// For a transactional sink, the progress it stored (read once, before the engine starts);
-    /// `None` for a sink that stores none.
-    fn stored_progress(&mut self) -> impl std::future::Future<Output = Result<Option<StoredProgress>, SinkError>> + Send {
-        async { Ok(None) }
-    }
-    /// After [`SinkWriter::stored_progress`]: source positions at or above the stored
-    /// emitted-through whose records are nevertheless durable here (a sink without keys, whose
-    /// last transactions held records ahead of the progress stored with them).
-    fn take_written(&mut self) -> Written {
-        Written::new()
-    }
-}
-
-/// What a delivery to a sink holds until its records are durable: places in the sink's queue
-/// (one per record) and the records' bytes in the sinks' share of the memory budget.
-pub struct SinkCredit {
-    _queue: OwnedSemaphorePermit,
-    _memory: Option<MemoryPermit>,
-}
-
-impl SinkCredit {
-    /// A credit of the sink's queue and the memory it pays for.
-    pub fn new(queue: OwnedSemaphorePermit, memory: Option<MemoryPermit>) -> SinkCredit {
-        SinkCredit { _queue: queue, _memory: memory }
-    }
-}
-
-/// An object-safe wrapper so that a topology can hold sinks of different types.
-pub type BoxedWriter = Box<dyn DynWriter>;
-
-/// Object-safe form of [`SinkWriter`].
-pub trait DynWriter: Send + 'static {
-    /// See [`SinkWriter::write`].
-    fn write<'a>(&'a mut self, records: &'a [Emitted]) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SinkError>> + Send + 'a>>;
-    /// See [`SinkWriter::flush`].
-    fn flush<'a>(&'a mut self, checkpoint: &'a Checkpoint) -> BoxFuture<'a, Result<(), SinkError>>;
-    /// See [`SinkWriter::stored_progress`].
-    fn stored_progress(&mut self) -> BoxFuture<'_, Result<Option<StoredProgress>, SinkError>>;
-    /// See [`SinkWriter::take_written`].
-    fn take_written(&mut self) -> Written;
-}
-
-impl<W: SinkWriter> DynWriter for W {
-    fn write<'a>(&'a mut self, records: &'a [Emitted]) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SinkError>> + Send + 'a>> {
-        Box::pin(SinkWriter::write(self, records))
-    }
-    fn flush<'a>(&'a mut self, checkpoint: &'a Checkpoint) -> BoxFuture<'a, Result<(), SinkError>> {
-        Box::pin(SinkWriter::flush(self, checkpoint))
-    }
-    fn stored_progress(&mut self) -> BoxFuture<'_, Result<Option<StoredProgress>, SinkError>> {
-        Box::pin(SinkWriter::stored_progress(self))
-    }
-    fn take_written(&mut self) -> Written {
-        SinkWriter::take_written(self)
-    }
-}
-
-/// A sink failure.
-#[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    /// Transient: retrying may help (the sink retries with backoff).
-    #[error("sink {sink}: {message} (will retry)")]
-    Retryable {
-        /// The sink.
-        sink: String,
-        /// What failed.
-        message: String,
-    },
-    /// Permanent: the sink fails and its supervisor decides.
-    #[error("sink {sink}: {message}")]
-    Fatal {
-        /// The sink.
-        sink: String,
-        /// What failed.
-        message: String,
-    },
-}
-
-/// Messages of a sink actor.
-pub enum SinkMsg {
-    /// Records, with one permit each of the sink's queue.
-    Records(Vec<Emitted>, SinkCredit),
-    /// Periodic flush.
-    Tick,
-    /// Flush everything and reply when durable.
-    Drain(RpcReplyPort<()>),
-}
+use crate::retry::{retry, Backoff};
+use crate::ports::credits::SinkCredit;
+use crate::sinks::writer::{BoxedWriter, SinkError};
 
 /// Arguments of a sink actor.
 pub struct SinkArgs {
@@ -147,7 +52,8 @@ pub struct SinkArgs {
     pub board: ProgressBoard,
     /// What a transactional writer stored before this run (`None`: not transactional).
     pub stored: Option<StoredProgress>,
-    /// Positions the writer holds beyond what it stored (see [`SinkWriter::take_written`]).
+    /// Positions the writer holds beyond what it stored (see
+    /// [`SinkWriter::take_written`](crate::sinks::writer::SinkWriter::take_written)).
     pub written: Written,
 }
 
@@ -168,24 +74,24 @@ pub struct SinkActor;
 /// Writes `records` (or, with `None`, flushes), retrying a retryable failure with exponential
 /// backoff (50 ms doubling to 5 s); a fatal one fails the actor.
 async fn with_retries(name: &str, writer: &mut BoxedWriter, records: Option<&[Emitted]>, checkpoint: &Checkpoint) -> Result<(), ActorProcessingErr> {
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        let res = match records {
-            Some(r) => writer.write(r).await,
-            None => writer.flush(checkpoint).await,
-        };
-        match res {
-            Ok(()) => return Ok(()),
-            Err(SinkError::Retryable { sink, message }) => {
-                let what = if records.is_some() { "write" } else { "flush" };
+    let what = if records.is_some() { "write" } else { "flush" };
+    retry(
+        Backoff::exponential(Duration::from_millis(50), Duration::from_secs(5)),
+        &mut (writer, records, checkpoint),
+        |(writer, records, checkpoint)| match records {
+            Some(r) => writer.write(r),
+            None => writer.flush(checkpoint),
+        },
+        |e| matches!(e, SinkError::Retryable { .. }),
+        |e, backoff| {
+            if let SinkError::Retryable { sink, message } = e {
                 tracing::warn!(sink = %sink, error = %message, backoff_ms = backoff.as_millis() as u64, "sink {what} failed, retrying");
-                metrics::counter!("meltstream_sink_retries_total", "sink" => name.to_owned()).increment(1);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
-            Err(e @ SinkError::Fatal { .. }) => return Err(Box::new(e)),
-        }
-    }
+            metrics::counter!("meltstream_sink_retries_total", "sink" => name.to_owned()).increment(1);
+        },
+    )
+    .await
+    .map_err(|e| Box::new(e) as ActorProcessingErr)
 }
 
 impl SinkState {

@@ -12,9 +12,11 @@ use meltstream_engine::records::{DeadLetterRecord, Emitted};
 use meltstream_engine::topology::RecordKind;
 
 use crate::engine_stats::EngineStats;
-use crate::progress::ProgressBoard;
+use crate::ports::inputs::source_index;
 use crate::memory_budget::{records_bytes, MemoryBudget, Stage};
-use crate::sink::{SinkCredit, SinkMsg};
+use crate::ports::credits::SinkCredit;
+use crate::ports::messages::SinkMsg;
+use crate::progress::ProgressBoard;
 
 /// One sink as seen by the producers.
 #[derive(Clone)]
@@ -122,7 +124,7 @@ pub struct DeadLetterDesk {
 impl DeadLetterDesk {
     /// Fills in `r`'s source, topic and partition from its input; logs and counts it.
     pub fn file(&self, r: &mut DeadLetterRecord) {
-        r.source = self.source_names.get(crate::kafka_source::source_index(r.input)).cloned().unwrap_or_default();
+        r.source = self.source_names.get(source_index(r.input)).cloned().unwrap_or_default();
         let (topic, partition) = self.board.partition_of(r.input).map_or((None, None), |(t, p)| (Some(t), Some(p)));
         r.topic = topic;
         r.partition = partition;

@@ -8,31 +8,12 @@
 
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use meltstream_engine::input::event::{InputId, TimeNs};
 use meltstream_engine::windows::watermark::WatermarkTracker;
 
-use crate::build_queue::StampedWatermark;
-use crate::now_wall_ns;
-use crate::router::RouterMsg;
-
-/// Messages of the watermark coordinator.
-pub enum WatermarkMsg {
-    /// An input exists (it holds the watermark until it has data, idles or ends).
-    Register(InputId),
-    /// The router forwarded data of `input` up to this event time; replies with the new
-    /// watermark if it advanced, so that the router queues it right behind that data.
-    Observe(InputId, TimeNs, RpcReplyPort<Option<StampedWatermark>>),
-    /// The input has a backlog (records not read yet): it is not idle.
-    Backlog(InputId),
-    /// The input ended.
-    Finish(InputId),
-    /// Periodic: idleness and publication.
-    Tick,
-    /// The current watermark.
-    Current(RpcReplyPort<TimeNs>),
-}
+use crate::ports::clock::now_wall_ns;
+use crate::ports::messages::{RouterMsg, StampedWatermark, WatermarkMsg};
 
 /// Arguments: bound, idle timeout, publication period, and the router.
 pub struct WatermarkArgs {

@@ -9,16 +9,16 @@
 use std::sync::Arc;
 
 use ractor::ActorRef;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
 use meltstream_engine::input::batch::RecordBatch;
 use meltstream_engine::input::event::InputId;
 use meltstream_engine::topology::WhenFull;
 
 use crate::engine_stats::EngineStats;
-use crate::memory_budget::{batch_bytes, MemoryBudget, MemoryPermit, Stage};
-use crate::router::RouterMsg;
-use crate::supervisor::SupervisorMsg;
+use crate::memory_budget::{batch_bytes, MemoryBudget, Stage};
+use crate::ports::credits::SourceCredit;
+use crate::ports::messages::{RouterMsg, SupervisorMsg};
 
 /// A source's link to the engine.
 #[derive(Clone)]
@@ -39,20 +39,6 @@ pub struct SourceCtx {
     pub budget: MemoryBudget,
     /// The supervisor, told when the source ends.
     pub supervisor: ActorRef<SupervisorMsg>,
-}
-
-/// What a batch on its way to the router holds: its place in the source queue and its bytes in
-/// the sources' share of the memory budget. Dropped once the batch is routed.
-pub struct SourceCredit {
-    _queue: OwnedSemaphorePermit,
-    _memory: Option<MemoryPermit>,
-}
-
-impl SourceCredit {
-    /// A credit of the source queue and the memory it pays for.
-    pub fn new(queue: OwnedSemaphorePermit, memory: Option<MemoryPermit>) -> SourceCredit {
-        SourceCredit { _queue: queue, _memory: memory }
-    }
 }
 
 impl SourceCtx {

@@ -25,18 +25,17 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use meltstream_engine::input::batch::RecordBatch;
 use meltstream_engine::input::event::BuildId;
 use meltstream_engine::input::reject::{DeadLetter, RejectReason};
-use meltstream_engine::pipeline::build_pipeline::BuildPipeline;
 use meltstream_engine::offset_ledger::{HoldSet, HolderId};
+use meltstream_engine::pipeline::build_pipeline::BuildPipeline;
 use meltstream_engine::pipeline::operator::Ctx;
 use meltstream_engine::records::{DeadLetterRecord, Emitted, OutputRecord};
 
-use crate::build_queue::{BuildQueue, Next, QueueReceiver, QueuedBatch, StampedWatermark};
-use crate::commit_coordinator::CommitMsg;
 use crate::engine_stats::EngineStats;
 use crate::memory_budget::MemoryPermit;
-use crate::now_wall_ns;
-use crate::outputs::{DeadLetterDesk, Outputs};
-use crate::router::RouterMsg;
+use crate::ports::clock::now_wall_ns;
+use crate::ports::messages::{CommitMsg, RouterMsg, StampedWatermark};
+use crate::tree::build_queue::{BuildQueue, Next, QueueReceiver, QueuedBatch};
+use crate::tree::outputs::{DeadLetterDesk, Outputs};
 
 /// A batch being processed, kept so that a restart knows which block failed.
 pub struct InFlight {

@@ -10,49 +10,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use meltstream_engine::input::batch::SourceSpan;
 use meltstream_engine::input::event::InputId;
-use meltstream_engine::offset_ledger::{Hold, HoldSet, HolderId, OffsetLedger};
+use meltstream_engine::offset_ledger::{HolderId, OffsetLedger};
 
 use crate::engine_stats::EngineStats;
+use crate::ports::messages::{CommitListener, CommitMsg};
 use crate::progress::{Progress, ProgressBoard};
-
-/// Told to a source when its committable offset moves.
-pub type CommitListener = Arc<dyn Fn(InputId, u64) + Send + Sync>;
-
-/// Messages of the commit coordinator.
-pub enum CommitMsg {
-    /// A batch entered the engine and will be released by `parts` consumers.
-    Register(SourceSpan, u32),
-    /// A build actor's progress: results it emitted (hold, deliveries), its current window
-    /// holds, and the batch it finished.
-    Progress {
-        /// The build actor.
-        holder: HolderId,
-        /// Deliveries made, per hold.
-        emitted: Vec<(Hold, u32)>,
-        /// Current window holds (replacing the previous ones).
-        holds: HoldSet,
-        /// The batch it finished, if any.
-        released: Option<Hold>,
-    },
-    /// Deliveries emitted outside a build (dead letters by the router).
-    Emitted(Vec<(Hold, u32)>),
-    /// Deliveries made durable by a sink.
-    Durable(Vec<(Hold, u32)>),
-    /// A consumer finished a batch without emitting (e.g. the router for dead letters only).
-    Release(Hold),
-    /// A build actor is gone: its window holds no longer count.
-    HolderGone(HolderId),
-    /// Listen for commits of an input.
-    Listen(InputId, CommitListener),
-    /// Recompute and publish committable offsets.
-    Tick,
-    /// Committed offsets now.
-    Committed(RpcReplyPort<HashMap<InputId, u64>>),
-}
 
 /// State of the commit coordinator.
 pub struct CommitState {

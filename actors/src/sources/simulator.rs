@@ -37,8 +37,8 @@ pub enum GeneratorConfig {
     R1(R1Config),
 }
 
-use crate::now_wall_ns;
-use crate::source::SourceCtx;
+use crate::ports::clock::now_wall_ns;
+use crate::ports::source_ctx::SourceCtx;
 
 /// Messages of the simulator source.
 pub enum SimulatorMsg {

@@ -13,8 +13,8 @@ use meltstream_engine::input::batch::RecordBatch;
 use meltstream_engine::input::decode::{DecodeLimits, Decoder};
 use meltstream_engine::input::reject::{DeadLetter, RejectReason};
 
-use crate::now_wall_ns;
-use crate::source::SourceCtx;
+use crate::ports::clock::now_wall_ns;
+use crate::ports::source_ctx::SourceCtx;
 
 /// Messages of the file source.
 pub enum FileSourceMsg {

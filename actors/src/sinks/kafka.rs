@@ -47,13 +47,16 @@ use rdkafka::types::RDKafkaErrorCode;
 use meltstream_engine::records::Emitted;
 use meltstream_engine::topology::KafkaSinkConfig;
 
+use crate::ports::clock::now_wall_ns;
 use crate::progress::{Checkpoint, Progress, ProgressBoard, StoredProgress, TopicPartition, Written};
-use crate::sink::{SinkError, SinkWriter};
+use crate::retry::{retry, Backoff};
+use crate::sinks::writer::{SinkError, SinkWriter};
+
+use metadata::{out_field, parse_metadata, parse_position, TxSpan, POSITION_HEADER};
+
+mod metadata;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The header that carries a record's source position.
-const POSITION_HEADER: &str = "meltstream-position";
 
 /// A record waiting for the next transaction.
 struct Buffered {
@@ -62,53 +65,17 @@ struct Buffered {
     position: Option<(TopicPartition, u64)>,
 }
 
-/// Where a committed transaction's records went, and the source positions they came from.
-#[derive(Clone, Debug, Default)]
-struct TxSpan {
-    /// First output offset per output partition.
-    first_out: BTreeMap<i32, i64>,
-    /// Highest source offset per source partition.
-    max_pos: BTreeMap<TopicPartition, u64>,
-}
-
-impl TxSpan {
-    /// True when `c` covers every position of the span: a replay drops them by emitted-through.
-    fn covered_by(&self, c: &Checkpoint) -> bool {
-        self.max_pos.iter().all(|(tp, &o)| c.entries.iter().any(|(t, p)| t == tp && o < p.emitted_through))
-    }
-}
-
-/// The `out` field: the lowest first offset per output partition over `spans`.
-fn out_field(spans: &[&TxSpan]) -> String {
-    let mut low: BTreeMap<i32, i64> = BTreeMap::new();
-    for (p, o) in spans.iter().flat_map(|s| s.first_out.iter()) {
-        low.entry(*p).and_modify(|x| *x = (*x).min(*o)).or_insert(*o);
-    }
-    low.iter().map(|(p, o)| format!("{p}@{o}")).collect::<Vec<_>>().join(",")
-}
-
 /// Test hook: with `MELTSTREAM_FAULT_ABORT_AFTER_KAFKA_TX=n`, the process aborts right after
 /// its n-th committed transaction that held records — the instant at which the topic holds
-/// records that the stored progress does not cover yet. `tests/exactly_once.rs` uses it.
+/// records that the stored progress does not cover yet. `tests/exactly_once.rs` uses it. Only
+/// in builds with the `fault-injection` feature (the tests'), never in a release binary.
+#[cfg(feature = "fault-injection")]
 fn fault_abort_after(n: u64) {
     static AT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
     if *AT.get_or_init(|| std::env::var("MELTSTREAM_FAULT_ABORT_AFTER_KAFKA_TX").ok().and_then(|v| v.parse().ok())) == Some(n) {
         eprintln!("meltstream: MELTSTREAM_FAULT_ABORT_AFTER_KAFKA_TX={n}: aborting after a Kafka commit");
         std::process::abort();
     }
-}
-
-/// Parses an `out` field.
-fn parse_out(v: &str) -> BTreeMap<i32, i64> {
-    v.split(',').filter_map(|e| e.split_once('@')).filter_map(|(p, o)| Some((p.parse().ok()?, o.parse().ok()?))).collect()
-}
-
-/// Parses a position header.
-fn parse_position(v: &[u8]) -> Option<(TopicPartition, u64)> {
-    let s = std::str::from_utf8(v).ok()?;
-    let (rest, offset) = s.rsplit_once(':')?;
-    let (topic, partition) = rest.rsplit_once(':')?;
-    Some(((topic.to_owned(), partition.parse().ok()?), offset.parse().ok()?))
 }
 
 /// The Kafka sink writer.
@@ -143,29 +110,6 @@ fn retryable(sink: &str, what: &str, e: impl std::fmt::Display) -> SinkError {
     SinkError::Retryable { sink: sink.to_owned(), message: format!("{what}: {e}") }
 }
 
-/// The fields of the metadata string written with an offset.
-#[derive(Debug, Default, PartialEq)]
-struct Metadata<'a> {
-    et: Option<u64>,
-    tx: Option<&'a str>,
-    out: BTreeMap<i32, i64>,
-}
-
-/// Parses the metadata string written with an offset.
-fn parse_metadata(s: &str) -> Metadata<'_> {
-    let mut m = Metadata::default();
-    for part in s.strip_prefix("meltstream:v1:").unwrap_or("").split(':') {
-        if let Some(v) = part.strip_prefix("et=") {
-            m.et = v.parse().ok();
-        } else if let Some(v) = part.strip_prefix("tx=") {
-            m.tx = Some(v);
-        } else if let Some(v) = part.strip_prefix("out=") {
-            m.out = parse_out(v);
-        }
-    }
-    m
-}
-
 impl KafkaSink {
     /// A sink named `name` committing offsets of `group_id` over `source_topics`.
     pub fn new(name: &str, config: KafkaSinkConfig, source_topics: Vec<String>, group_id: String, board: ProgressBoard) -> Result<KafkaSink, SinkError> {
@@ -175,7 +119,7 @@ impl KafkaSink {
             cc.set(k, v);
         }
         let consumer: BaseConsumer = cc.create().map_err(|e| SinkError::Fatal { sink: name.to_owned(), message: format!("creating the offsets client: {e}") })?;
-        let run_id = (crate::now_wall_ns() as u64 / 1_000_000) * 1000 + RUNS.fetch_add(1, Ordering::Relaxed) % 1000;
+        let run_id = (now_wall_ns() as u64 / 1_000_000) * 1000 + RUNS.fetch_add(1, Ordering::Relaxed) % 1000;
         Ok(KafkaSink {
             name: name.to_owned(),
             config,
@@ -364,18 +308,27 @@ impl KafkaSink {
                 rec = rec.headers(OwnedHeaders::new().insert(Header { key: POSITION_HEADER, value: Some(v.as_bytes()) }));
                 tx.1.max_pos.entry(tp.clone()).and_modify(|m| *m = (*m).max(*o)).or_insert(*o);
             }
-            loop {
-                match producer.send_result(rec) {
-                    Ok(d) => {
-                        deliveries.push(d);
-                        break;
-                    }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        rec = r;
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                    Err((e, _)) => return Err(self.classify("producing", e, &tx)),
-                }
+            // The producer's queue is full: wait for librdkafka to send some, every 5 ms.
+            let sent = retry(
+                Backoff::fixed(Duration::from_millis(5)),
+                &mut Some(rec),
+                |unsent| {
+                    let sent = match unsent.take() {
+                        Some(r) => producer.send_result(r).map_err(|(e, r)| {
+                            *unsent = Some(r);
+                            e
+                        }),
+                        None => Err(KafkaError::Canceled),
+                    };
+                    Box::pin(std::future::ready(sent))
+                },
+                |e| matches!(e, KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)),
+                |_, _| {},
+            )
+            .await;
+            match sent {
+                Ok(d) => deliveries.push(d),
+                Err(e) => return Err(self.classify("producing", e, &tx)),
             }
         }
         for d in deliveries {
@@ -434,6 +387,7 @@ impl KafkaSink {
         if !tx.1.first_out.is_empty() {
             self.uncovered.push(tx.1);
             self.txs_with_records += 1;
+            #[cfg(feature = "fault-injection")]
             fault_abort_after(self.txs_with_records);
         }
         Ok(())
@@ -494,22 +448,5 @@ impl SinkWriter for KafkaSink {
 
     fn take_written(&mut self) -> Written {
         std::mem::take(&mut self.written)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{parse_metadata, parse_position};
-    use std::collections::BTreeMap;
-
-    #[test]
-    fn metadata_round_trip() {
-        let m = parse_metadata("meltstream:v1:et=42:tx=9-3");
-        assert_eq!((m.et, m.tx), (Some(42), Some("9-3")));
-        let m = parse_metadata("meltstream:v1:et=42:tx=9-3:out=0@17,2@5");
-        assert_eq!(m.out, BTreeMap::from([(0, 17), (2, 5)]));
-        assert_eq!(parse_position(b"ispm-monitoring:3:1234"), Some((("ispm-monitoring".to_owned(), 3), 1234)));
-        assert_eq!(parse_metadata(""), Default::default());
-        assert_eq!(parse_metadata("someone else's"), Default::default());
     }
 }

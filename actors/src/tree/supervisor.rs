@@ -13,41 +13,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-use meltstream_engine::input::event::InputId;
-
-use crate::commit_coordinator::CommitMsg;
-use crate::outputs::Outputs;
-use crate::router::RouterMsg;
-use crate::sink::SinkMsg;
-
-/// Messages of the supervisor.
-pub enum SupervisorMsg {
-    /// A source has ended.
-    SourceDone(InputId),
-    /// Stop the sources and drain (SIGINT/SIGTERM).
-    Shutdown,
-    /// Stop as on a requested shutdown (open windows are not emitted where the sources are
-    /// replayable) and report [`crate::EngineError::Restart`], so that the caller starts the
-    /// engine again, from the stored progress. Sent by a Kafka source whose partitions were
-    /// revoked while running.
-    Restart(String),
-    /// The parts it supervises, once started.
-    Started(Box<Started>),
-}
-
-/// What the engine builder started under the supervisor.
-pub struct Started {
-    /// Sources, to be told to stop on shutdown.
-    pub sources: Vec<(ActorCell, Box<dyn Fn() + Send + Sync>)>,
-    /// The router.
-    pub router: ActorRef<RouterMsg>,
-    /// The commit coordinator.
-    pub commit: ActorRef<CommitMsg>,
-    /// The sinks.
-    pub outputs: Outputs,
-}
+use crate::ports::messages::{CommitMsg, RouterMsg, SinkMsg, Started, SupervisorMsg};
 
 /// Arguments: how many sources, and where to report a failure.
 pub struct SupervisorArgs {
@@ -98,8 +66,8 @@ impl SupervisorState {
             tracing::info!("stopping without emitting open windows: they are read again from the stored progress on restart");
         }
         ractor::call!(s.router, |r| RouterMsg::Drain(r, emit_open)).map_err(|e| format!("draining the router: {e}"))?;
-        for sink in s.outputs.sinks() {
-            ractor::call!(sink.actor, SinkMsg::Drain).map_err(|e| format!("draining sink {}: {e}", sink.name))?;
+        for (name, sink) in &s.sinks {
+            ractor::call!(sink, SinkMsg::Drain).map_err(|e| format!("draining sink {name}: {e}"))?;
         }
         let committed = ractor::call!(s.commit, CommitMsg::Committed).map_err(|e| format!("final commit: {e}"))?;
         tracing::info!(?committed, "drained; committed offsets");

@@ -42,12 +42,10 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::types::RDKafkaRespErr;
-use rdkafka::ClientContext;
+use rdkafka::topic_partition_list::TopicPartitionList;
 use tokio::sync::watch;
 
 use meltstream_engine::input::batch::{RecordBatch, SourceSpan};
@@ -56,28 +54,20 @@ use meltstream_engine::input::event::InputId;
 use meltstream_engine::input::reject::{DeadLetter, RejectReason};
 use meltstream_engine::topology::KafkaSourceConfig;
 
-use crate::now_wall_ns;
-use crate::progress::{ProgressBoard, TopicPartition};
+use crate::ports::clock::now_wall_ns;
+use crate::ports::inputs::kafka_input;
+use crate::ports::messages::WatermarkMsg;
 use crate::memory_budget::Stage;
-use crate::source::{SourceCredit, SourceCtx};
-use crate::supervisor::SupervisorMsg;
-use crate::watermark_coordinator::WatermarkMsg;
+use crate::ports::credits::SourceCredit;
+use crate::ports::source_ctx::SourceCtx;
+use crate::progress::{ProgressBoard, TopicPartition};
+
+use rebalance::Hooks;
+
+mod rebalance;
 
 /// How long a source waits for a credit before it pauses its partitions.
 const PAUSE_AFTER: Duration = Duration::from_millis(500);
-
-/// The input id of `partition` of the `topic`-th topic of source `source`.
-pub fn kafka_input(source: usize, topic: usize, partition: i32) -> InputId {
-    (((source as u32) + 1) << 24) | ((topic as u32 & 0xff) << 16) | (partition as u32 & 0xffff)
-}
-
-/// The index in the topology of the source that `input` belongs to.
-pub fn source_index(input: InputId) -> usize {
-    match input >> 24 {
-        0 => input as usize,
-        s => s as usize - 1,
-    }
-}
 
 /// Messages of the Kafka source actor.
 pub enum KafkaSourceMsg {
@@ -114,108 +104,6 @@ pub struct KafkaSourceState {
 
 /// The Kafka source actor.
 pub struct KafkaSource;
-
-/// Rebalance hook: positions assigned partitions at the stored progress and registers them.
-struct Hooks {
-    source_index: usize,
-    topics: Vec<String>,
-    resume: HashMap<TopicPartition, u64>,
-    board: ProgressBoard,
-    watermarks: ActorRef<WatermarkMsg>,
-    assigned: Arc<Mutex<BTreeMap<TopicPartition, InputId>>>,
-    name: String,
-    /// Told when partitions are revoked while running.
-    supervisor: ActorRef<SupervisorMsg>,
-    /// Set once the reader stops (closing the consumer revokes everything: that is no news).
-    stopping: AtomicBool,
-}
-
-impl ClientContext for Hooks {
-    /// Every `statistics.interval.ms`: a partition whose last stable offset is ahead of what
-    /// the engine has read has a backlog, and must not count as idle (or the watermark would run
-    /// ahead of it under backpressure and make its records late).
-    fn stats(&self, stats: rdkafka::Statistics) {
-        let assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
-        for ((topic, p), input) in assigned.iter() {
-            let Some(part) = stats.topics.get(topic).and_then(|t| t.partitions.get(p)) else { continue };
-            let end = if part.ls_offset >= 0 { part.ls_offset } else { part.hi_offset };
-            let read = if part.app_offset >= 0 { part.app_offset } else { part.next_offset };
-            // Unknown offsets (no fetch answer yet, broker down): data may still come; hold.
-            // One offset of slack: a transactional input ends with a commit marker that is never
-            // delivered.
-            if end < 0 || read < 0 || end > read + 1 {
-                let _ = self.watermarks.cast(WatermarkMsg::Backlog(*input));
-            }
-        }
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(source = %self.name, %error, reason, "kafka client error (librdkafka retries by itself)");
-        metrics::counter!("meltstream_kafka_client_errors_total", "source" => self.name.clone()).increment(1);
-    }
-}
-
-impl ConsumerContext for Hooks {
-    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
-        match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let mut assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
-                let mut positioned = tpl.clone();
-                for el in tpl.elements() {
-                    let (topic, p) = (el.topic().to_owned(), el.partition());
-                    let ti = self.topics.iter().position(|t| *t == topic).unwrap_or(0);
-                    let input = kafka_input(self.source_index, ti, p);
-                    self.board.register(input, (topic.clone(), p));
-                    let _ = self.watermarks.cast(WatermarkMsg::Register(input));
-                    let start = self.resume.get(&(topic.clone(), p)).copied();
-                    if let Some(o) = start {
-                        let _ = positioned.set_partition_offset(&topic, p, Offset::Offset(o as i64));
-                    }
-                    tracing::info!(source = %self.name, topic = %topic, partition = p, input, resume = ?start, "partition assigned");
-                    assigned.insert((topic, p), input);
-                }
-                if let Err(e) = consumer.assign(&positioned) {
-                    tracing::error!(source = %self.name, error = %e, "assigning partitions failed");
-                }
-            }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                let mut assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
-                let stopping = self.stopping.load(Ordering::SeqCst);
-                let mut revoked = Vec::new();
-                for el in tpl.elements() {
-                    if let Some(input) = assigned.remove(&(el.topic().to_owned(), el.partition())) {
-                        // While stopping, a revoked partition simply ends. While running, it must
-                        // not: finishing every input would let the watermark run to the end of
-                        // time and close half-read windows as final.
-                        if stopping {
-                            let _ = self.watermarks.cast(WatermarkMsg::Finish(input));
-                        }
-                        tracing::info!(source = %self.name, topic = el.topic(), partition = el.partition(), "partition revoked");
-                        revoked.push(format!("{}:{}", el.topic(), el.partition()));
-                    }
-                }
-                // Running on: the partitions' open windows hold records that a new owner (or
-                // this process, when they come back) reads again from the stored progress, and
-                // the stores would be past them. Stop without emitting them instead; the next
-                // start resumes from the stored progress, as after a crash.
-                if !stopping && !revoked.is_empty() {
-                    let _ = self.supervisor.cast(SupervisorMsg::Restart(format!(
-                        "source {}: partitions {} revoked while running (the consumer group session was lost, e.g. the broker was away longer than session.timeout.ms, or the group rebalanced)",
-                        self.name,
-                        revoked.join(", ")
-                    )));
-                }
-                if let Err(e) = consumer.unassign() {
-                    tracing::error!(source = %self.name, error = %e, "unassigning partitions failed");
-                }
-            }
-            other => {
-                tracing::error!(source = %self.name, error = ?other, "rebalance error");
-                let _ = consumer.unassign();
-            }
-        }
-    }
-}
 
 /// A raw batch holds at most this many bytes (a batch of large messages closes early, so that
 /// one decode takes milliseconds and memory stays bounded by the credits).
@@ -521,3 +409,4 @@ impl Actor for KafkaSource {
         Ok(())
     }
 }
+

@@ -1,0 +1,89 @@
+//! The Kafka sink's stored format: the metadata string committed with each source offset
+//! (`meltstream:v1:et=<offset>:tx=<run>-<n>:out=<partition>@<offset>,…`), the position header
+//! every record carries, and the spans of committed transactions that the `out` field is
+//! computed from. Pure parsing and formatting; no client here.
+
+use std::collections::BTreeMap;
+
+use crate::progress::{Checkpoint, TopicPartition};
+
+/// The header that carries a record's source position.
+pub(super) const POSITION_HEADER: &str = "meltstream-position";
+
+/// Where a committed transaction's records went, and the source positions they came from.
+#[derive(Clone, Debug, Default)]
+pub(super) struct TxSpan {
+    /// First output offset per output partition.
+    pub(super) first_out: BTreeMap<i32, i64>,
+    /// Highest source offset per source partition.
+    pub(super) max_pos: BTreeMap<TopicPartition, u64>,
+}
+
+impl TxSpan {
+    /// True when `c` covers every position of the span: a replay drops them by emitted-through.
+    pub(super) fn covered_by(&self, c: &Checkpoint) -> bool {
+        self.max_pos.iter().all(|(tp, &o)| c.entries.iter().any(|(t, p)| t == tp && o < p.emitted_through))
+    }
+}
+
+/// The `out` field: the lowest first offset per output partition over `spans`.
+pub(super) fn out_field(spans: &[&TxSpan]) -> String {
+    let mut low: BTreeMap<i32, i64> = BTreeMap::new();
+    for (p, o) in spans.iter().flat_map(|s| s.first_out.iter()) {
+        low.entry(*p).and_modify(|x| *x = (*x).min(*o)).or_insert(*o);
+    }
+    low.iter().map(|(p, o)| format!("{p}@{o}")).collect::<Vec<_>>().join(",")
+}
+
+/// Parses an `out` field.
+fn parse_out(v: &str) -> BTreeMap<i32, i64> {
+    v.split(',').filter_map(|e| e.split_once('@')).filter_map(|(p, o)| Some((p.parse().ok()?, o.parse().ok()?))).collect()
+}
+
+/// Parses a position header.
+pub(super) fn parse_position(v: &[u8]) -> Option<(TopicPartition, u64)> {
+    let s = std::str::from_utf8(v).ok()?;
+    let (rest, offset) = s.rsplit_once(':')?;
+    let (topic, partition) = rest.rsplit_once(':')?;
+    Some(((topic.to_owned(), partition.parse().ok()?), offset.parse().ok()?))
+}
+
+/// The fields of the metadata string written with an offset.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct Metadata<'a> {
+    pub(super) et: Option<u64>,
+    pub(super) tx: Option<&'a str>,
+    pub(super) out: BTreeMap<i32, i64>,
+}
+
+/// Parses the metadata string written with an offset.
+pub(super) fn parse_metadata(s: &str) -> Metadata<'_> {
+    let mut m = Metadata::default();
+    for part in s.strip_prefix("meltstream:v1:").unwrap_or("").split(':') {
+        if let Some(v) = part.strip_prefix("et=") {
+            m.et = v.parse().ok();
+        } else if let Some(v) = part.strip_prefix("tx=") {
+            m.tx = Some(v);
+        } else if let Some(v) = part.strip_prefix("out=") {
+            m.out = parse_out(v);
+        }
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse_metadata, parse_position};
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn metadata_round_trip() {
+        let m = parse_metadata("meltstream:v1:et=42:tx=9-3");
+        assert_eq!((m.et, m.tx), (Some(42), Some("9-3")));
+        let m = parse_metadata("meltstream:v1:et=42:tx=9-3:out=0@17,2@5");
+        assert_eq!(m.out, BTreeMap::from([(0, 17), (2, 5)]));
+        assert_eq!(parse_position(b"ispm-monitoring:3:1234"), Some((("ispm-monitoring".to_owned(), 3), 1234)));
+        assert_eq!(parse_metadata(""), Default::default());
+        assert_eq!(parse_metadata("someone else's"), Default::default());
+    }
+}

@@ -1,0 +1,243 @@
+//! PostgreSQL sink: one table per record kind, written in batches; every flush is one
+//! transaction that also stores the source progress.
+//!
+//! # Tables
+//! All tables live in the sink's schema (default `meltstream`) and every row carries the
+//! `pipeline` it belongs to. The primary keys follow [`OutputRecord::key`], so the same result
+//! always lands on the same row:
+//!
+//! | table | one row per | primary key |
+//! | --- | --- | --- |
+//! | `layer_summaries` | layer summary | `pipeline, build_id, layer, laser, revision` |
+//! | `grid_maps` | grid map | `pipeline, build_id, layer, revision` |
+//! | `window_results` | time-window result | `pipeline, build_id, window, window_start_ns` |
+//! | `anomalies` | rule hit | `pipeline, build_id, rule, laser_key, time_ns` (`laser_key` = laser, or −1 when none) |
+//! | `dead_letters` | rejected input record (with Kafka topic and partition) | `pipeline, source, input, kafka_offset` |
+//! | `late_records` | block of late samples | `pipeline, build_id, source_offset, t0_ns, laser` |
+//! | `progress` | Kafka partition | `pipeline, topic, partition` |
+//!
+//! Times are stored both as `timestamptz` (microseconds, computed in SQL from the record's
+//! nanoseconds) and, where they are part of a key, as the exact `…_ns` integers. Maps and cell
+//! lists are `jsonb`; `layer_summaries.record` holds the whole record. The schema is created
+//! and migrated on first use (versions in `schema_version`, under a transaction-scoped advisory
+//! lock so that several engines may start at once).
+//!
+//! # Repeated writes are harmless
+//! [`SinkWriter::write`] only buffers. [`SinkWriter::flush`] runs one transaction holding one
+//! multi-row `INSERT … SELECT … FROM UNNEST(…) ON CONFLICT DO NOTHING` per table that has
+//! buffered rows, then one upsert of the checkpoint into `progress`, then `COMMIT`. Because every
+//! insert skips rows whose key is already there and the progress is an upsert, writing the same
+//! records again (a replay after a crash, or a flush retried after a `COMMIT` whose outcome was
+//! unknown) changes nothing.
+//!
+//! # Progress
+//! The [`Checkpoint`] given to a flush is stored in the same transaction as the records, so the
+//! stored progress never runs ahead of the stored results (see `progress.rs`).
+//! [`SinkWriter::stored_progress`] reads it back once before the engine starts.
+//!
+//! # Files
+//! This file is the sink itself; `postgres/` holds its column buffers (`columns.rs`), the schema
+//! and its migrations (`schema.rs`), the error classes (`errors.rs`), its connections
+//! (`connection.rs`) and the administrative functions (`admin.rs`: reset, row counts).
+//!
+//! # Failures
+//! A failed flush keeps its buffers; the sink actor retries it with backoff as long as the
+//! error is [`SinkError::Retryable`]: I/O and connection errors, a closed connection, pool
+//! timeouts, and SQLSTATE classes `08` (connection exception), `40` (transaction rollback:
+//! serialization failure, deadlock), `53` (insufficient resources) and `57` (operator
+//! intervention, e.g. `57P01` admin shutdown). Anything else (say `42P01` undefined table, or a
+//! value that does not fit its column) is a bug that retrying will not fix:
+//! [`SinkError::Fatal`]. Every failure is logged with its SQLSTATE.
+
+pub mod admin;
+mod columns;
+mod connection;
+mod errors;
+mod schema;
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use deadpool_postgres::{Pool, PoolError};
+
+use meltstream_engine::records::Emitted;
+
+use crate::progress::{Checkpoint, Progress, StoredProgress};
+use crate::sinks::writer::{SinkError, SinkWriter};
+
+use columns::{bigint, Buffers, Param};
+use schema::{Sql, MIGRATION_LOCK};
+
+/// Writes records to PostgreSQL, one transaction per flush (see the module documentation).
+pub struct PgSink {
+    name: String,
+    pipeline: String,
+    schema: String,
+    pool: Pool,
+    sql: Sql,
+    migrated: bool,
+    buffers: Buffers,
+}
+
+impl PgSink {
+    /// A sink named `name` writing the rows of `pipeline` into `schema` of the database at
+    /// `url`. Nothing connects yet: the first [`SinkWriter::stored_progress`] or flush does,
+    /// and migrates the schema. Fails (fatally) only on a URL that does not parse.
+    pub fn new(name: &str, url: &str, pipeline: &str, schema: &str) -> Result<PgSink, SinkError> {
+        let fatal = |message: String| SinkError::Fatal { sink: name.to_owned(), message };
+        if schema.is_empty() {
+            return Err(fatal("the schema name is empty".into()));
+        }
+        let pool = connection::pool(url).map_err(fatal)?;
+        Ok(PgSink {
+            name: name.to_owned(),
+            pipeline: pipeline.to_owned(),
+            schema: schema.to_owned(),
+            pool,
+            sql: Sql::new(schema),
+            migrated: false,
+            buffers: Buffers::default(),
+        })
+    }
+
+    /// Rows buffered since the last successful flush.
+    pub fn buffered_rows(&self) -> usize {
+        let b = &self.buffers;
+        b.layer_summaries.len() + b.grid_maps.len() + b.window_results.len() + b.anomalies.len() + b.dead_letters.len() + b.late_records.len()
+    }
+
+    /// Classifies a database error of `stage`, logging it.
+    fn db_error(&self, stage: &str, e: &tokio_postgres::Error) -> SinkError {
+        errors::db_error(&self.name, stage, e)
+    }
+
+    /// Classifies a failure to get a connection, logging it.
+    fn pool_error(&self, e: PoolError) -> SinkError {
+        errors::pool_error(&self.name, e)
+    }
+
+    fn fatal(&self, message: String) -> SinkError {
+        errors::fatal(&self.name, message)
+    }
+
+    /// Creates or upgrades the schema (idempotent; serialised by an advisory lock).
+    async fn migrate(&mut self) -> Result<(), SinkError> {
+        if self.migrated {
+            return Ok(());
+        }
+        let mut client = self.pool.get().await.map_err(|e| self.pool_error(e))?;
+        let tx = client.transaction().await.map_err(|e| self.db_error("begin migration", &e))?;
+        tx.batch_execute(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")).await.map_err(|e| self.db_error("lock for migration", &e))?;
+        tx.batch_execute(&self.sql.bootstrap).await.map_err(|e| self.db_error("create schema", &e))?;
+        let applied = tx.query_opt(&self.sql.has_v1, &[]).await.map_err(|e| self.db_error("read schema version", &e))?;
+        if applied.is_none() {
+            tx.batch_execute(&self.sql.v1).await.map_err(|e| self.db_error("apply migration 1", &e))?;
+            tracing::info!(sink = %self.name, schema = %self.schema, "created the PostgreSQL tables (schema version 1)");
+        }
+        tx.commit().await.map_err(|e| self.db_error("commit migration", &e))?;
+        self.migrated = true;
+        Ok(())
+    }
+
+    /// Writes the buffers and `checkpoint` in one transaction; returns the rows inserted per
+    /// table once committed.
+    async fn write_transaction(&self, checkpoint: &Checkpoint) -> Result<Vec<(&'static str, u64)>, SinkError> {
+        let b = &self.buffers;
+        let p = &self.pipeline;
+        let batches: [(&'static str, usize, &str, Vec<Param<'_>>); 6] = [
+            ("layer_summaries", b.layer_summaries.len(), &self.sql.insert_layer_summaries, b.layer_summaries.params(p)),
+            ("grid_maps", b.grid_maps.len(), &self.sql.insert_grid_maps, b.grid_maps.params(p)),
+            ("window_results", b.window_results.len(), &self.sql.insert_window_results, b.window_results.params(p)),
+            ("anomalies", b.anomalies.len(), &self.sql.insert_anomalies, b.anomalies.params(p)),
+            ("dead_letters", b.dead_letters.len(), &self.sql.insert_dead_letters, b.dead_letters.params(p)),
+            ("late_records", b.late_records.len(), &self.sql.insert_late_records, b.late_records.params(p)),
+        ];
+        // One entry per partition (an upsert may not touch a row twice); the latest wins.
+        let latest: BTreeMap<(&str, i32), &Progress> = checkpoint.entries.iter().map(|((topic, partition), p)| ((topic.as_str(), *partition), p)).collect();
+        let mut topics = Vec::with_capacity(latest.len());
+        let mut partitions = Vec::with_capacity(latest.len());
+        let mut resume = Vec::with_capacity(latest.len());
+        let mut emitted = Vec::with_capacity(latest.len());
+        for ((topic, partition), p) in &latest {
+            topics.push(*topic);
+            partitions.push(*partition);
+            resume.push(bigint(p.resume, "resume offset").map_err(|m| self.fatal(m))?);
+            emitted.push(bigint(p.emitted_through, "emitted-through offset").map_err(|m| self.fatal(m))?);
+        }
+
+        let mut client = self.pool.get().await.map_err(|e| self.pool_error(e))?;
+        let tx = client.transaction().await.map_err(|e| self.db_error("begin", &e))?;
+        let mut inserted = Vec::new();
+        for (table, len, sql, params) in &batches {
+            if *len == 0 {
+                continue;
+            }
+            let stmt = tx.prepare_cached(sql).await.map_err(|e| self.db_error(&format!("prepare insert into {table}"), &e))?;
+            let n = tx.execute(&stmt, params).await.map_err(|e| self.db_error(&format!("insert into {table}"), &e))?;
+            inserted.push((*table, n));
+        }
+        if !latest.is_empty() {
+            let stmt = tx.prepare_cached(&self.sql.upsert_progress).await.map_err(|e| self.db_error("prepare progress upsert", &e))?;
+            let params: [Param<'_>; 5] = [p, &topics, &partitions, &resume, &emitted];
+            tx.execute(&stmt, &params).await.map_err(|e| self.db_error("store progress", &e))?;
+        }
+        tx.commit().await.map_err(|e| self.db_error("commit", &e))?;
+        Ok(inserted)
+    }
+}
+
+impl SinkWriter for PgSink {
+    async fn write(&mut self, records: &[Emitted]) -> Result<(), SinkError> {
+        // Stage first, so that a record that cannot be stored leaves the buffers as they were.
+        let mut staged = Buffers::default();
+        for r in records {
+            staged.push(&r.record).map_err(|m| self.fatal(format!("cannot store {}: {m}", r.record.key())))?;
+        }
+        self.buffers.append(&mut staged);
+        Ok(())
+    }
+
+    async fn flush(&mut self, checkpoint: &Checkpoint) -> Result<(), SinkError> {
+        if self.buffers.is_empty() && checkpoint.entries.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        self.migrate().await?;
+        let inserted = self.write_transaction(checkpoint).await?;
+        // Committed: only now may the rows leave the buffers.
+        self.buffers.clear();
+        for (table, n) in inserted {
+            metrics::counter!("meltstream_pg_rows_total", "sink" => self.name.clone(), "table" => table).increment(n);
+        }
+        metrics::histogram!("meltstream_pg_flush_seconds", "sink" => self.name.clone()).record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    async fn stored_progress(&mut self) -> Result<Option<StoredProgress>, SinkError> {
+        self.migrate().await?;
+        let client = self.pool.get().await.map_err(|e| self.pool_error(e))?;
+        let stmt = client.prepare_cached(&self.sql.select_progress).await.map_err(|e| self.db_error("prepare progress query", &e))?;
+        let rows = client.query(&stmt, &[&self.pipeline]).await.map_err(|e| self.db_error("read progress", &e))?;
+        let mut stored = StoredProgress::new();
+        for row in rows {
+            let topic: String = row.try_get(0).map_err(|e| self.db_error("read progress", &e))?;
+            let partition: i32 = row.try_get(1).map_err(|e| self.db_error("read progress", &e))?;
+            let resume: i64 = row.try_get(2).map_err(|e| self.db_error("read progress", &e))?;
+            let emitted: i64 = row.try_get(3).map_err(|e| self.db_error("read progress", &e))?;
+            let offset = |v: i64| u64::try_from(v).map_err(|_| self.fatal(format!("negative offset {v} stored for {topic}/{partition}")));
+            let progress = Progress { resume: offset(resume)?, emitted_through: offset(emitted)? };
+            stored.insert((topic, partition), progress);
+        }
+        Ok(Some(stored))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invalid_url_is_fatal() {
+        assert!(matches!(PgSink::new("pg", "postgres://host:notaport/db", "p", "s"), Err(SinkError::Fatal { .. })));
+    }
+}

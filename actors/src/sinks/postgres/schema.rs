@@ -1,0 +1,242 @@
+//! The PostgreSQL sink's schema: its tables (migration 1), the statements that insert into them
+//! and store and read the progress, and the names `reset_pipeline` empties. Statements are
+//! built once per schema name; nothing here talks to the server.
+
+use super::columns::{AnomalyColumns, DeadLetterColumns, GridMapColumns, LateRecordColumns, LayerSummaryColumns, WindowResultColumns};
+
+/// Key of the advisory lock that serialises schema migrations across engines.
+pub(super) const MIGRATION_LOCK: i64 = 0x6d65_6c74_7374_7265; // "meltstre"
+
+/// Every table holding rows of a pipeline, in the order `reset_pipeline` empties them.
+pub(super) const TABLES: [&str; 7] = ["layer_summaries", "grid_maps", "window_results", "anomalies", "dead_letters", "late_records", "progress"];
+
+/// `schema` quoted as an SQL identifier.
+pub(super) fn quote_ident(schema: &str) -> String {
+    format!("\"{}\"", schema.replace('"', "\"\""))
+}
+
+/// SQL turning integer nanoseconds (column `ns`) into a `timestamptz`, exact to the microsecond.
+fn ts(ns: &str) -> String {
+    format!("(TIMESTAMPTZ 'epoch' + ({ns} / 1000) * INTERVAL '1 microsecond')")
+}
+
+/// The statements of one schema.
+pub(super) struct Sql {
+    /// Creates the schema and the version table.
+    pub(super) bootstrap: String,
+    /// Whether migration 1 is applied.
+    pub(super) has_v1: String,
+    /// Migration 1.
+    pub(super) v1: String,
+    pub(super) insert_layer_summaries: String,
+    pub(super) insert_grid_maps: String,
+    pub(super) insert_window_results: String,
+    pub(super) insert_anomalies: String,
+    pub(super) insert_dead_letters: String,
+    pub(super) insert_late_records: String,
+    pub(super) upsert_progress: String,
+    pub(super) select_progress: String,
+}
+
+impl Sql {
+    pub(super) fn new(schema: &str) -> Sql {
+        let s = quote_ident(schema);
+        let bootstrap = format!(
+            "CREATE SCHEMA IF NOT EXISTS {s};
+             CREATE TABLE IF NOT EXISTS {s}.schema_version (
+                 version int PRIMARY KEY,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             );"
+        );
+        let has_v1 = format!("SELECT version FROM {s}.schema_version WHERE version = 1");
+        let v1 = format!(
+            "CREATE TABLE {s}.layer_summaries (
+                 pipeline text NOT NULL,
+                 build_id text NOT NULL,
+                 layer int NOT NULL,
+                 laser int NOT NULL,
+                 revision int NOT NULL,
+                 window_start timestamptz NOT NULL,
+                 window_start_ns bigint NOT NULL,
+                 window_end timestamptz NOT NULL,
+                 window_end_ns bigint NOT NULL,
+                 z_um bigint,
+                 sample_count bigint NOT NULL,
+                 late_count bigint NOT NULL,
+                 energy_density_j_mm3 double precision,
+                 energy_density_by_style_j_mm3 jsonb NOT NULL,
+                 channels jsonb NOT NULL,
+                 rule_hits jsonb NOT NULL,
+                 record jsonb NOT NULL,
+                 written_at timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (pipeline, build_id, layer, laser, revision)
+             );
+             CREATE TABLE {s}.grid_maps (
+                 pipeline text NOT NULL,
+                 build_id text NOT NULL,
+                 layer int NOT NULL,
+                 revision int NOT NULL,
+                 channel text NOT NULL,
+                 cell_mm double precision NOT NULL,
+                 cells_per_side int NOT NULL,
+                 outside_count bigint NOT NULL,
+                 cells jsonb NOT NULL,
+                 written_at timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (pipeline, build_id, layer, revision)
+             );
+             CREATE TABLE {s}.window_results (
+                 pipeline text NOT NULL,
+                 build_id text NOT NULL,
+                 \"window\" text NOT NULL,
+                 window_kind text NOT NULL,
+                 channel text NOT NULL,
+                 window_start timestamptz NOT NULL,
+                 window_start_ns bigint NOT NULL,
+                 window_end timestamptz NOT NULL,
+                 window_end_ns bigint NOT NULL,
+                 count bigint NOT NULL,
+                 mean double precision NOT NULL,
+                 min double precision NOT NULL,
+                 max double precision NOT NULL,
+                 std_dev double precision NOT NULL,
+                 written_at timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (pipeline, build_id, \"window\", window_start_ns)
+             );
+             CREATE TABLE {s}.anomalies (
+                 pipeline text NOT NULL,
+                 build_id text NOT NULL,
+                 layer int,
+                 laser int,
+                 laser_key int NOT NULL,
+                 time timestamptz NOT NULL,
+                 time_ns bigint NOT NULL,
+                 rule text NOT NULL,
+                 channel text NOT NULL,
+                 value double precision NOT NULL,
+                 op text NOT NULL,
+                 limit_value double precision NOT NULL,
+                 x_mm double precision,
+                 y_mm double precision,
+                 written_at timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (pipeline, build_id, rule, laser_key, time_ns)
+             );
+             CREATE TABLE {s}.dead_letters (
+                 pipeline text NOT NULL,
+                 source text NOT NULL,
+                 input int NOT NULL,
+                 topic text,
+                 partition int,
+                 kafka_offset bigint NOT NULL,
+                 reason_kind text NOT NULL,
+                 reason text NOT NULL,
+                 raw_prefix text NOT NULL,
+                 written_at timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (pipeline, source, input, kafka_offset)
+             );
+             CREATE TABLE {s}.late_records (
+                 pipeline text NOT NULL,
+                 build_id text NOT NULL,
+                 layer int,
+                 laser int NOT NULL,
+                 t0_ns bigint NOT NULL,
+                 sample_count bigint NOT NULL,
+                 source_offset bigint NOT NULL,
+                 watermark_ns bigint NOT NULL,
+                 written_at timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (pipeline, build_id, source_offset, t0_ns, laser)
+             );
+             CREATE TABLE {s}.progress (
+                 pipeline text NOT NULL,
+                 topic text NOT NULL,
+                 partition int NOT NULL,
+                 resume_offset bigint NOT NULL,
+                 emitted_through bigint NOT NULL,
+                 updated_at timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (pipeline, topic, partition)
+             );
+             INSERT INTO {s}.schema_version (version) VALUES (1);"
+        );
+        let insert_layer_summaries = format!(
+            "INSERT INTO {s}.layer_summaries (pipeline, build_id, layer, laser, revision, window_start, window_start_ns, window_end, window_end_ns,
+                 z_um, sample_count, late_count, energy_density_j_mm3, energy_density_by_style_j_mm3, channels, rule_hits, record)
+             SELECT $1, u.build_id, u.layer, u.laser, u.revision, {}, u.window_start_ns, {}, u.window_end_ns,
+                 u.z_um, u.sample_count, u.late_count, u.energy_density_j_mm3, u.energy_density_by_style::jsonb, u.channels::jsonb, u.rule_hits::jsonb, u.record::jsonb
+             FROM {}
+             ON CONFLICT DO NOTHING",
+            ts("u.window_start_ns"),
+            ts("u.window_end_ns"),
+            LayerSummaryColumns::unnest()
+        );
+        let insert_grid_maps = format!(
+            "INSERT INTO {s}.grid_maps (pipeline, build_id, layer, revision, channel, cell_mm, cells_per_side, outside_count, cells)
+             SELECT $1, u.build_id, u.layer, u.revision, u.channel, u.cell_mm, u.cells_per_side, u.outside_count, u.cells::jsonb
+             FROM {}
+             ON CONFLICT DO NOTHING",
+            GridMapColumns::unnest()
+        );
+        let insert_window_results = format!(
+            "INSERT INTO {s}.window_results (pipeline, build_id, \"window\", window_kind, channel, window_start, window_start_ns, window_end, window_end_ns,
+                 count, mean, min, max, std_dev)
+             SELECT $1, u.build_id, u.window_name, u.window_kind, u.channel, {}, u.window_start_ns, {}, u.window_end_ns,
+                 u.sample_count, u.mean, u.min_value, u.max_value, u.std_dev
+             FROM {}
+             ON CONFLICT DO NOTHING",
+            ts("u.window_start_ns"),
+            ts("u.window_end_ns"),
+            WindowResultColumns::unnest()
+        );
+        let insert_anomalies = format!(
+            "INSERT INTO {s}.anomalies (pipeline, build_id, layer, laser, laser_key, time, time_ns, rule, channel, value, op, limit_value, x_mm, y_mm)
+             SELECT $1, u.build_id, u.layer, u.laser, coalesce(u.laser, -1), {}, u.time_ns, u.rule, u.channel, u.value, u.op, u.limit_value, u.x_mm, u.y_mm
+             FROM {}
+             ON CONFLICT DO NOTHING",
+            ts("u.time_ns"),
+            AnomalyColumns::unnest()
+        );
+        let insert_dead_letters = format!(
+            "INSERT INTO {s}.dead_letters (pipeline, source, input, topic, partition, kafka_offset, reason_kind, reason, raw_prefix)
+             SELECT $1, u.source, u.input, u.topic, u.partition, u.kafka_offset, u.reason_kind, u.reason, u.raw_prefix
+             FROM {}
+             ON CONFLICT DO NOTHING",
+            DeadLetterColumns::unnest()
+        );
+        let insert_late_records = format!(
+            "INSERT INTO {s}.late_records (pipeline, build_id, layer, laser, t0_ns, sample_count, source_offset, watermark_ns)
+             SELECT $1, u.build_id, u.layer, u.laser, u.t0_ns, u.sample_count, u.source_offset, u.watermark_ns
+             FROM {}
+             ON CONFLICT DO NOTHING",
+            LateRecordColumns::unnest()
+        );
+        let upsert_progress = format!(
+            "INSERT INTO {s}.progress (pipeline, topic, partition, resume_offset, emitted_through)
+             SELECT $1, u.topic, u.partition, u.resume_offset, u.emitted_through
+             FROM UNNEST($2::text[], $3::int[], $4::bigint[], $5::bigint[]) AS u(topic, partition, resume_offset, emitted_through)
+             ON CONFLICT (pipeline, topic, partition) DO UPDATE
+             SET resume_offset = EXCLUDED.resume_offset, emitted_through = EXCLUDED.emitted_through, updated_at = now()"
+        );
+        let select_progress = format!("SELECT topic, partition, resume_offset, emitted_through FROM {s}.progress WHERE pipeline = $1");
+        Sql {
+            bootstrap,
+            has_v1,
+            v1,
+            insert_layer_summaries,
+            insert_grid_maps,
+            insert_window_results,
+            insert_anomalies,
+            insert_dead_letters,
+            insert_late_records,
+            upsert_progress,
+            select_progress,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quote_ident;
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+}

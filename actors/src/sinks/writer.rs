@@ -1,0 +1,80 @@
+//! What a sink writes through: the [`SinkWriter`] trait every sink implements (file, null,
+//! PostgreSQL, Kafka, the test doubles), its object-safe form, and [`SinkError`], whose variant
+//! tells the sink actor whether a retry can help. Never any actor or channel here.
+
+use meltstream_engine::records::Emitted;
+
+use crate::progress::{Checkpoint, StoredProgress, Written};
+
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Where records end up. `write` may buffer; `flush` makes everything written so far durable.
+pub trait SinkWriter: Send + 'static {
+    /// Buffers or writes records.
+    fn write(&mut self, records: &[Emitted]) -> impl std::future::Future<Output = Result<(), SinkError>> + Send;
+    /// Makes everything written durable; a transactional sink stores `checkpoint` atomically
+    /// with it (a flush with no records then stores just the checkpoint).
+    fn flush(&mut self, checkpoint: &Checkpoint) -> impl std::future::Future<Output = Result<(), SinkError>> + Send;
+    /// For a transactional sink, the progress it stored (read once, before the engine starts);
+    /// `None` for a sink that stores none.
+    fn stored_progress(&mut self) -> impl std::future::Future<Output = Result<Option<StoredProgress>, SinkError>> + Send {
+        async { Ok(None) }
+    }
+    /// After [`SinkWriter::stored_progress`]: source positions at or above the stored
+    /// emitted-through whose records are nevertheless durable here (a sink without keys, whose
+    /// last transactions held records ahead of the progress stored with them).
+    fn take_written(&mut self) -> Written {
+        Written::new()
+    }
+}
+
+/// An object-safe wrapper so that a topology can hold sinks of different types.
+pub type BoxedWriter = Box<dyn DynWriter>;
+
+/// Object-safe form of [`SinkWriter`].
+pub trait DynWriter: Send + 'static {
+    /// See [`SinkWriter::write`].
+    fn write<'a>(&'a mut self, records: &'a [Emitted]) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SinkError>> + Send + 'a>>;
+    /// See [`SinkWriter::flush`].
+    fn flush<'a>(&'a mut self, checkpoint: &'a Checkpoint) -> BoxFuture<'a, Result<(), SinkError>>;
+    /// See [`SinkWriter::stored_progress`].
+    fn stored_progress(&mut self) -> BoxFuture<'_, Result<Option<StoredProgress>, SinkError>>;
+    /// See [`SinkWriter::take_written`].
+    fn take_written(&mut self) -> Written;
+}
+
+impl<W: SinkWriter> DynWriter for W {
+    fn write<'a>(&'a mut self, records: &'a [Emitted]) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SinkError>> + Send + 'a>> {
+        Box::pin(SinkWriter::write(self, records))
+    }
+    fn flush<'a>(&'a mut self, checkpoint: &'a Checkpoint) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(SinkWriter::flush(self, checkpoint))
+    }
+    fn stored_progress(&mut self) -> BoxFuture<'_, Result<Option<StoredProgress>, SinkError>> {
+        Box::pin(SinkWriter::stored_progress(self))
+    }
+    fn take_written(&mut self) -> Written {
+        SinkWriter::take_written(self)
+    }
+}
+
+/// A sink failure.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Transient: retrying may help (the sink retries with backoff).
+    #[error("sink {sink}: {message} (will retry)")]
+    Retryable {
+        /// The sink.
+        sink: String,
+        /// What failed.
+        message: String,
+    },
+    /// Permanent: the sink fails and its supervisor decides.
+    #[error("sink {sink}: {message}")]
+    Fatal {
+        /// The sink.
+        sink: String,
+        /// What failed.
+        message: String,
+    },
+}

@@ -1,0 +1,124 @@
+//! The Kafka source's consumer hooks (librdkafka calls them on its own thread): on assignment,
+//! position each partition at the stored progress and register it as an input; on revocation
+//! while running, ask the supervisor to restart from the stored progress; on statistics, tell
+//! the watermark coordinator which partitions have a backlog. They only send messages; they
+//! never block on the engine.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ractor::ActorRef;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::ClientContext;
+
+use meltstream_engine::input::event::InputId;
+
+use crate::ports::inputs::kafka_input;
+use crate::ports::messages::{SupervisorMsg, WatermarkMsg};
+use crate::progress::{ProgressBoard, TopicPartition};
+
+/// Rebalance hook: positions assigned partitions at the stored progress and registers them.
+pub(super) struct Hooks {
+    pub(super) source_index: usize,
+    pub(super) topics: Vec<String>,
+    pub(super) resume: HashMap<TopicPartition, u64>,
+    pub(super) board: ProgressBoard,
+    pub(super) watermarks: ActorRef<WatermarkMsg>,
+    pub(super) assigned: Arc<Mutex<BTreeMap<TopicPartition, InputId>>>,
+    pub(super) name: String,
+    /// Told when partitions are revoked while running.
+    pub(super) supervisor: ActorRef<SupervisorMsg>,
+    /// Set once the reader stops (closing the consumer revokes everything: that is no news).
+    pub(super) stopping: AtomicBool,
+}
+
+impl ClientContext for Hooks {
+    /// Every `statistics.interval.ms`: a partition whose last stable offset is ahead of what
+    /// the engine has read has a backlog, and must not count as idle (or the watermark would run
+    /// ahead of it under backpressure and make its records late).
+    fn stats(&self, stats: rdkafka::Statistics) {
+        let assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
+        for ((topic, p), input) in assigned.iter() {
+            let Some(part) = stats.topics.get(topic).and_then(|t| t.partitions.get(p)) else { continue };
+            let end = if part.ls_offset >= 0 { part.ls_offset } else { part.hi_offset };
+            let read = if part.app_offset >= 0 { part.app_offset } else { part.next_offset };
+            // Unknown offsets (no fetch answer yet, broker down): data may still come; hold.
+            // One offset of slack: a transactional input ends with a commit marker that is never
+            // delivered.
+            if end < 0 || read < 0 || end > read + 1 {
+                let _ = self.watermarks.cast(WatermarkMsg::Backlog(*input));
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(source = %self.name, %error, reason, "kafka client error (librdkafka retries by itself)");
+        metrics::counter!("meltstream_kafka_client_errors_total", "source" => self.name.clone()).increment(1);
+    }
+}
+
+impl ConsumerContext for Hooks {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let mut assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
+                let mut positioned = tpl.clone();
+                for el in tpl.elements() {
+                    let (topic, p) = (el.topic().to_owned(), el.partition());
+                    let ti = self.topics.iter().position(|t| *t == topic).unwrap_or(0);
+                    let input = kafka_input(self.source_index, ti, p);
+                    self.board.register(input, (topic.clone(), p));
+                    let _ = self.watermarks.cast(WatermarkMsg::Register(input));
+                    let start = self.resume.get(&(topic.clone(), p)).copied();
+                    if let Some(o) = start {
+                        let _ = positioned.set_partition_offset(&topic, p, Offset::Offset(o as i64));
+                    }
+                    tracing::info!(source = %self.name, topic = %topic, partition = p, input, resume = ?start, "partition assigned");
+                    assigned.insert((topic, p), input);
+                }
+                if let Err(e) = consumer.assign(&positioned) {
+                    tracing::error!(source = %self.name, error = %e, "assigning partitions failed");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let mut assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
+                let stopping = self.stopping.load(Ordering::SeqCst);
+                let mut revoked = Vec::new();
+                for el in tpl.elements() {
+                    if let Some(input) = assigned.remove(&(el.topic().to_owned(), el.partition())) {
+                        // While stopping, a revoked partition simply ends. While running, it must
+                        // not: finishing every input would let the watermark run to the end of
+                        // time and close half-read windows as final.
+                        if stopping {
+                            let _ = self.watermarks.cast(WatermarkMsg::Finish(input));
+                        }
+                        tracing::info!(source = %self.name, topic = el.topic(), partition = el.partition(), "partition revoked");
+                        revoked.push(format!("{}:{}", el.topic(), el.partition()));
+                    }
+                }
+                // Running on: the partitions' open windows hold records that a new owner (or
+                // this process, when they come back) reads again from the stored progress, and
+                // the stores would be past them. Stop without emitting them instead; the next
+                // start resumes from the stored progress, as after a crash.
+                if !stopping && !revoked.is_empty() {
+                    let _ = self.supervisor.cast(SupervisorMsg::Restart(format!(
+                        "source {}: partitions {} revoked while running (the consumer group session was lost, e.g. the broker was away longer than session.timeout.ms, or the group rebalanced)",
+                        self.name,
+                        revoked.join(", ")
+                    )));
+                }
+                if let Err(e) = consumer.unassign() {
+                    tracing::error!(source = %self.name, error = %e, "unassigning partitions failed");
+                }
+            }
+            other => {
+                tracing::error!(source = %self.name, error = ?other, "rebalance error");
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}

@@ -69,24 +69,51 @@ enum Cmd {
         #[arg(long)]
         seed: Option<u64>,
     },
-    /// Reference workloads of DESIGN §4: `r1` (per-sample events), `r2` (fleet of sample blocks),
-    /// `kafka-pg` (R2 blocks through Kafka into PostgreSQL, exactly-once; needs KAFKA_BOOTSTRAP and
-    /// DATABASE_URL), or `json` (the JSON decoder alone on one core).
+    /// Reference workloads of DESIGN §4, each a topology file under benches/ (embedded in the
+    /// binary): `r1` (benches/r1.toml, per-sample events), `r2` (benches/r2.toml, a fleet of
+    /// sample blocks), `kafka-pg` (benches/kafka-pg.toml, R2's blocks through Kafka into
+    /// PostgreSQL, exactly-once; needs KAFKA_BOOTSTRAP and DATABASE_URL), or `json` (the JSON
+    /// decoder alone on one core). The options below override the loaded topology; an option a
+    /// workload cannot apply is refused.
     Bench {
         /// `r1`, `r2`, `kafka-pg` or `json`.
         workload: bench::Workload,
-        /// Samples to process (R1), or seed-format events to decode (json).
+        /// Run this topology file instead of the embedded benches/<workload>.toml (r1, r2,
+        /// kafka-pg); the overrides apply to it too.
+        #[arg(long)]
+        topology: Option<PathBuf>,
+        /// r1: override the r1 source's `samples` (file: 50,000,000). json: seed-format events to
+        /// decode (default 2,000,000).
         #[arg(long)]
         samples: Option<u64>,
-        /// R2: machines.
-        #[arg(long, default_value_t = 8)]
-        machines: u32,
-        /// R2: layers per build.
-        #[arg(long, default_value_t = 2)]
-        layers: u32,
-        /// R2: run at real pace and report latency.
+        /// r2: override the simulator's `machines` (file: 8). kafka-pg, json: machines of the
+        /// R2 input (benches/r2.toml's simulator).
+        #[arg(long)]
+        machines: Option<u32>,
+        /// r2: override the simulator's `layers` per build (file: 2). kafka-pg, json: layers of
+        /// the R2 input.
+        #[arg(long)]
+        layers: Option<u32>,
+        /// r2: override the simulator's pace to `real` (event time follows the wall clock).
         #[arg(long)]
         real_pace: bool,
+    },
+    /// The kafka-pg bench's producer, run by `meltstream bench kafka-pg` as a child process so
+    /// that its memory is measured apart from the engine's.
+    #[command(hide = true)]
+    BenchProduce {
+        /// Bootstrap servers.
+        #[arg(long)]
+        brokers: String,
+        /// Topic to write.
+        #[arg(long)]
+        topic: String,
+        /// Machines of the R2 input.
+        #[arg(long)]
+        machines: Option<u32>,
+        /// Layers of the R2 input.
+        #[arg(long)]
+        layers: Option<u32>,
     },
 }
 
@@ -177,10 +204,19 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Bench { workload, samples, machines, layers, real_pace } => match bench::run(workload, samples, machines, layers, real_pace) {
+        Cmd::Bench { workload, topology, samples, machines, layers, real_pace } => {
+            match bench::run(workload, topology.as_deref(), bench::Overrides { samples, machines, layers, real_pace }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("meltstream: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::BenchProduce { brokers, topic, machines, layers } => match bench::produce_child(&brokers, &topic, machines, layers) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("meltstream: {e:#}");
+                eprintln!("meltstream bench-produce: {e:#}");
                 ExitCode::FAILURE
             }
         },

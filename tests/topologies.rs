@@ -1,4 +1,4 @@
-//! Every topology in `topologies/` passes the check; every broken one in
+//! Every topology in `topologies/` and every bench topology in `benches/` passes the check; every broken one in
 //! `tests/topologies/invalid/` is refused with exactly the errors its `# expect-error:` lines
 //! list (`LINE KEY`), all at once.
 
@@ -6,17 +6,28 @@ use std::path::Path;
 
 use meltstream_engine::topology;
 
-#[test]
-fn shipped_topologies_pass_check() {
+/// Checks every `.toml` file in `dir` (relative to the repository); returns how many.
+fn check_dir(dir: &str) -> usize {
     let mut n = 0;
-    for e in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("topologies")).expect("topologies/") {
+    for e in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(dir)).unwrap_or_else(|e| panic!("{dir}: {e}")) {
         let p = e.expect("entry").path();
         if p.extension().is_some_and(|x| x == "toml") {
             topology::load_file(&p).unwrap_or_else(|errs| panic!("{errs}"));
             n += 1;
         }
     }
-    assert!(n >= 1);
+    n
+}
+
+#[test]
+fn shipped_topologies_pass_check() {
+    assert!(check_dir("topologies") >= 1);
+}
+
+#[test]
+fn bench_topologies_pass_check() {
+    // r1.toml, r2.toml, kafka-pg.toml, which `meltstream bench` embeds.
+    assert!(check_dir("benches") >= 3);
 }
 
 #[test]

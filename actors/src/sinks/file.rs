@@ -67,6 +67,9 @@ impl SinkWriter for FileSink {
 /// Discards records (they count as durable at once).
 pub struct NullSink;
 
+/// How often the null sink "flushes" (its actor's tick): what a durable-latency figure to it includes.
+pub const NULL_SINK_FLUSH_MS: u64 = 50;
+
 impl SinkWriter for NullSink {
     async fn write(&mut self, _records: &[Emitted]) -> Result<(), SinkError> {
         Ok(())

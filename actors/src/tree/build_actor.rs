@@ -179,7 +179,7 @@ impl BuildState {
     /// from the moment the watermark was computed.
     fn apply_watermark(&mut self, w: StampedWatermark) {
         let mut slot = lock(&self.args.slot);
-        let ctx = Ctx { hold: None, now_wall_ns: w.computed_wall_ns, origin_wall_ns: w.computed_wall_ns };
+        let ctx = Ctx { hold: None, now_wall_ns: now_wall_ns(), origin_wall_ns: w.computed_wall_ns };
         slot.processor.on_watermark(w.wm, &ctx, &mut self.out);
     }
 

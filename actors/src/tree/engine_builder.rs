@@ -24,7 +24,7 @@ use crate::memory_budget::MemoryBudget;
 use crate::ports::messages::{CommitMsg, RouterMsg, Started, SupervisorMsg, WatermarkMsg};
 use crate::ports::source_ctx::SourceCtx;
 use crate::progress::{resume_offsets, ProgressBoard, StoredProgress, Written};
-use crate::sinks::file::{FileSink, NullSink};
+use crate::sinks::file::{FileSink, NullSink, NULL_SINK_FLUSH_MS};
 use crate::sinks::kafka::KafkaSink;
 use crate::sinks::postgres::PgSink;
 use crate::sinks::sink_actor::{SinkActor, SinkArgs};
@@ -284,7 +284,7 @@ impl EngineBuilder {
 fn make_writer(t: &Topology, name: &str, kind: &SinkKind, board: &ProgressBoard) -> Result<(BoxedWriter, u64), EngineError> {
     Ok(match kind {
         SinkKind::File(c) => (Box::new(FileSink::new(name, c.path.clone(), c.fsync)), c.flush_ms),
-        SinkKind::Null(_) => (Box::new(NullSink), 50),
+        SinkKind::Null(_) => (Box::new(NullSink), NULL_SINK_FLUSH_MS),
         SinkKind::Postgres(c) => {
             let w = PgSink::new(name, &expand_env(&c.url), &c.pipeline, &c.schema).map_err(|e| start_err(&format!("sink {name}"), e))?;
             (Box::new(w), c.flush_ms)

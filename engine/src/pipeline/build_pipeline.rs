@@ -163,7 +163,7 @@ impl BuildPipeline {
     pub fn finish_batch(&mut self, ctx: &Ctx, out: &mut Vec<Emitted>) {
         if self.book.settings.late_policy == crate::topology::LatePolicy::Update {
             for layer in self.book.updated_layers() {
-                self.emit_layer(layer, ctx.hold_set(), ctx.now_wall_ns, out);
+                self.emit_layer(layer, ctx.hold_set(), ctx.origin_wall_ns, out);
             }
         }
     }
@@ -201,7 +201,7 @@ impl BuildPipeline {
     fn close_layers(&mut self, wm: TimeNs, force: bool, ctx: &Ctx, out: &mut Vec<Emitted>) {
         for layer in self.book.due_layers(wm, force) {
             let hold = self.book.window(layer).map(|w| w.hold.clone()).unwrap_or_default();
-            self.emit_layer(layer, hold, ctx.now_wall_ns, out);
+            self.emit_layer(layer, hold, ctx.origin_wall_ns, out);
         }
         self.book.drop_final(wm, force);
     }

@@ -24,7 +24,9 @@ pub struct Ctx {
     pub hold: Option<Hold>,
     /// Wall clock now, ns.
     pub now_wall_ns: i64,
-    /// Wall clock when the data entered the engine, ns.
+    /// Where the latency of what this call emits starts, wall clock ns: for a batch, when its
+    /// source read its first record (alerts, late updates); for a watermark, when the watermark
+    /// coordinator computed it (the windows it closes); for a close, now.
     pub origin_wall_ns: i64,
 }
 

@@ -32,7 +32,7 @@ impl TimeWindows {
             tw.close(wm, &book.build, &mut results);
         }
         for (r, hold) in results {
-            out.push(Emitted { record: OutputRecord::Window(r), hold, origin_wall_ns: ctx.now_wall_ns, position: None });
+            out.push(Emitted { record: OutputRecord::Window(r), hold, origin_wall_ns: ctx.origin_wall_ns, position: None });
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::topology::rules_config::RuleConfig;
 use crate::topology::sinks::{RecordKind, SinkConfig, SinkKind};
 use crate::topology::sources::{SimulatorConfig, SourceConfig, SourceKind};
 use crate::topology::windows_config::{TimeWindowKind, WindowsConfig};
-use crate::topology::ConfigError;
+use crate::topology::errors::ConfigError;
 
 /// Collects errors while checking one file.
 pub(super) struct Checker<'a> {

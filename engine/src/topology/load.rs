@@ -14,7 +14,8 @@ use crate::topology::rules_config::RuleConfig;
 use crate::topology::sinks::{FileSinkConfig, KafkaSinkConfig, PostgresSinkConfig, RecordKind, SinkConfig, SinkKind};
 use crate::topology::sources::{FileSourceConfig, KafkaSourceConfig, R1Config, SimulatorConfig, SourceConfig, SourceKind};
 use crate::topology::windows_config::WindowsConfig;
-use crate::topology::{ConfigError, ConfigErrors, Topology};
+use crate::topology::errors::{ConfigError, ConfigErrors};
+use crate::topology::graph::Topology;
 
 /// Reads and checks a topology file.
 pub fn load_file(path: &Path) -> Result<Topology, ConfigErrors> {

@@ -197,19 +197,36 @@ impl RouterState {
         }
     }
 
-    async fn close_build(&mut self, build: &BuildId) {
-        self.stop_build(build, true).await;
+    async fn close_build(&mut self, myself: &ActorRef<RouterMsg>, build: &BuildId) -> Result<(), ActorProcessingErr> {
+        self.stop_build(myself, build, true).await
     }
 
     /// Stops a build's actor, emitting its open windows or (for a stop that a replay resumes)
-    /// not.
-    async fn stop_build(&mut self, build: &BuildId, emit_open: bool) {
-        if let Some(e) = self.builds.remove(build) {
-            self.by_actor.remove(&e.actor.get_id());
-            metrics::gauge!("meltstream_active_builds").decrement(1.0);
+    /// not. An actor that fails while it closes (a poison record still in its queue) is
+    /// restarted on its slot, within the restart intensity, and asked again: the poison block is
+    /// dead-lettered and the rest of its queue processed, as for a failure while running.
+    async fn stop_build(&mut self, myself: &ActorRef<RouterMsg>, build: &BuildId, emit_open: bool) -> Result<(), ActorProcessingErr> {
+        let Some(e) = self.builds.remove(build) else { return Ok(()) };
+        metrics::gauge!("meltstream_active_builds").decrement(1.0);
+        let mut actor = e.actor;
+        loop {
             // Ask it to close and wait, so its results are with the sinks before we go on.
-            let _ = ractor::call!(e.actor, |r| BuildMsg::Close(Some(r), emit_open));
-            let _ = e.holder;
+            if ractor::call!(actor, |r| BuildMsg::Close(Some(r), emit_open)).is_ok() {
+                self.by_actor.remove(&actor.get_id());
+                return Ok(());
+            }
+            // Its supervision event comes later and finds nothing to do.
+            self.by_actor.remove(&actor.get_id());
+            let why = "the build actor failed while closing".to_string();
+            EngineStats::add(&self.args.stats.restarts, 1);
+            metrics::counter!("meltstream_actor_restarts_total", "actor" => "build").increment(1);
+            if !self.args.restarts.allow(now_wall_ns()) {
+                tracing::error!(build_id = %build, "restart intensity exceeded while closing; escalating");
+                return Err(format!("build actor for {build} failed too often while closing; restart intensity exceeded").into());
+            }
+            tracing::warn!(build_id = %build, "build actor failed while closing; restarting it on its preserved state");
+            e.queue.rearm_wake();
+            actor = self.spawn_build(myself, build.clone(), e.slot.clone(), e.queue.clone(), e.holder, Some(why)).await?;
         }
     }
 }
@@ -248,19 +265,19 @@ impl Actor for Router {
             RouterMsg::BuildFinished(build) => {
                 tracing::info!(build_id = %build, "build ended; flushing and stopping its actor");
                 st.ended.insert(build.clone(), ());
-                st.close_build(&build).await;
+                st.close_build(&myself, &build).await?;
             }
             RouterMsg::Tick => {
                 let idle: Vec<BuildId> = st.builds.iter().filter(|(_, e)| e.last_batch.elapsed() >= st.args.build_idle).map(|(b, _)| b.clone()).collect();
                 for b in idle {
                     tracing::info!(build_id = %b, "build idle; flushing and stopping its actor");
-                    st.close_build(&b).await;
+                    st.close_build(&myself, &b).await?;
                 }
             }
             RouterMsg::Drain(reply, emit_open) => {
                 let all: Vec<BuildId> = st.builds.keys().cloned().collect();
                 for b in all {
-                    st.stop_build(&b, emit_open).await;
+                    st.stop_build(&myself, &b, emit_open).await?;
                 }
                 let _ = reply.send(());
             }

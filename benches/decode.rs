@@ -11,25 +11,14 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use meltstream_engine::input::batch::RecordBatch;
 use meltstream_engine::input::decode::{DecodeLimits, Decoder};
 use meltstream_engine::simulator::Simulator;
-use meltstream_engine::input::encode::write_json_lines;
+use meltstream_engine::input::encode::{seed_event_json, write_json_lines};
 use meltstream_engine::topology::SimulatorConfig;
 
 const NOW: i64 = 1_900_000_000_000_000_000;
 
 /// The seed's one-event messages, with varying builds, layers, times and values.
 fn seed_events(n: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| {
-            format!(
-                r#"{{"build_id": "build_{:03}", "layer": {}, "timestamp": "2024-01-15T10:30:{:02}.{:06}Z", "temperature": {:.1}, "laser_power": 200.0, "scan_speed": 1.2, "hatch_spacing": 0.1}}"#,
-                i % 50,
-                45 + i / 20_000,
-                (i / 1_000_000) % 60,
-                i % 1_000_000,
-                1600.0 + (i % 1000) as f64 * 0.1
-            )
-        })
-        .collect()
+    (0..n).map(seed_event_json).collect()
 }
 
 /// R2's stream as the simulator writes it (blocks, layer events, logs): one machine, one

@@ -40,18 +40,7 @@ pub fn run(events: u64, overrides: &Overrides) -> anyhow::Result<()> {
     let cfg = topologies::r2_input(overrides)?;
     let (machines, layers) = (cfg.machines, cfg.layers);
     let distinct = 100_000usize.min(events as usize).max(1);
-    let seed: Vec<String> = (0..distinct)
-        .map(|i| {
-            format!(
-                r#"{{"build_id": "build_{:03}", "layer": {}, "timestamp": "2024-01-15T10:30:{:02}.{:06}Z", "temperature": {:.1}, "laser_power": 200.0, "scan_speed": 1.2, "hatch_spacing": 0.1}}"#,
-                i % 50,
-                45 + i / 20_000,
-                (i / 1_000_000) % 60,
-                i % 1_000_000,
-                1600.0 + (i % 1000) as f64 * 0.1
-            )
-        })
-        .collect();
+    let seed: Vec<String> = (0..distinct).map(meltstream_engine::input::encode::seed_event_json).collect();
     let rounds = (events as usize).div_ceil(distinct);
     println!("outside the clock: {distinct} distinct seed-format messages in memory, decoded {rounds} time(s) over; then R2's JSON blocks of benches/r2.toml's simulator ({machines} machines, {layers} layer(s)), all written to memory before their clock starts");
     let (n, secs, _) = decode_lines(&seed, rounds);

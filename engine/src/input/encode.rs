@@ -150,3 +150,16 @@ fn write_log(r: &LogRecord, out: &mut String) {
     }
     out.push_str("}}\n");
 }
+
+/// The seed's one-event JSON message (DESIGN §1) `i` of a deterministic series with varying
+/// builds, layers, times and temperatures: the input of the JSON decode benches.
+pub fn seed_event_json(i: usize) -> String {
+    format!(
+        r#"{{"build_id": "build_{:03}", "layer": {}, "timestamp": "2024-01-15T10:30:{:02}.{:06}Z", "temperature": {:.1}, "laser_power": 200.0, "scan_speed": 1.2, "hatch_spacing": 0.1}}"#,
+        i % 50,
+        45 + i / 20_000,
+        (i / 1_000_000) % 60,
+        i % 1_000_000,
+        1600.0 + (i % 1000) as f64 * 0.1
+    )
+}

@@ -279,6 +279,9 @@ fn run(t: Topology, quiet: bool) -> anyhow::Result<()> {
         // A Kafka source that lost its partitions while running stops the engine without
         // emitting its open windows; it starts again here, from the stored progress, with the
         // same counters. A signal during a restart still stops it (`notify_one` keeps a permit).
+        // A failed part of a replayable engine starts it again too, within the restart
+        // intensity (`max_restarts` within `max_restart_window_s`); beyond it, it escalates.
+        let mut restarts = meltstream_engine::restart_budget::RestartBudget::new(t.engine.max_restarts, t.engine.max_restart_window_s as i64 * 1_000_000_000);
         let res = loop {
             let handle = EngineBuilder::new(t.clone()).stats(stats.clone()).start().await?;
             tracing::info!(topology = %name, "engine started");
@@ -299,7 +302,22 @@ fn run(t: Topology, quiet: bool) -> anyhow::Result<()> {
                 }
                 // Asked to stop while it was stopping to restart: it stopped as a shutdown does.
                 Err(meltstream_actors::EngineError::Restart(_)) => break Ok(stats.clone()),
-                other => break other,
+                Err(meltstream_actors::EngineError::Crashed(reason)) if !signalled.load(std::sync::atomic::Ordering::SeqCst) => {
+                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+                    if !restarts.allow(now) {
+                        break Err(anyhow::anyhow!(
+                            "escalating: the engine failed {} times within {} s (engine.max_restarts = {}); last failure: {reason}",
+                            restarts.recent(),
+                            t.engine.max_restart_window_s,
+                            t.engine.max_restarts
+                        ));
+                    }
+                    metrics::counter!("meltstream_engine_restarts_total").increment(1);
+                    tracing::warn!(%reason, restarts = restarts.recent(), "a part of the engine failed; restarting the engine from the stored progress");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                Err(meltstream_actors::EngineError::Crashed(reason)) => break Err(anyhow::anyhow!("engine failed while stopping: {reason}")),
+                other => break other.map_err(anyhow::Error::from),
             }
         };
         if let Some(s) = summary {

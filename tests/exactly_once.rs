@@ -83,6 +83,8 @@ fn input_lines() -> Vec<(String, String)> {
         let key = v.get("build_id").and_then(|b| b.as_str()).unwrap_or("none").to_owned();
         if i % 997 == 500 {
             out.push((key.clone(), "{not json".to_owned()));
+            // A layer no sink can store (beyond a PostgreSQL int): refused at decode.
+            out.push(("b1".to_owned(), r#"{"build_id":"b1","layer":3000000000,"timestamp":"2024-01-15T10:30:00.001Z","temperature":1750.5}"#.to_owned()));
             out.push((key.clone(), r#"{"build_id": "b", "layer": "four", "timestamp": "2024-01-15T10:30:00Z"}"#.to_owned()));
             out.push((key.clone(), format!(r#"{{"build_id": "b", "layer": 1, "timestamp": "2024-01-15T10:30:00Z", "note": "{}"}}"#, "x".repeat(20_000))));
             // A build nobody started that ends a layer, at the stream's own time.
@@ -159,6 +161,7 @@ build_idle_timeout_ms = 600000
 input_idle_timeout_ms = 500
 watermark_bound_ms = 20
 max_record_bytes = 16384
+{restarts}
 
 [[sources]]
 name = "ispm"
@@ -208,6 +211,8 @@ flush_ms = 50
         // "lost" loses its session while the broker is away: a short session. The others keep
         // the default 45 s, which outlasts the broker restart.
         session = if pipeline == "again" || pipeline == "lost" { "[sources.properties]\n\"session.timeout.ms\" = \"6000\"\n" } else { "" },
+        // The escalation test allows two restarts.
+        restarts = if pipeline == "escalate" { "max_restarts = 2\nmax_restart_window_s = 600" } else { "" },
     );
     std::fs::write(&path, text).expect("write topology");
     path
@@ -375,7 +380,7 @@ async fn results_are_exactly_once_across_crashes_outages_and_broker_restarts() {
     assert!(count("layer_summaries") >= 3 * 4 * 2, "layer summaries of every build, layer and laser: {}", count("layer_summaries"));
     assert!(count("anomalies") > 0, "the injected anomalies raise alerts");
     assert!(count("dead_letters") > 0, "the malformed records are dead-lettered");
-    for kind in ["invalid_json", "wrong_schema", "too_large", "unknown_build"] {
+    for kind in ["invalid_json", "wrong_schema", "too_large", "unknown_build", "out_of_range"] {
         assert!(reference.0["dead_letters"].iter().any(|r| r.contains(&format!("\"reason_kind\": \"{kind}\""))), "a {kind} dead letter");
     }
     assert!(!reference.1.is_empty(), "alerts reach the Kafka sink");
@@ -448,6 +453,38 @@ async fn results_are_exactly_once_across_crashes_outages_and_broker_restarts() {
     let log = std::fs::read_to_string(f.dir.join("lost-0.log")).unwrap_or_default();
     assert!(log.contains("revoked while running"), "lost: the partitions were lost while running; logs in {}", f.dir.display());
     assert!(log.contains("restarting the engine from the stored progress"), "lost: the engine restarted itself; logs in {}", f.dir.display());
+
+    // A sink that fails fatally twice: the root supervisor's restart intensity (5 within 60 s
+    // by default) starts the engine again from the stored progress each time; nothing is lost
+    // or duplicated.
+    let topo = topology(&f, "flaky");
+    f.produce("flaky", 0..f.lines.len()).await;
+    finish(&f, "flaky", spawn_with(&f, &topo, 0, &[("MELTSTREAM_FAULT_FAIL_PG_FLUSHES", "2")]), 0).await;
+    assert_same_as_reference(&f, &reference, "flaky").await;
+    let log = std::fs::read_to_string(f.dir.join("flaky-0.log")).unwrap_or_default();
+    assert_eq!(log.matches("a part of the engine failed; restarting the engine").count(), 2, "flaky: two restarts; logs in {}", f.dir.display());
+}
+
+/// A sink that keeps failing: after `max_restarts` (2 here) restarts within the window the
+/// failure escalates and the process exits with it, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_beyond_the_restart_intensity_escalates() {
+    let f = fixture("esc", "escalate").await;
+    let topo = topology(&f, "escalate");
+    let mut child = spawn_with(&f, &topo, 0, &[("MELTSTREAM_FAULT_FAIL_PG_FLUSHES", "1000")]);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the engine did not give up; logs in {}", f.dir.display());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!status.success(), "escalated with a failure status: {status}");
+    let log = std::fs::read_to_string(f.dir.join("escalate-0.log")).unwrap_or_default();
+    assert_eq!(log.matches("a part of the engine failed; restarting the engine").count(), 2, "two restarts first; logs in {}", f.dir.display());
+    assert!(log.contains("escalating: the engine failed 3 times within 600 s (engine.max_restarts = 2)"), "the reason it gave up; logs in {}", f.dir.display());
+    assert!(log.contains("MELTSTREAM_FAULT_FAIL_PG_FLUSHES"), "the last failure named; logs in {}", f.dir.display());
 }
 
 /// `meltstream reset` makes a pipeline start over: after it, PostgreSQL holds no row or progress

@@ -217,6 +217,36 @@ async fn records_and_progress_are_written_once_and_read_back() {
     .await;
 }
 
+/// A record with a value no column takes (a layer beyond a PostgreSQL int, as a record built
+/// past the decoder's checks would carry) becomes a dead letter in its place; the rest of the
+/// batch is written and the sink goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_the_sink_cannot_store_is_dead_lettered_and_the_rest_written() {
+    with_schema("unwritable", |url, schema| async move {
+        let pipeline = "unwritable";
+        let mut sink = PgSink::new("pg", &url, pipeline, &schema).expect("sink");
+        let mut batch = records();
+        let OutputRecord::LayerSummary(mut huge) = batch[0].record.clone() else { unreachable!("first record is a layer summary") };
+        huge.layer = 3_000_000_000;
+        batch.push(emitted(OutputRecord::LayerSummary(huge), Some((0, 99))));
+        sink.write(&batch).await.expect("a record it cannot store is no error");
+        sink.flush(&checkpoint(1, &[("samples", 0, 100, 100)])).await.expect("flush");
+        let got = row_counts(&url, &schema, pipeline).await.expect("counts");
+        assert_eq!(got["layer_summaries"], 1, "the good summary");
+        assert_eq!(got["dead_letters"], 2, "the input's dead letter and the unwritable summary's");
+        assert_eq!(got["anomalies"], 2);
+        let s = format!("\"{schema}\"");
+        let dead = query_text(&url, &format!("SELECT source, kafka_offset, reason FROM {s}.dead_letters WHERE pipeline = '{pipeline}' AND reason_kind = 'unwritable'"))
+            .await
+            .expect("dead letters");
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        assert_eq!(dead[0][0].as_deref(), Some("sink pg: layer_summary/build_001/3000000000/2/0"));
+        assert_eq!(dead[0][1].as_deref(), Some("99"));
+        assert!(dead[0][2].as_deref().unwrap_or("").contains("does not fit a PostgreSQL int"), "{dead:?}");
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_table_is_fatal_and_keeps_the_buffer() {
     with_schema("fatal", |url, schema| async move {

@@ -50,7 +50,7 @@ use meltstream_engine::topology::KafkaSinkConfig;
 use crate::ports::clock::now_wall_ns;
 use crate::progress::{Checkpoint, Progress, ProgressBoard, StoredProgress, TopicPartition, Written};
 use crate::retry::{retry, Backoff};
-use crate::sinks::writer::{SinkError, SinkWriter};
+use crate::sinks::writer::{unwritable, SinkError, SinkWriter};
 
 use metadata::{out_field, parse_metadata, parse_position, TxSpan, POSITION_HEADER};
 
@@ -102,6 +102,9 @@ pub struct KafkaSink {
     stored: StoredProgress,
     /// Transactions committed with records, for the fault hook.
     txs_with_records: u64,
+    /// The largest message the producer takes (`message.max.bytes`, librdkafka's default
+    /// 1,000,000 unless the sink's properties set it).
+    max_message_bytes: usize,
 }
 
 static RUNS: AtomicU64 = AtomicU64::new(0);
@@ -122,7 +125,6 @@ impl KafkaSink {
         let run_id = (now_wall_ns() as u64 / 1_000_000) * 1000 + RUNS.fetch_add(1, Ordering::Relaxed) % 1000;
         Ok(KafkaSink {
             name: name.to_owned(),
-            config,
             source_topics,
             group_id,
             producer: None,
@@ -136,6 +138,8 @@ impl KafkaSink {
             written: Written::new(),
             stored: StoredProgress::new(),
             txs_with_records: 0,
+            max_message_bytes: config.properties.get("message.max.bytes").and_then(|v| v.parse().ok()).unwrap_or(1_000_000),
+            config,
         })
     }
 
@@ -402,7 +406,14 @@ impl SinkWriter for KafkaSink {
                 continue;
             }
             let key = r.record.build_id().unwrap_or("").to_owned();
-            let payload = serde_json::to_vec(&r.record).map_err(|e| SinkError::Fatal { sink: self.name.clone(), message: format!("encoding: {e}") })?;
+            let mut payload = serde_json::to_vec(&r.record).map_err(|e| SinkError::Fatal { sink: self.name.clone(), message: format!("encoding: {e}") })?;
+            // Larger than the producer takes (with 512 bytes for the position header and the
+            // framing): its dead letter goes in its place (never a halt).
+            if payload.len() + key.len() + 512 > self.max_message_bytes {
+                let why = format!("a message of {} bytes exceeds message.max.bytes = {}", payload.len() + key.len(), self.max_message_bytes);
+                let dead = unwritable(&self.name, r, &why);
+                payload = serde_json::to_vec(&dead.record).map_err(|e| SinkError::Fatal { sink: self.name.clone(), message: format!("encoding: {e}") })?;
+            }
             let position = r.position.and_then(|(input, o)| self.board.partition_of(input).map(|tp| (tp, o)));
             self.buffered.push(Buffered { key, payload, position });
         }

@@ -12,7 +12,7 @@
 //! | `grid_maps` | grid map | `pipeline, build_id, layer, revision` |
 //! | `window_results` | time-window result | `pipeline, build_id, window, window_start_ns` |
 //! | `anomalies` | rule hit | `pipeline, build_id, rule, laser_key, time_ns` (`laser_key` = laser, or −1 when none) |
-//! | `dead_letters` | rejected input record (with Kafka topic and partition) | `pipeline, source, input, kafka_offset` |
+//! | `dead_letters` | rejected input record (with Kafka topic and partition), or a result this sink cannot store (`source` = `sink NAME: KEY`) | `pipeline, source, input, kafka_offset` |
 //! | `late_records` | block of late samples | `pipeline, build_id, source_offset, t0_ns, laser` |
 //! | `progress` | Kafka partition | `pipeline, topic, partition` |
 //!
@@ -45,9 +45,13 @@
 //! error is [`SinkError::Retryable`]: I/O and connection errors, a closed connection, pool
 //! timeouts, and SQLSTATE classes `08` (connection exception), `40` (transaction rollback:
 //! serialization failure, deadlock), `53` (insufficient resources) and `57` (operator
-//! intervention, e.g. `57P01` admin shutdown). Anything else (say `42P01` undefined table, or a
-//! value that does not fit its column) is a bug that retrying will not fix:
-//! [`SinkError::Fatal`]. Every failure is logged with its SQLSTATE.
+//! intervention, e.g. `57P01` admin shutdown). Anything else (say `42P01` undefined table) is a
+//! fault that retrying will not fix: [`SinkError::Fatal`]. Every failure is logged with its
+//! SQLSTATE.
+//!
+//! A record with a value that does not fit its column never gets that far: `write` stages it
+//! as a dead letter (reason `unwritable`, the record as its raw prefix) in its place and
+//! buffers the rest of the batch, so one result never halts the pipeline.
 
 pub mod admin;
 mod columns;
@@ -63,7 +67,7 @@ use deadpool_postgres::{Pool, PoolError};
 use meltstream_engine::records::Emitted;
 
 use crate::progress::{Checkpoint, Progress, StoredProgress};
-use crate::sinks::writer::{SinkError, SinkWriter};
+use crate::sinks::writer::{unwritable, SinkError, SinkWriter};
 
 use columns::{bigint, Buffers, Param};
 use schema::{Sql, MIGRATION_LOCK};
@@ -190,8 +194,23 @@ impl SinkWriter for PgSink {
     async fn write(&mut self, records: &[Emitted]) -> Result<(), SinkError> {
         // Stage first, so that a record that cannot be stored leaves the buffers as they were.
         let mut staged = Buffers::default();
+        if records.iter().all(|r| staged.push(&r.record).is_ok()) {
+            self.buffers.append(&mut staged);
+            return Ok(());
+        }
+        // Some record does not fit its columns: stage one by one, each such record as a dead
+        // letter in its place; the others are written as usual.
+        let mut staged = Buffers::default();
         for r in records {
-            staged.push(&r.record).map_err(|m| self.fatal(format!("cannot store {}: {m}", r.record.key())))?;
+            let mut one = Buffers::default();
+            match one.push(&r.record) {
+                Ok(()) => staged.append(&mut one),
+                Err(m) => {
+                    let mut dead = Buffers::default();
+                    dead.push(&unwritable(&self.name, r, &m).record).map_err(|m| self.fatal(format!("cannot store the dead letter of {}: {m}", r.record.key())))?;
+                    staged.append(&mut dead);
+                }
+            }
         }
         self.buffers.append(&mut staged);
         Ok(())
@@ -200,6 +219,10 @@ impl SinkWriter for PgSink {
     async fn flush(&mut self, checkpoint: &Checkpoint) -> Result<(), SinkError> {
         if self.buffers.is_empty() && checkpoint.entries.is_empty() {
             return Ok(());
+        }
+        #[cfg(feature = "fault-injection")]
+        if !self.buffers.is_empty() && fault_fail_flush() {
+            return Err(self.fatal("fault injection: MELTSTREAM_FAULT_FAIL_PG_FLUSHES".into()));
         }
         let started = Instant::now();
         self.migrate().await?;
@@ -230,6 +253,19 @@ impl SinkWriter for PgSink {
         }
         Ok(Some(stored))
     }
+}
+
+/// Test hook: with `MELTSTREAM_FAULT_FAIL_PG_FLUSHES=n`, the first `n` flushes with records of
+/// this process fail fatally (the root supervisor's restart intensity is tested with it).
+/// Compiled only with the `fault-injection` feature (the tests'), never in a release binary.
+#[cfg(feature = "fault-injection")]
+fn fault_fail_flush() -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static LIMIT: OnceLock<u64> = OnceLock::new();
+    static FAILED: AtomicU64 = AtomicU64::new(0);
+    let limit = *LIMIT.get_or_init(|| std::env::var("MELTSTREAM_FAULT_FAIL_PG_FLUSHES").ok().and_then(|v| v.parse().ok()).unwrap_or(0));
+    FAILED.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < limit).then_some(n + 1)).is_ok()
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //! PostgreSQL, Kafka, the test doubles), its object-safe form, and [`SinkError`], whose variant
 //! tells the sink actor whether a retry can help. Never any actor or channel here.
 
-use meltstream_engine::records::Emitted;
+use meltstream_engine::input::reject::{DeadLetter, RejectReason};
+use meltstream_engine::records::{DeadLetterRecord, Emitted, OutputRecord};
 
 use crate::progress::{Checkpoint, StoredProgress, Written};
 
@@ -77,4 +78,20 @@ pub enum SinkError {
         /// What failed.
         message: String,
     },
+}
+
+/// The dead letter a sink writes in place of a result it cannot store, so that one result
+/// never halts a pipeline (DESIGN §3.5). It keeps the result's holds and position (the offsets
+/// behind it move on once the dead letter is durable) and names the sink and the result's key
+/// in `source`, which keeps two such dead letters of one source position apart. Counted in
+/// `meltstream_dead_letters_total{reason="unwritable"}` and logged.
+pub fn unwritable(sink: &str, e: &Emitted, why: &str) -> Emitted {
+    let key = e.record.key();
+    let (input, offset) = e.position.unwrap_or((0, 0));
+    let raw = serde_json::to_vec(&e.record).unwrap_or_default();
+    let dl = DeadLetter::new(input, offset, RejectReason::Unwritable(format!("{key}: {why}")), &raw);
+    let record = DeadLetterRecord::from_dead_letter(format!("sink {sink}: {key}"), None, &dl);
+    metrics::counter!("meltstream_dead_letters_total", "reason" => record.reason_kind.clone()).increment(1);
+    tracing::warn!(sink, record = %key, reason = %why, "a result this sink cannot store is written as a dead letter");
+    Emitted { record: OutputRecord::DeadLetter(record), hold: e.hold.clone(), origin_wall_ns: e.origin_wall_ns, position: e.position }
 }

@@ -408,5 +408,20 @@ impl Actor for KafkaSource {
         }
         Ok(())
     }
+
+    /// Stopped by its supervisor (a failed tree) rather than by `Stop`: the reading task must
+    /// end too and close its consumer, or a restarted engine would meet this one's consumer in
+    /// the group under the same member id.
+    async fn post_stop(&self, _myself: ActorRef<KafkaSourceMsg>, st: &mut KafkaSourceState) -> Result<(), ActorProcessingErr> {
+        let _ = st.stop.send(true);
+        if let Some(t) = st.task.take() {
+            let abort = t.abort_handle();
+            if tokio::time::timeout(std::time::Duration::from_secs(30), t).await.is_err() {
+                tracing::error!(source = %st.ctx.name, "the Kafka reading task did not end within 30 s of the stop; aborting it");
+                abort.abort();
+            }
+        }
+        Ok(())
+    }
 }
 

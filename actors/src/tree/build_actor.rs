@@ -141,14 +141,9 @@ impl BuildState {
             processor.process_block(&batch, i, &ctx, out);
         }
         processor.finish_batch(&ctx, out);
-        // Dead letters of the processor (unmatched layer ends) still need their source's names.
-        for e in out.iter_mut() {
-            if let OutputRecord::DeadLetter(r) = &mut e.record {
-                if r.source.is_empty() {
-                    self.args.dead_letters.file(r);
-                }
-            }
-        }
+        // Dead letters of the processor (unmatched layer ends, operators that panicked) still
+        // need their source's names.
+        self.args.dead_letters.file_all(out);
         self.out.append(out);
     }
 
@@ -180,7 +175,10 @@ impl BuildState {
     fn apply_watermark(&mut self, w: StampedWatermark) {
         let mut slot = lock(&self.args.slot);
         let ctx = Ctx { hold: None, now_wall_ns: now_wall_ns(), origin_wall_ns: w.computed_wall_ns };
-        slot.processor.on_watermark(w.wm, &ctx, &mut self.out);
+        let mut out = Vec::new();
+        slot.processor.on_watermark(w.wm, &ctx, &mut out);
+        self.args.dead_letters.file_all(&mut out);
+        self.out.append(&mut out);
     }
 
     /// Takes everything queued, in order, until the queue is empty.
@@ -271,7 +269,10 @@ impl Actor for BuildActor {
                 if emit_open {
                     let mut slot = lock(&st.args.slot);
                     let ctx = Ctx { hold: None, now_wall_ns: now_wall_ns(), origin_wall_ns: now_wall_ns() };
-                    slot.processor.on_close(&ctx, &mut st.out);
+                    let mut out = Vec::new();
+                    slot.processor.on_close(&ctx, &mut out);
+                    st.args.dead_letters.file_all(&mut out);
+                    st.out.append(&mut out);
                 }
                 st.deliver(None).await;
                 if emit_open {

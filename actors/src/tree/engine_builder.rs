@@ -60,6 +60,10 @@ pub enum EngineError {
     /// from the stored progress (a Kafka source lost its partitions while running).
     #[error("engine stopped to restart: {0}")]
     Restart(String),
+    /// A part of the engine failed; every source is replayable, so the engine may start again
+    /// from the stored progress (within the restart intensity, which the caller counts).
+    #[error("engine failed: {0}")]
+    Crashed(String),
 }
 
 /// Turns a checked topology into a running engine.
@@ -76,6 +80,7 @@ pub struct EngineHandle {
     join: tokio::task::JoinHandle<()>,
     failure: Arc<Mutex<Option<String>>>,
     restart: Arc<AtomicBool>,
+    crashed: Arc<AtomicBool>,
     /// Live counters.
     pub stats: Arc<EngineStats>,
     /// The sinks (for latency histograms).
@@ -106,6 +111,7 @@ impl EngineHandle {
     pub async fn wait(self) -> Result<Arc<EngineStats>, EngineError> {
         let _ = self.join.await;
         match self.failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            Some(f) if self.restart.load(Ordering::SeqCst) && self.crashed.load(Ordering::SeqCst) => Err(EngineError::Crashed(f)),
             Some(f) if self.restart.load(Ordering::SeqCst) => Err(EngineError::Restart(f)),
             Some(f) => Err(EngineError::Failed(f)),
             None => Ok(self.stats),
@@ -166,7 +172,16 @@ impl EngineBuilder {
         let stored: Vec<StoredProgress> = writers.iter().filter_map(|w| w.2.clone()).collect();
         let resume = resume_offsets(&stored);
         let replayable = t.sources.iter().any(|s| matches!(s.kind, SourceKind::Kafka(_)));
-        let sup_args = SupervisorArgs { sources: t.sources.len(), failure: failure.clone(), restart: restart.clone(), keep_open_on_shutdown: replayable };
+        let all_replayable = t.sources.iter().all(|s| matches!(s.kind, SourceKind::Kafka(_)));
+        let crashed = Arc::new(AtomicBool::new(false));
+        let sup_args = SupervisorArgs {
+            sources: t.sources.len(),
+            failure: failure.clone(),
+            restart: restart.clone(),
+            crashed: crashed.clone(),
+            restart_on_failure: all_replayable,
+            keep_open_on_shutdown: replayable,
+        };
         let (supervisor, join) = Actor::spawn(None, Supervisor, sup_args).await.map_err(|e| start_err("supervisor", e))?;
         let sup_cell = supervisor.get_cell();
         let (commit, _) = Actor::spawn_linked(None, CommitCoordinator, (stats.clone(), Duration::from_millis(50), board.clone()), sup_cell.clone())
@@ -276,7 +291,7 @@ impl EngineBuilder {
         supervisor
             .cast(SupervisorMsg::Started(Box::new(Started { sources, router, commit: commit.clone(), sinks: outputs.sinks().iter().map(|s| (s.name.clone(), s.actor.clone())).collect() })))
             .map_err(|e| start_err("supervisor", e))?;
-        Ok(EngineHandle { supervisor, join, failure, restart, stats, outputs, watermarks, commit, progress: board })
+        Ok(EngineHandle { supervisor, join, failure, restart, crashed, stats, outputs, watermarks, commit, progress: board })
     }
 }
 

@@ -8,7 +8,7 @@ use ractor::ActorRef;
 use tokio::sync::Semaphore;
 
 use meltstream_engine::offset_ledger::Hold;
-use meltstream_engine::records::{DeadLetterRecord, Emitted};
+use meltstream_engine::records::{DeadLetterRecord, Emitted, OutputRecord};
 use meltstream_engine::topology::RecordKind;
 
 use crate::engine_stats::EngineStats;
@@ -122,14 +122,27 @@ pub struct DeadLetterDesk {
 }
 
 impl DeadLetterDesk {
-    /// Fills in `r`'s source, topic and partition from its input; logs and counts it.
+    /// Fills in `r`'s source (unless it names another origin already: an operator that
+    /// panicked), topic and partition from its input; logs and counts it.
     pub fn file(&self, r: &mut DeadLetterRecord) {
-        r.source = self.source_names.get(source_index(r.input)).cloned().unwrap_or_default();
+        if r.source.is_empty() {
+            r.source = self.source_names.get(source_index(r.input)).cloned().unwrap_or_default();
+        }
         let (topic, partition) = self.board.partition_of(r.input).map_or((None, None), |(t, p)| (Some(t), Some(p)));
         r.topic = topic;
         r.partition = partition;
         metrics::counter!("meltstream_dead_letters_total", "reason" => r.reason_kind.clone()).increment(1);
         EngineStats::add(&self.stats.dead_letters, 1);
         tracing::warn!(source = %r.source, topic = ?r.topic, partition = ?r.partition, offset = r.offset, reason = %r.reason, "dead letter");
+    }
+
+    /// Files every dead letter among `out`: what a build's pipeline emitted (unmatched layer
+    /// ends, operators that panicked).
+    pub fn file_all(&self, out: &mut [Emitted]) {
+        for e in out.iter_mut() {
+            if let OutputRecord::DeadLetter(r) = &mut e.record {
+                self.file(r);
+            }
+        }
     }
 }

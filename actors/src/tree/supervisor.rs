@@ -23,8 +23,14 @@ pub struct SupervisorArgs {
     pub sources: usize,
     /// The reason the engine stopped abnormally, for the caller.
     pub failure: Arc<Mutex<Option<String>>>,
-    /// Set when the failure is a [`SupervisorMsg::Restart`].
+    /// Set when the failure is a [`SupervisorMsg::Restart`], or a failed child of a tree that
+    /// may start again ([`SupervisorArgs::restart_on_failure`]).
     pub restart: Arc<AtomicBool>,
+    /// Set when the stop is a failed child (then `restart` says whether it may start again).
+    pub crashed: Arc<AtomicBool>,
+    /// Whether a failed child may start the tree again from the stored progress: every source
+    /// is replayable (Kafka).
+    pub restart_on_failure: bool,
     /// On a requested shutdown, stop without emitting open windows (the sources are
     /// replayable from stored progress: Kafka).
     pub keep_open_on_shutdown: bool,
@@ -36,6 +42,8 @@ pub struct SupervisorState {
     started: Option<Box<Started>>,
     failure: Arc<Mutex<Option<String>>>,
     restart: Arc<AtomicBool>,
+    crashed: Arc<AtomicBool>,
+    restart_on_failure: bool,
     draining: bool,
     pending_done: usize,
     shutdown_requested: bool,
@@ -88,6 +96,8 @@ impl Actor for Supervisor {
             started: None,
             failure: args.failure,
             restart: args.restart,
+            crashed: args.crashed,
+            restart_on_failure: args.restart_on_failure,
             draining: false,
             pending_done: 0,
             shutdown_requested: false,
@@ -156,10 +166,14 @@ impl Actor for Supervisor {
         if let SupervisionEvent::ActorFailed(cell, err) = evt {
             let who = cell.get_name().unwrap_or_else(|| cell.get_id().to_string());
             let msg = format!("{who} failed: {err}");
-            tracing::error!(actor = %who, error = %err, "unrecoverable failure; stopping the engine");
+            if st.restart_on_failure {
+                tracing::error!(actor = %who, error = %err, "a part of the engine failed; stopping the tree, to start again from the stored progress within the restart intensity");
+            } else {
+                tracing::error!(actor = %who, error = %err, "a part of the engine failed; a source cannot be read again from a stored position, so the engine stops");
+            }
             *st.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(msg);
-            // A failure, not a restart: the engine must not start again on its own.
-            st.restart.store(false, Ordering::SeqCst);
+            st.crashed.store(true, Ordering::SeqCst);
+            st.restart.store(st.restart_on_failure, Ordering::SeqCst);
             myself.stop_children(None);
             myself.stop(Some("failed".into()));
         }

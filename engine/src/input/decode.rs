@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::input::batch::{BlockColumns, RecordBatch};
-use crate::input::event::{BuildId, Channel, InputId, LayerEvent, LogRecord, TimeNs, N_CHANNELS, NO_LAYER};
+use crate::input::event::{BuildId, Channel, InputId, LayerEvent, LogRecord, TimeNs, MAX_BUILD_ID_BYTES, MAX_LAYER, N_CHANNELS, NO_LAYER};
 use crate::input::flat_parser::{parse_flat, FLAT_MAX_BYTES};
 use crate::input::reject::{DeadLetter, RejectReason};
 use crate::input::time::parse_rfc3339_ns;
@@ -114,7 +114,9 @@ impl Decoder {
         }
         let layer = match w.layer {
             Some(l) if l < 0 => return Err(RejectReason::Range(format!("`layer` must be ≥ 0, got {l}"))),
-            Some(l) if l >= i64::from(NO_LAYER) => return Err(RejectReason::Range(format!("`layer` {l} is too large"))),
+            Some(l) if l > i64::from(MAX_LAYER) => {
+                return Err(RejectReason::Range(format!("`layer` {l} is above {MAX_LAYER}, the largest every sink can store (a PostgreSQL int)")))
+            }
             Some(l) => Some(l as u32),
             None => None,
         };
@@ -125,7 +127,13 @@ impl Decoder {
         };
         let build = match (&w.build_id, &w.sensor_id) {
             (Some(b), _) if b.is_empty() => return Err(RejectReason::Schema("`build_id` is empty".into())),
+            (Some(b), _) if b.len() > MAX_BUILD_ID_BYTES => {
+                return Err(RejectReason::Range(format!("`build_id` of {} bytes is longer than {MAX_BUILD_ID_BYTES}", b.len())))
+            }
             (Some(b), _) => self.intern(b),
+            (None, Some(s)) if s.len() + "sensor:".len() > MAX_BUILD_ID_BYTES => {
+                return Err(RejectReason::Range(format!("`sensor_id` of {} bytes is longer than {}", s.len(), MAX_BUILD_ID_BYTES - "sensor:".len())))
+            }
             (None, Some(s)) => self.intern(&format!("sensor:{s}")),
             (None, None) => return Err(RejectReason::Schema("missing `build_id` (or `sensor_id`)".into())),
         };
@@ -253,6 +261,10 @@ impl Decoder {
         if n > 1 && dt_ns <= 0 {
             return Err(RejectReason::Range("a block of several samples needs `dt_ns` > 0".into()));
         }
+        // The last sample's time must be a time too (every sink stores times as i64 ns).
+        if dt_ns.checked_mul(n as i64 - 1).and_then(|d| t_ns.checked_add(d)).is_none() {
+            return Err(RejectReason::Range(format!("a block of {n} samples every {dt_ns} ns from {t_ns} ns ends beyond the year 2262")));
+        }
         if seed_vals.is_empty() {
             batch.push_block(&build, layer, laser, t_ns, dt_ns, n as u32, cols, offset);
         } else {
@@ -328,6 +340,8 @@ mod tests {
             (r#"{"build_id": "b", "layer": "four", "timestamp": "2024-01-15T10:30:00Z", "temperature": 1}"#, "wrong_schema"),
             (r#"{"build_id": "b", "layer": NaN, "timestamp": "2024-01-15T10:30:00Z", "temperature": 1}"#, "invalid_json"),
             (r#"{"build_id": "b", "layer": -1, "timestamp": "2024-01-15T10:30:00Z", "temperature": 1}"#, "out_of_range"),
+            (r#"{"build_id":"b1","layer":3000000000,"timestamp":"2024-01-15T10:30:00.001Z","temperature":1750.5}"#, "out_of_range"),
+            (r#"{"type":"block","build_id":"b","layer":3,"t0_ns":1,"dt_ns":9000000000000000000,"photodiode_on_axis":[10,11,12]}"#, "out_of_range"),
             (r#"{"build_id": "b", "layer": 1, "timestamp": "2024-01-15T10:30:00Z", "temperature": 1, "colour": 3}"#, "wrong_schema"),
             (r#"{"build_id": "b", "layer": 1, "timestamp": "2999-01-15T10:30:00Z", "temperature": 1}"#, "future_timestamp"),
             (r#"{"build_id": "b", "layer": 1, "timestamp": "2024-01-15T10:30:00Z"}"#, "wrong_schema"),

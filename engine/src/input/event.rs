@@ -19,6 +19,13 @@ pub type InputId = u32;
 /// time windows and rules but no layer window.
 pub const NO_LAYER: u32 = u32::MAX;
 
+/// The largest layer index a record may carry: what every sink can store (a PostgreSQL `int`).
+/// The decoder refuses larger ones, so that no sink ever meets a layer it cannot write.
+pub const MAX_LAYER: u32 = i32::MAX as u32;
+
+/// The longest `build_id` (bytes) a record may carry: a key for every sink, a label for metrics.
+pub const MAX_BUILD_ID_BYTES: usize = 256;
+
 /// Melt-pool channels a sample may carry. Units are in the names, as in the output records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]

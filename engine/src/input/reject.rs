@@ -32,6 +32,10 @@ pub enum RejectReason {
         /// The allowed skew in seconds.
         max_future_s: i64,
     },
+    /// A result a sink cannot store (a value beyond its column, a message beyond the broker's
+    /// limit): the sink writes this dead letter in its place and the rest of the batch.
+    #[error("a sink cannot store it: {0}")]
+    Unwritable(String),
     /// The record made an actor fail; it was set aside so that it cannot fail it again.
     #[error("poison record: {0}")]
     Poison(String),
@@ -54,6 +58,7 @@ impl RejectReason {
             RejectReason::Range(_) => "out_of_range",
             RejectReason::TooLarge { .. } => "too_large",
             RejectReason::Future { .. } => "future_timestamp",
+            RejectReason::Unwritable(_) => "unwritable",
             RejectReason::Poison(_) => "poison",
             RejectReason::UnknownBuild(_) => "unknown_build",
             RejectReason::UnknownLayer(_) => "unknown_layer",

@@ -17,15 +17,27 @@
 //! (a layer closes only when its `end` event is behind the watermark, or by the gap timeout),
 //! and never drop a late sample without counting it.
 //!
+//! # An operator that panics
+//! Every call of an operator's hook is guarded (`catch_unwind`, free on the path that does not
+//! panic): a panic becomes a dead letter (reason `poison`) naming the operator and what it was
+//! given (the block and its source offset, the layer result, the watermark or the close), and
+//! the chain goes on: the other operators get the same call, a layer result is still marked
+//! emitted with every other operator's part of it, and nothing already emitted is dropped. The
+//! same input makes the same operator panic in the same place, so a replay writes the same dead
+//! letter. The panicking operator's own state is whatever it left; the build actor's restart on
+//! its slot remains the backstop for a panic outside the operators (the bookkeeping).
+//!
 //! Operators are called through `Box<dyn Operator>`, once per block and hook, never per sample:
 //! a handful of indirect calls per block of hundreds of samples costs nothing measurable, and a
 //! chain that is a list lets a concern be added (or a test operator appended) without changing
 //! the pipeline's type.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use crate::input::batch::RecordBatch;
-use crate::input::event::{BuildId, TimeNs};
+use crate::input::event::{BuildId, InputId, TimeNs};
+use crate::input::reject::{DeadLetter, RejectReason};
 use crate::offset_ledger::HoldSet;
 use crate::pipeline::energy_density::EnergyDensityRules;
 use crate::pipeline::grid_map::GridMaps;
@@ -34,7 +46,7 @@ use crate::pipeline::layer_stats::LayerStats;
 use crate::pipeline::operator::{Block, Ctx, LayerResult, Operator};
 use crate::pipeline::threshold_rules::ThresholdRules;
 use crate::pipeline::time_windows::TimeWindows;
-use crate::records::Emitted;
+use crate::records::{DeadLetterRecord, Emitted, OutputRecord};
 
 pub use crate::pipeline::build_book::{BuildBook, BuildCounters, BuildSettings};
 
@@ -134,8 +146,13 @@ impl BuildPipeline {
         for ev in &batch.layers {
             self.book.apply_layer_event(batch, ev, ctx.hold, ctx.origin_wall_ns, out);
         }
+        let book = &mut self.book;
         for op in &mut self.ops {
-            op.process(batch, &mut self.book, ctx, out);
+            let res = catch_unwind(AssertUnwindSafe(|| op.process(batch, book, ctx, out)));
+            if let Err(p) = res {
+                let at = Where { input: batch.span.input, offset: batch.span.first_offset, position: ctx.position(batch.span.first_offset), hold: ctx.hold_set(), origin_wall_ns: ctx.origin_wall_ns };
+                out.push(panicked(op.name(), &book.build, &format!("the events of batch {}", batch.span.seq), at, p.as_ref()));
+            }
         }
     }
 
@@ -153,8 +170,14 @@ impl BuildPipeline {
         let layer = self.book.admit_block(&h, ctx.hold);
         self.rule_hits.fill(0);
         let mut block = Block { batch, h, layer, rule_hits: &mut self.rule_hits };
+        let book = &mut self.book;
         for op in &mut self.ops {
-            op.on_block(&mut block, &mut self.book, ctx, out);
+            let res = catch_unwind(AssertUnwindSafe(|| op.on_block(&mut block, book, ctx, out)));
+            if let Err(p) = res {
+                let at = Where { input: batch.span.input, offset: h.source_offset, position: ctx.position(h.source_offset), hold: ctx.hold_set(), origin_wall_ns: ctx.origin_wall_ns };
+                let what = format!("the block at offset {} (layer {}, laser {}, {} samples)", h.source_offset, h.layer, h.laser, h.len);
+                out.push(panicked(op.name(), &book.build, &what, at, p.as_ref()));
+            }
         }
     }
 
@@ -175,8 +198,12 @@ impl BuildPipeline {
             return;
         }
         self.close_layers(wm, false, ctx, out);
+        let book = &mut self.book;
         for op in &mut self.ops {
-            op.on_watermark(wm, &mut self.book, ctx, out);
+            let res = catch_unwind(AssertUnwindSafe(|| op.on_watermark(wm, book, ctx, out)));
+            if let Err(p) = res {
+                out.push(panicked(op.name(), &book.build, "a watermark", Where::nowhere(ctx), p.as_ref()));
+            }
         }
         if self.book.ends_by(wm) {
             self.close_all(ctx, out);
@@ -190,8 +217,12 @@ impl BuildPipeline {
 
     fn close_all(&mut self, ctx: &Ctx, out: &mut Vec<Emitted>) {
         self.close_layers(self.book.watermark(), true, ctx, out);
+        let book = &mut self.book;
         for op in &mut self.ops {
-            op.on_close(&mut self.book, ctx, out);
+            let res = catch_unwind(AssertUnwindSafe(|| op.on_close(book, ctx, out)));
+            if let Err(p) = res {
+                out.push(panicked(op.name(), &book.build, "the close", Where::nowhere(ctx), p.as_ref()));
+            }
         }
         self.finished = true;
     }
@@ -210,11 +241,45 @@ impl BuildPipeline {
     fn emit_layer(&mut self, layer: u32, hold: HoldSet, origin_wall_ns: i64, out: &mut Vec<Emitted>) {
         let Some(w) = self.book.window(layer) else { return };
         let r = LayerResult { layer, revision: w.emitted, hold, origin_wall_ns };
+        let book = &mut self.book;
         for op in &mut self.ops {
-            op.on_layer_result(&r, &mut self.book, out);
+            let res = catch_unwind(AssertUnwindSafe(|| op.on_layer_result(&r, book, out)));
+            if let Err(p) = res {
+                let input = r.hold.iter().next().map_or(0, |h| h.0);
+                let at = Where { input, offset: 0, position: None, hold: r.hold.clone(), origin_wall_ns: r.origin_wall_ns };
+                out.push(panicked(op.name(), &book.build, &format!("result {} of layer {layer}", r.revision), at, p.as_ref()));
+            }
         }
         self.book.mark_emitted(layer);
     }
+}
+
+/// Where the call that panicked got its input: the dead letter's input and offset, and the
+/// position and holds it keeps (so that the offsets behind it wait until it is durable).
+struct Where {
+    input: InputId,
+    offset: u64,
+    position: Option<(InputId, u64)>,
+    hold: HoldSet,
+    origin_wall_ns: i64,
+}
+
+impl Where {
+    /// A call not tied to a record (a watermark, a close).
+    fn nowhere(ctx: &Ctx) -> Where {
+        Where { input: 0, offset: 0, position: None, hold: HoldSet::default(), origin_wall_ns: ctx.origin_wall_ns }
+    }
+}
+
+/// The dead letter of operator `op` panicking on `what`. Its `source` names the operator, the
+/// build and the call, which keeps it apart from the other dead letters of that input and
+/// offset (the build actor fills in Kafka's topic and partition).
+fn panicked(op: &str, build: &BuildId, what: &str, at: Where, payload: &(dyn std::any::Any + Send)) -> Emitted {
+    let msg = payload.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| payload.downcast_ref::<String>().cloned()).unwrap_or_else(|| "a panic without a message".into());
+    let reason = RejectReason::Poison(format!("operator {op} panicked on {what} of build {build}: {msg}"));
+    let dl = DeadLetter::new(at.input, at.offset, reason, what.as_bytes());
+    let record = DeadLetterRecord::from_dead_letter(format!("operator {op}: {build}: {what}"), None, &dl);
+    Emitted { record: OutputRecord::DeadLetter(record), hold: at.hold, origin_wall_ns: at.origin_wall_ns, position: at.position }
 }
 
 #[cfg(test)]
@@ -358,5 +423,46 @@ mod tests {
         let seen = seen.lock().expect("not poisoned");
         assert_eq!(*seen, Seen { blocks: 3, samples: 3, results: vec![(0, 0), (1, 0)], closes: 1 });
         assert_eq!(p.counters().samples, 3);
+    }
+
+    /// An operator that panics on the block at one offset and on the result of one layer.
+    #[derive(Debug)]
+    struct Panicky;
+
+    impl Operator for Panicky {
+        fn process(&mut self, _batch: &RecordBatch, _book: &mut BuildBook, _ctx: &Ctx, _out: &mut Vec<Emitted>) {}
+
+        fn on_block(&mut self, block: &mut Block<'_>, _book: &mut BuildBook, _ctx: &Ctx, _out: &mut Vec<Emitted>) {
+            assert_ne!(block.h.source_offset, 1, "test: poison block");
+        }
+
+        fn on_layer_result(&mut self, r: &LayerResult, _book: &mut BuildBook, _out: &mut Vec<Emitted>) {
+            assert_ne!(r.layer, 1, "test: poison layer");
+        }
+    }
+
+    #[test]
+    fn a_panicking_operator_is_dead_lettered_and_loses_nothing_else() {
+        let plain = emitted(&mut BuildPipeline::new(BuildId::from("b"), demo_settings()), &[2]);
+        // First in the chain, so that every other operator runs after it panicked.
+        let mut ops: Vec<Box<dyn Operator>> = vec![Box::new(Panicky)];
+        ops.extend(standard_chain(&demo_settings()));
+        let mut p = BuildPipeline::with_chain(BuildId::from("b"), demo_settings(), ops);
+        let with = emitted(&mut p, &[2]);
+        let (dead, rest): (Vec<Emitted>, Vec<Emitted>) = with.into_iter().partition(|e| matches!(&e.record, OutputRecord::DeadLetter(r) if r.reason_kind == "poison"));
+        let view = |v: &[Emitted]| v.iter().map(|e| (e.record.clone(), e.position, e.hold.clone())).collect::<Vec<_>>();
+        assert_eq!(view(&rest), view(&plain), "every other record, in order");
+        let reasons: Vec<(u64, Option<(u32, u64)>, String)> = dead
+            .iter()
+            .map(|e| match &e.record {
+                OutputRecord::DeadLetter(r) => (r.offset, e.position, r.source.clone()),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        assert_eq!((reasons[0].0, reasons[0].1), (1, Some((0, 1))), "the block at offset 1, positioned");
+        assert!(reasons[0].2.starts_with("operator Panicky: b: the block at offset 1"), "{}", reasons[0].2);
+        assert!(reasons[1].2.starts_with("operator Panicky: b: result 0 of layer 1"), "{}", reasons[1].2);
+        assert!(!dead[1].hold.is_empty(), "the layer's dead letter holds the layer's offsets until durable");
     }
 }

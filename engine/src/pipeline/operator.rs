@@ -104,4 +104,10 @@ pub trait Operator: Send + std::fmt::Debug {
     fn open_windows(&self) -> usize {
         0
     }
+
+    /// The operator's name in dead letters and logs: its type's name by default.
+    fn name(&self) -> &'static str {
+        let full = std::any::type_name::<Self>();
+        full.rsplit("::").next().unwrap_or(full)
+    }
 }

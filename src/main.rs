@@ -32,6 +32,11 @@ enum Cmd {
         /// No terminal summary.
         #[arg(long)]
         quiet: bool,
+        /// This process's instance id when several run the same topology in one consumer group
+        /// (also `MELTSTREAM_INSTANCE`): derives its static member id and transactional ids
+        /// (docs/operations.md).
+        #[arg(long)]
+        instance: Option<String>,
     },
     /// Check topology files; report every error with file, line, key and what was expected.
     Check {
@@ -135,7 +140,7 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,meltstream=info".into()))
         .with_writer(std::io::stderr)
         .init();
-    let cmd = cli.cmd.unwrap_or(Cmd::Run { file: None, quiet: false });
+    let cmd = cli.cmd.unwrap_or(Cmd::Run { file: None, quiet: false, instance: None });
     match cmd {
         Cmd::Reset { topology } => {
             let t = match load_topology(Some(&topology)) {
@@ -167,11 +172,19 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
-        Cmd::Run { file, quiet } => {
-            let t = match load_topology(file.as_ref()) {
+        Cmd::Run { file, quiet, instance } => {
+            let mut t = match load_topology(file.as_ref()) {
                 Ok(t) => t,
                 Err(c) => return c,
             };
+            let instance = instance.or_else(|| std::env::var("MELTSTREAM_INSTANCE").ok().filter(|v| !v.is_empty()));
+            if let Some(id) = instance {
+                if let Err(e) = t.for_instance(&id) {
+                    eprintln!("meltstream: {e}");
+                    return ExitCode::from(2);
+                }
+                tracing::info!(instance = %id, "running as instance {id}");
+            }
             match run(t, quiet) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -210,7 +210,7 @@ flush_ms = 50
         // The reset test waits for the stopped engine's static member to leave the group, and
         // "lost" loses its session while the broker is away: a short session. The others keep
         // the default 45 s, which outlasts the broker restart.
-        session = if pipeline == "again" || pipeline == "lost" { "[sources.properties]\n\"session.timeout.ms\" = \"6000\"\n" } else { "" },
+        session = if pipeline == "again" || pipeline == "lost" || pipeline == "two" { "[sources.properties]\n\"session.timeout.ms\" = \"6000\"\n" } else { "" },
         // The escalation test allows two restarts.
         restarts = if pipeline == "escalate" { "max_restarts = 2\nmax_restart_window_s = 600" } else { "" },
     );
@@ -463,6 +463,62 @@ async fn results_are_exactly_once_across_crashes_outages_and_broker_restarts() {
     assert_same_as_reference(&f, &reference, "flaky").await;
     let log = std::fs::read_to_string(f.dir.join("flaky-0.log")).unwrap_or_default();
     assert_eq!(log.matches("a part of the engine failed; restarting the engine").count(), 2, "flaky: two restarts; logs in {}", f.dir.display());
+
+    two_instances_and_a_zombie(&f, &reference).await;
+}
+
+/// Two engine processes run the same topology as instances `a` and `b` in one consumer group
+/// and share its partitions. `a` is paused (SIGSTOP) past the session timeout, so `b` takes
+/// all the partitions; the rest of the input arrives; `a` resumes (SIGCONT) believing it still
+/// owns its partitions. The stores fence it (the broker by its stale generation, PostgreSQL by
+/// the progress epoch), the group settles, and the results equal the uninterrupted reference.
+async fn two_instances_and_a_zombie(f: &Fixture, reference: &(BTreeMap<String, Vec<String>>, Vec<String>)) {
+    let pipeline = "two";
+    let topo = topology(f, pipeline);
+    let half = f.lines.len() / 2;
+    f.produce(pipeline, 0..half).await;
+    let mut a = spawn_with(f, &topo, 0, &[("MELTSTREAM_INSTANCE", "a")]);
+    started(f, pipeline).await;
+    let b = spawn_with(f, &topo, 1, &[("MELTSTREAM_INSTANCE", "b")]);
+    let log_of = |run: usize| std::fs::read_to_string(f.dir.join(format!("{pipeline}-{run}.log"))).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !log_of(1).contains("partition assigned") {
+        assert!(Instant::now() < deadline, "instance b got no partition; logs in {}", f.dir.display());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(log_of(1).contains("running as instance b"), "instance b named; logs in {}", f.dir.display());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let signal = |sig: &str, pid: u32| assert!(Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().expect("kill").success());
+    signal("STOP", a.id());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    f.produce(pipeline, half..f.lines.len()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    signal("CONT", a.id());
+
+    // Both run until every offset is stored in both stores, then stop.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let (in_pg, in_kafka) = stored_offsets(f, pipeline).await;
+        if in_pg == f.total && in_kafka == f.total {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{pipeline} did not catch up: PostgreSQL at {in_pg}, Kafka at {in_kafka}, input {}; logs in {}", f.total, f.dir.display());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (mut child, name) in [(b, "b"), (std::mem::replace(&mut a, spawn_idle()), "a")] {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("instance {name} exited early with {status}; logs in {}", f.dir.display());
+        }
+        signal("TERM", child.id());
+        let status = child.wait().expect("wait");
+        assert_eq!(status.code(), Some(0), "instance {name}: exit status after SIGTERM; logs in {}", f.dir.display());
+    }
+    assert_same_as_reference(f, reference, pipeline).await;
+}
+
+/// A placeholder child (already exited) to move an engine out of a binding.
+fn spawn_idle() -> Engine {
+    Engine(Command::new("true").spawn().expect("spawn true"))
 }
 
 /// A sink that keeps failing: after `max_restarts` (2 here) restarts within the window the

@@ -130,8 +130,13 @@ fn records() -> Vec<Emitted> {
     ]
 }
 
+/// A checkpoint of partitions assigned to this process once (assignment 1 each).
 fn checkpoint(version: u64, entries: &[(&str, i32, u64, u64)]) -> Checkpoint {
-    Checkpoint { version, entries: entries.iter().map(|&(t, p, resume, emitted_through)| ((t.to_owned(), p), Progress { resume, emitted_through })).collect() }
+    Checkpoint {
+        version,
+        entries: entries.iter().map(|&(t, p, resume, emitted_through)| ((t.to_owned(), p), Progress { resume, emitted_through })).collect(),
+        assignments: entries.iter().map(|&(t, p, _, _)| ((t.to_owned(), p), 1)).collect(),
+    }
 }
 
 fn stored(entries: &[(&str, i32, u64, u64)]) -> StoredProgress {
@@ -243,6 +248,41 @@ async fn a_record_the_sink_cannot_store_is_dead_lettered_and_the_rest_written() 
         assert_eq!(dead[0][0].as_deref(), Some("sink pg: layer_summary/build_001/3000000000/2/0"));
         assert_eq!(dead[0][1].as_deref(), Some("99"));
         assert!(dead[0][2].as_deref().unwrap_or("").contains("does not fit a PostgreSQL int"), "{dead:?}");
+    })
+    .await;
+}
+
+/// Two processes store progress for the same partition: the one assigned it last claimed a
+/// newer epoch, so the other (a zombie that lost the partition without noticing) is refused and
+/// writes nothing, neither its records nor its progress; the owner goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zombie_writer_is_fenced_by_the_progress_epoch() {
+    with_schema("fenced", |url, schema| async move {
+        let pipeline = "fenced";
+        let mut zombie = PgSink::new("pg", &url, pipeline, &schema).expect("sink");
+        zombie.stored_progress().await.expect("migrate");
+        zombie.write(&records()[..1]).await.expect("write");
+        zombie.flush(&checkpoint(1, &[("samples", 0, 10, 10)])).await.expect("the first owner writes");
+
+        // The group moved the partition to another process, which claims it at its first flush.
+        let mut owner = PgSink::new("pg", &url, pipeline, &schema).expect("sink");
+        owner.flush(&checkpoint(1, &[("samples", 0, 10, 10)])).await.expect("the new owner claims");
+        let epoch = query_text(&url, &format!("SELECT epoch FROM \"{schema}\".progress WHERE pipeline = '{pipeline}'")).await.expect("epoch");
+        assert_eq!(epoch, vec![vec![Some("2".to_owned())]]);
+
+        // The zombie wakes up and writes on: refused, nothing of its transaction lands.
+        zombie.write(&records()[1..2]).await.expect("write");
+        match zombie.flush(&checkpoint(2, &[("samples", 0, 50, 50)])).await {
+            Err(SinkError::Fenced { message, .. }) => assert!(message.contains("samples/0@1"), "{message}"),
+            other => panic!("expected the zombie to be fenced, got {other:?}"),
+        }
+        let got = row_counts(&url, &schema, pipeline).await.expect("counts");
+        assert_eq!(got["grid_maps"], 0, "the zombie's grid map was rolled back: {got:?}");
+        assert_eq!(owner.stored_progress().await.expect("progress"), Some(stored(&[("samples", 0, 10, 10)])), "its progress too");
+
+        owner.write(&records()[1..2]).await.expect("write");
+        owner.flush(&checkpoint(2, &[("samples", 0, 60, 60)])).await.expect("the owner goes on");
+        assert_eq!(row_counts(&url, &schema, pipeline).await.expect("counts")["grid_maps"], 1);
     })
     .await;
 }

@@ -16,6 +16,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
+use rdkafka::consumer::ConsumerGroupMetadata;
+
 use meltstream_engine::input::event::InputId;
 
 /// Progress of one input.
@@ -43,6 +45,10 @@ pub struct Checkpoint {
     pub version: u64,
     /// Per partition.
     pub entries: Vec<(TopicPartition, Progress)>,
+    /// Per partition, which assignment of this run it belongs to (1, 2, … in the order the
+    /// consumer group assigned them): a sink that fences its progress claims a new epoch for a
+    /// partition whose assignment it has not claimed yet (PostgreSQL's `progress.epoch`).
+    pub assignments: BTreeMap<TopicPartition, u64>,
 }
 
 #[derive(Default)]
@@ -50,6 +56,9 @@ struct Board {
     names: HashMap<InputId, TopicPartition>,
     latest: BTreeMap<InputId, Progress>,
     version: u64,
+    assignments: BTreeMap<TopicPartition, u64>,
+    assigned: u64,
+    groups: HashMap<String, Arc<ConsumerGroupMetadata>>,
 }
 
 /// Where the commit coordinator publishes progress and transactional sinks read it. Only inputs
@@ -62,9 +71,28 @@ impl ProgressBoard {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Names `input` as a partition.
+    /// Names `input` as a partition, newly assigned to this process.
     pub fn register(&self, input: InputId, tp: TopicPartition) {
-        self.lock().names.insert(input, tp);
+        let mut b = self.lock();
+        b.assigned += 1;
+        let stamp = b.assigned;
+        b.assignments.insert(tp.clone(), stamp);
+        b.names.insert(input, tp);
+        // A transactional sink flushes when the version moves: it claims the new assignment's
+        // epoch at once, before this process writes anything of the partition.
+        b.version += 1;
+    }
+
+    /// The consumer group membership of `group` (its generation and member id) as of the
+    /// latest assignment: a Kafka sink sends offsets with it, so that the broker refuses a
+    /// transaction of a member that lost its partitions (a zombie).
+    pub fn set_group_metadata(&self, group: &str, md: ConsumerGroupMetadata) {
+        self.lock().groups.insert(group.to_owned(), Arc::new(md));
+    }
+
+    /// See [`ProgressBoard::set_group_metadata`].
+    pub fn group_metadata(&self, group: &str) -> Option<Arc<ConsumerGroupMetadata>> {
+        self.lock().groups.get(group).cloned()
     }
 
     /// The partition of `input`, if it is one.
@@ -91,7 +119,7 @@ impl ProgressBoard {
     pub fn checkpoint(&self) -> Checkpoint {
         let b = self.lock();
         let entries = b.latest.iter().filter_map(|(i, p)| b.names.get(i).map(|tp| (tp.clone(), *p))).collect();
-        Checkpoint { version: b.version, entries }
+        Checkpoint { version: b.version, entries, assignments: b.assignments.clone() }
     }
 }
 
@@ -130,7 +158,8 @@ mod tests {
         b.publish(1, Progress { resume: 2, emitted_through: 5 });
         b.publish(1, Progress { resume: 2, emitted_through: 5 });
         let c = b.checkpoint();
-        assert_eq!(c.version, 1);
+        assert_eq!(c.version, 2, "the assignment, then the progress");
+        assert_eq!(c.assignments, [(("t".to_owned(), 3), 1)].into());
         assert_eq!(c.entries, vec![(("t".to_owned(), 3), Progress { resume: 2, emitted_through: 5 })]);
     }
 }

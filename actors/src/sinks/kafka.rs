@@ -20,6 +20,15 @@
 //! (`init_transactions`), reads its topic from `out` to the end with `read_committed`, and drops
 //! replayed records at the positions it finds there too.
 //!
+//! # Fencing
+//! The offsets go with the source consumer's group membership as of its latest assignment
+//! (generation and member id, published on the progress board by the source's rebalance hook).
+//! A process that lost its partitions (paused past `session.timeout.ms`, then resumed: a zombie)
+//! still holds the old generation, so the broker refuses its `send_offsets_to_transaction` and
+//! the transaction aborts: it writes nothing. Each engine instance has its own transactional id
+//! (`--instance`), so instances never fence each other's producers; a restart of the same
+//! instance fences its predecessor's.
+//!
 //! # What it accepts
 //! Only records with a source position (alerts raised by a sample or a log record, dead letters,
 //! late records): a window result read again in part after a crash could not be told from the
@@ -34,6 +43,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -373,7 +383,13 @@ impl KafkaSink {
             e.set_metadata(md);
         }
         if tpl.count() > 0 {
-            let cgm = self.consumer.group_metadata().ok_or_else(|| retryable(&self.name, "group metadata", "unavailable"))?;
+            // The source consumer's membership (generation, member id), so that the broker
+            // refuses this transaction if this process lost the partitions (a zombie); before
+            // any assignment, the group without a member.
+            let cgm = match self.board.group_metadata(&self.group_id) {
+                Some(m) => m,
+                None => Arc::new(self.consumer.group_metadata().ok_or_else(|| retryable(&self.name, "group metadata", "unavailable"))?),
+            };
             let p2 = producer.clone();
             let res = tokio::task::spawn_blocking(move || p2.send_offsets_to_transaction(&tpl, &cgm, TIMEOUT)).await.map_err(|e| retryable(&self.name, "send_offsets", e))?;
             if let Err(e) = res {

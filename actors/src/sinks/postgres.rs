@@ -33,6 +33,15 @@
 //! # Progress
 //! The [`Checkpoint`] given to a flush is stored in the same transaction as the records, so the
 //! stored progress never runs ahead of the stored results (see `progress.rs`).
+//!
+//! # Fencing
+//! Each `progress` row carries an `epoch`. When the consumer group assigns a partition to this
+//! process, the next flush (the board's version moved, so one follows within `flush_ms`) first
+//! claims the partition's next epoch (`epoch + 1`) in its transaction; every later upsert of
+//! the row applies only `WHERE epoch` is still the one claimed. A process that lost the
+//! partition without noticing (paused past the session timeout: a zombie) finds a newer epoch,
+//! the upsert touches fewer rows than it sent, and the whole transaction rolls back
+//! ([`SinkError::Fenced`]): it writes nothing, and its engine starts again.
 //! [`SinkWriter::stored_progress`] reads it back once before the engine starts.
 //!
 //! # Files
@@ -59,7 +68,7 @@ mod connection;
 mod errors;
 mod schema;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use deadpool_postgres::{Pool, PoolError};
@@ -81,6 +90,8 @@ pub struct PgSink {
     sql: Sql,
     migrated: bool,
     buffers: Buffers,
+    /// Per partition: the assignment (of this run) whose epoch this sink claimed, and the epoch.
+    claimed: HashMap<(String, i32), (u64, i64)>,
 }
 
 impl PgSink {
@@ -101,6 +112,7 @@ impl PgSink {
             sql: Sql::new(schema),
             migrated: false,
             buffers: Buffers::default(),
+            claimed: HashMap::new(),
         })
     }
 
@@ -138,14 +150,25 @@ impl PgSink {
             tx.batch_execute(&self.sql.v1).await.map_err(|e| self.db_error("apply migration 1", &e))?;
             tracing::info!(sink = %self.name, schema = %self.schema, "created the PostgreSQL tables (schema version 1)");
         }
+        let applied = tx.query_opt(&self.sql.has_v2, &[]).await.map_err(|e| self.db_error("read schema version", &e))?;
+        if applied.is_none() {
+            tx.batch_execute(&self.sql.v2).await.map_err(|e| self.db_error("apply migration 2", &e))?;
+            tracing::info!(sink = %self.name, schema = %self.schema, "added the progress epoch (schema version 2)");
+        }
         tx.commit().await.map_err(|e| self.db_error("commit migration", &e))?;
         self.migrated = true;
         Ok(())
     }
 
+    /// The partitions assigned to this process whose assignment this sink has not claimed an
+    /// epoch for yet.
+    fn unclaimed<'c>(&'c self, checkpoint: &'c Checkpoint) -> impl Iterator<Item = &'c (String, i32)> + 'c {
+        checkpoint.assignments.iter().filter(|(tp, stamp)| self.claimed.get(*tp).map(|c| c.0) != Some(**stamp)).map(|(tp, _)| tp)
+    }
+
     /// Writes the buffers and `checkpoint` in one transaction; returns the rows inserted per
-    /// table once committed.
-    async fn write_transaction(&self, checkpoint: &Checkpoint) -> Result<Vec<(&'static str, u64)>, SinkError> {
+    /// table and the epochs claimed in it, once committed.
+    async fn write_transaction(&self, checkpoint: &Checkpoint) -> Result<(Vec<(&'static str, u64)>, Vec<((String, i32), (u64, i64))>), SinkError> {
         let b = &self.buffers;
         let p = &self.pipeline;
         let batches: [(&'static str, usize, &str, Vec<Param<'_>>); 6] = [
@@ -168,9 +191,29 @@ impl PgSink {
             resume.push(bigint(p.resume, "resume offset").map_err(|m| self.fatal(m))?);
             emitted.push(bigint(p.emitted_through, "emitted-through offset").map_err(|m| self.fatal(m))?);
         }
+        // Partitions assigned to this process since this sink last claimed them: their next
+        // epoch is claimed first, in this transaction.
+        let stamp = |topic: &str, partition: i32| checkpoint.assignments.get(&(topic.to_owned(), partition)).copied().unwrap_or(0);
+        let to_claim: Vec<(&str, i32)> = self.unclaimed(checkpoint).map(|(t, p)| (t.as_str(), *p)).collect();
 
         let mut client = self.pool.get().await.map_err(|e| self.pool_error(e))?;
         let tx = client.transaction().await.map_err(|e| self.db_error("begin", &e))?;
+        let mut claims = Vec::new();
+        if !to_claim.is_empty() {
+            let (ct, cp): (Vec<&str>, Vec<i32>) = to_claim.iter().copied().unzip();
+            let stmt = tx.prepare_cached(&self.sql.claim_epochs).await.map_err(|e| self.db_error("prepare epoch claim", &e))?;
+            let rows = tx.query(&stmt, &[p, &ct, &cp]).await.map_err(|e| self.db_error("claim epochs", &e))?;
+            for row in rows {
+                let (topic, partition, epoch): (String, i32, i64) = (row.get(0), row.get(1), row.get(2));
+                tracing::info!(sink = %self.name, topic = %topic, partition, epoch, "claimed the partition's progress epoch");
+                let s = stamp(&topic, partition);
+                claims.push(((topic, partition), (s, epoch)));
+            }
+        }
+        let epoch_of = |topic: &str, partition: i32| {
+            claims.iter().find(|((t, p), _)| t == topic && *p == partition).map(|c| c.1 .1).or_else(|| self.claimed.get(&(topic.to_owned(), partition)).map(|c| c.1)).unwrap_or(0)
+        };
+        let epochs: Vec<i64> = latest.keys().map(|(t, p)| epoch_of(t, *p)).collect();
         let mut inserted = Vec::new();
         for (table, len, sql, params) in &batches {
             if *len == 0 {
@@ -182,11 +225,20 @@ impl PgSink {
         }
         if !latest.is_empty() {
             let stmt = tx.prepare_cached(&self.sql.upsert_progress).await.map_err(|e| self.db_error("prepare progress upsert", &e))?;
-            let params: [Param<'_>; 5] = [p, &topics, &partitions, &resume, &emitted];
-            tx.execute(&stmt, &params).await.map_err(|e| self.db_error("store progress", &e))?;
+            let params: [Param<'_>; 6] = [p, &topics, &partitions, &resume, &emitted, &epochs];
+            let stored = tx.execute(&stmt, &params).await.map_err(|e| self.db_error("store progress", &e))?;
+            if stored < latest.len() as u64 {
+                // Dropping the transaction rolls it back: none of its rows are written.
+                drop(tx);
+                let mine: Vec<String> = latest.keys().zip(&epochs).map(|((t, p), e)| format!("{t}/{p}@{e}")).collect();
+                let message = format!("another process claimed a newer epoch of a partition this one stores progress for (this one holds {}); nothing written", mine.join(", "));
+                tracing::error!(sink = %self.name, "{message}");
+                metrics::counter!("meltstream_sink_fenced_total", "sink" => self.name.clone()).increment(1);
+                return Err(SinkError::Fenced { sink: self.name.clone(), message });
+            }
         }
         tx.commit().await.map_err(|e| self.db_error("commit", &e))?;
-        Ok(inserted)
+        Ok((inserted, claims))
     }
 }
 
@@ -217,7 +269,7 @@ impl SinkWriter for PgSink {
     }
 
     async fn flush(&mut self, checkpoint: &Checkpoint) -> Result<(), SinkError> {
-        if self.buffers.is_empty() && checkpoint.entries.is_empty() {
+        if self.buffers.is_empty() && checkpoint.entries.is_empty() && self.unclaimed(checkpoint).next().is_none() {
             return Ok(());
         }
         #[cfg(feature = "fault-injection")]
@@ -226,9 +278,10 @@ impl SinkWriter for PgSink {
         }
         let started = Instant::now();
         self.migrate().await?;
-        let inserted = self.write_transaction(checkpoint).await?;
-        // Committed: only now may the rows leave the buffers.
+        let (inserted, claims) = self.write_transaction(checkpoint).await?;
+        // Committed: only now may the rows leave the buffers, and the claims count.
         self.buffers.clear();
+        self.claimed.extend(claims);
         for (table, n) in inserted {
             metrics::counter!("meltstream_pg_rows_total", "sink" => self.name.clone(), "table" => table).increment(n);
         }

@@ -70,6 +70,16 @@ pub enum SinkError {
         /// What failed.
         message: String,
     },
+    /// Another process owns a partition this sink stores progress for (it claimed a newer
+    /// epoch): nothing of the transaction was written. Like a fatal error, the sink fails; the
+    /// engine starts again from the stored progress and rejoins its consumer group.
+    #[error("sink {sink}: fenced: {message}")]
+    Fenced {
+        /// The sink.
+        sink: String,
+        /// What was refused.
+        message: String,
+    },
     /// Permanent: the sink fails and its supervisor decides.
     #[error("sink {sink}: {message}")]
     Fatal {

@@ -234,6 +234,7 @@ impl Reader {
             name: args.ctx.name.clone(),
             supervisor: args.ctx.supervisor.clone(),
             stopping: AtomicBool::new(false),
+            group: c.group_id.clone(),
         };
         let consumer: StreamConsumer<Hooks> = cfg.create_with_context(hooks)?;
         let topics: Vec<&str> = c.topics.iter().map(String::as_str).collect();

@@ -104,7 +104,7 @@ pub fn load(text: &str, file: &str, base_dir: &Path) -> Result<Topology, ConfigE
             _ => {}
         }
     }
-    Ok(Topology { name, base_dir: base_dir.to_path_buf(), engine, sources, windows, rules: rules.into_iter().map(|(_, r)| r).collect(), sinks })
+    Ok(Topology { name, base_dir: base_dir.to_path_buf(), engine, sources, windows, rules: rules.into_iter().map(|(_, r)| r).collect(), sinks, instance: None })
 }
 
 fn array_of_tables(c: &mut Checker<'_>, root: &toml::Table, key: &str) -> Vec<(String, toml::Table)> {

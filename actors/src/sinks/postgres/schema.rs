@@ -1,4 +1,4 @@
-//! The PostgreSQL sink's schema: its tables (migration 1), the statements that insert into them
+//! The PostgreSQL sink's schema: its tables (migration 1; migration 2 adds the progress epoch), the statements that insert into them
 //! and store and read the progress, and the names `reset_pipeline` empties. Statements are
 //! built once per schema name; nothing here talks to the server.
 
@@ -28,6 +28,13 @@ pub(super) struct Sql {
     pub(super) has_v1: String,
     /// Migration 1.
     pub(super) v1: String,
+    /// Whether migration 2 is applied.
+    pub(super) has_v2: String,
+    /// Migration 2: `progress.epoch`, the fencing token of a partition's owner.
+    pub(super) v2: String,
+    /// Claims the next epoch of partitions (`$2` topics, `$3` partitions) for a new owner;
+    /// returns topic, partition, epoch.
+    pub(super) claim_epochs: String,
     pub(super) insert_layer_summaries: String,
     pub(super) insert_grid_maps: String,
     pub(super) insert_window_results: String,
@@ -156,6 +163,18 @@ impl Sql {
              );
              INSERT INTO {s}.schema_version (version) VALUES (1);"
         );
+        let has_v2 = format!("SELECT version FROM {s}.schema_version WHERE version = 2");
+        let v2 = format!(
+            "ALTER TABLE {s}.progress ADD COLUMN epoch bigint NOT NULL DEFAULT 0;
+             INSERT INTO {s}.schema_version (version) VALUES (2);"
+        );
+        let claim_epochs = format!(
+            "INSERT INTO {s}.progress AS p (pipeline, topic, partition, resume_offset, emitted_through, epoch)
+             SELECT $1, u.topic, u.partition, 0, 0, 1
+             FROM UNNEST($2::text[], $3::int[]) AS u(topic, partition)
+             ON CONFLICT (pipeline, topic, partition) DO UPDATE SET epoch = p.epoch + 1, updated_at = now()
+             RETURNING topic, partition, epoch"
+        );
         let insert_layer_summaries = format!(
             "INSERT INTO {s}.layer_summaries (pipeline, build_id, layer, laser, revision, window_start, window_start_ns, window_end, window_end_ns,
                  z_um, sample_count, late_count, energy_density_j_mm3, energy_density_by_style_j_mm3, channels, rule_hits, record)
@@ -207,18 +226,25 @@ impl Sql {
              ON CONFLICT DO NOTHING",
             LateRecordColumns::unnest()
         );
+        // Only the owner of a partition's current epoch moves its progress: a row whose epoch
+        // moved on (another process claimed the partition) is left alone, and the caller,
+        // counting fewer rows than it sent, rolls the whole transaction back.
         let upsert_progress = format!(
-            "INSERT INTO {s}.progress (pipeline, topic, partition, resume_offset, emitted_through)
-             SELECT $1, u.topic, u.partition, u.resume_offset, u.emitted_through
-             FROM UNNEST($2::text[], $3::int[], $4::bigint[], $5::bigint[]) AS u(topic, partition, resume_offset, emitted_through)
+            "INSERT INTO {s}.progress AS p (pipeline, topic, partition, resume_offset, emitted_through, epoch)
+             SELECT $1, u.topic, u.partition, u.resume_offset, u.emitted_through, u.epoch
+             FROM UNNEST($2::text[], $3::int[], $4::bigint[], $5::bigint[], $6::bigint[]) AS u(topic, partition, resume_offset, emitted_through, epoch)
              ON CONFLICT (pipeline, topic, partition) DO UPDATE
-             SET resume_offset = EXCLUDED.resume_offset, emitted_through = EXCLUDED.emitted_through, updated_at = now()"
+             SET resume_offset = EXCLUDED.resume_offset, emitted_through = EXCLUDED.emitted_through, updated_at = now()
+             WHERE p.epoch = EXCLUDED.epoch"
         );
         let select_progress = format!("SELECT topic, partition, resume_offset, emitted_through FROM {s}.progress WHERE pipeline = $1");
         Sql {
             bootstrap,
             has_v1,
             v1,
+            has_v2,
+            v2,
+            claim_epochs,
             insert_layer_summaries,
             insert_grid_maps,
             insert_window_results,

@@ -34,6 +34,8 @@ pub(super) struct Hooks {
     pub(super) supervisor: ActorRef<SupervisorMsg>,
     /// Set once the reader stops (closing the consumer revokes everything: that is no news).
     pub(super) stopping: AtomicBool,
+    /// The consumer group (its membership goes on the board for the Kafka sinks).
+    pub(super) group: String,
 }
 
 impl ClientContext for Hooks {
@@ -82,6 +84,10 @@ impl ConsumerContext for Hooks {
                 }
                 if let Err(e) = consumer.assign(&positioned) {
                     tracing::error!(source = %self.name, error = %e, "assigning partitions failed");
+                }
+                // This assignment's generation: what the Kafka sinks send their offsets with.
+                if let Some(md) = consumer.group_metadata() {
+                    self.board.set_group_metadata(&self.group, md);
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {

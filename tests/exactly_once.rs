@@ -157,7 +157,7 @@ fn topology(f: &Fixture, pipeline: &str) -> PathBuf {
         r#"name = "{pipeline}"
 [engine]
 summary_interval_ms = 0
-build_idle_timeout_ms = 600000
+build_idle_timeout_ms = {build_idle}
 input_idle_timeout_ms = 500
 watermark_bound_ms = 20
 max_record_bytes = 16384
@@ -211,6 +211,9 @@ flush_ms = 50
         // "lost" loses its session while the broker is away: a short session. The others keep
         // the default 45 s, which outlasts the broker restart.
         session = if pipeline == "again" || pipeline == "lost" || pipeline == "two" { "[sources.properties]\n\"session.timeout.ms\" = \"6000\"\n" } else { "" },
+        // Builds that go quiet while the broker is away or a process paused are parked (the
+        // results must not change); elsewhere they never idle.
+        build_idle = if pipeline == "bounce" || pipeline == "two" { 1000 } else { 600_000 },
         // The escalation test allows two restarts.
         restarts = if pipeline == "escalate" { "max_restarts = 2\nmax_restart_window_s = 600" } else { "" },
     );
@@ -398,15 +401,8 @@ async fn results_are_exactly_once_across_crashes_outages_and_broker_restarts() {
     f.produce("crash", 0..third).await;
     // First, the worst instant for the Kafka sink: right after a transaction with alerts
     // committed, before the next one stores the progress that covers them.
-    let mut child = spawn_with(&f, &topo, 100, &[("MELTSTREAM_FAULT_ABORT_AFTER_KAFKA_TX", "1")]);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the engine did not abort after its first Kafka transaction with alerts; logs in {}", f.dir.display());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let child = spawn_with(&f, &topo, 100, &[("MELTSTREAM_FAULT_ABORT_AFTER_KAFKA_TX", "1")]);
+    let status = exit_of(&f, child, 120, "abort after its first Kafka transaction with alerts").await;
     assert!(!status.success(), "aborted by the fault hook: {status}");
     eprintln!("crash run 100: aborted right after a Kafka commit; stored {:?}", stored_offsets(&f, "crash").await);
     for i in 0..6 {
@@ -516,6 +512,18 @@ async fn two_instances_and_a_zombie(f: &Fixture, reference: &(BTreeMap<String, V
     assert_same_as_reference(f, reference, pipeline).await;
 }
 
+/// Waits up to `secs` for an engine that should exit by itself (`what` it should do first).
+async fn exit_of(f: &Fixture, mut child: Engine, secs: u64, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the engine did not {what} within {secs} s; logs in {}", f.dir.display());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A placeholder child (already exited) to move an engine out of a binding.
 fn spawn_idle() -> Engine {
     Engine(Command::new("true").spawn().expect("spawn true"))
@@ -527,15 +535,8 @@ fn spawn_idle() -> Engine {
 async fn a_failure_beyond_the_restart_intensity_escalates() {
     let f = fixture("esc", "escalate").await;
     let topo = topology(&f, "escalate");
-    let mut child = spawn_with(&f, &topo, 0, &[("MELTSTREAM_FAULT_FAIL_PG_FLUSHES", "1000")]);
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the engine did not give up; logs in {}", f.dir.display());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let child = spawn_with(&f, &topo, 0, &[("MELTSTREAM_FAULT_FAIL_PG_FLUSHES", "1000")]);
+    let status = exit_of(&f, child, 180, "give up").await;
     assert!(!status.success(), "escalated with a failure status: {status}");
     let log = std::fs::read_to_string(f.dir.join("escalate-0.log")).unwrap_or_default();
     assert_eq!(log.matches("a part of the engine failed; restarting the engine").count(), 2, "two restarts first; logs in {}", f.dir.display());

@@ -35,8 +35,9 @@ pub enum RouterMsg {
     Batch(RecordBatch, Option<SourceCredit>, i64),
     /// The input has no more data.
     InputEnded(InputId),
-    /// The watermark advanced (from the coordinator), stamped with when it was computed.
-    Watermark(StampedWatermark),
+    /// Inputs' own watermarks advanced (from the coordinator), each stamped with when it was
+    /// computed.
+    Watermarks(Vec<(InputId, StampedWatermark)>),
     /// A build's `build_end` is behind the watermark.
     BuildFinished(BuildId),
     /// Periodic: idle builds.
@@ -51,9 +52,9 @@ pub enum RouterMsg {
 pub enum WatermarkMsg {
     /// An input exists (it holds the watermark until it has data, idles or ends).
     Register(InputId),
-    /// The router forwarded data of `input` up to this event time; replies with the new
-    /// watermark if it advanced, so that the router queues it right behind that data.
-    Observe(InputId, TimeNs, RpcReplyPort<Option<StampedWatermark>>),
+    /// The router forwarded data of `input` up to this event time; replies with the inputs'
+    /// watermarks that advanced, so that the router queues them right behind that data.
+    Observe(InputId, TimeNs, RpcReplyPort<Vec<(InputId, StampedWatermark)>>),
     /// The input has a backlog (records not read yet): it is not idle.
     Backlog(InputId),
     /// The input ended.

@@ -238,6 +238,13 @@ impl KafkaSink {
             self.uncertain = Some(tx.clone());
             self.reset_producer(&e.to_string());
         }
+        // The source consumer is no longer the member the offsets were sent for (its session
+        // was lost, or another process took the partitions): retrying cannot help, and must
+        // not hold up a stop. The sink fails; the engine starts again from the stored progress.
+        if matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::UnknownMemberId | RDKafkaErrorCode::IllegalGeneration | RDKafkaErrorCode::FencedInstanceId)) {
+            metrics::counter!("meltstream_sink_fenced_total", "sink" => self.name.clone()).increment(1);
+            return SinkError::Fenced { sink: self.name.clone(), message: format!("{what}: the group no longer knows this consumer as the partitions' owner: {e}") };
+        }
         retryable(&self.name, what, e)
     }
 

@@ -81,6 +81,10 @@ pub enum BuildMsg {
     /// source reads them again after a restart — and keep their holds so that the final
     /// progress stops before them. Replies when done.
     Close(Option<RpcReplyPort<()>>, bool),
+    /// Idle: take everything queued; then, if the build has nothing open, reply `true` and stop
+    /// (the router keeps the slot and starts a new actor on it for the next records); otherwise
+    /// reply `false` and go on.
+    Park(RpcReplyPort<bool>),
 }
 
 /// Arguments of a build actor.
@@ -264,6 +268,20 @@ impl Actor for BuildActor {
     async fn handle(&self, myself: ActorRef<BuildMsg>, msg: BuildMsg, st: &mut BuildState) -> Result<(), ActorProcessingErr> {
         match msg {
             BuildMsg::Wake => st.drain_queue().await,
+            BuildMsg::Park(reply) => {
+                st.drain_queue().await;
+                if !st.out.is_empty() {
+                    st.deliver(None).await;
+                }
+                let quiet = {
+                    let slot = lock(&st.args.slot);
+                    slot.processor.quiescent() && slot.in_flight.is_none()
+                };
+                let _ = reply.send(quiet);
+                if quiet {
+                    myself.stop(Some("parked".into()));
+                }
+            }
             BuildMsg::Close(reply, emit_open) => {
                 st.drain_queue().await;
                 if emit_open {

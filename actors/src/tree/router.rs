@@ -11,8 +11,16 @@
 //! build actor holds while it processes (see `build_queue.rs`).
 //!
 //! # Watermarks
-//! An advance goes to every build's queue as its one pending watermark (the latest wins), never
-//! as one queued item per advance, and never ahead of the data sent before it.
+//! A build follows the watermark of the input its records come from (its Kafka partition; the
+//! minimum over its inputs should it have several), not the combined one: its results depend
+//! on that input's order alone. An advance goes to the build's queue as its one pending
+//! watermark (the latest wins), never as one queued item per advance, and never ahead of the
+//! data sent before it.
+//!
+//! # Idle builds
+//! A build without records for `build_idle_timeout_ms` (wall clock) and with nothing open is
+//! parked: its actor stops, its state stays (see `RouterState::park`). Nothing is emitted on
+//! idleness, so a replay, which never waits, emits the same.
 //!
 //! # Supervision
 //! Build actors are linked to the router. A failed build actor is restarted on its preserved
@@ -26,7 +34,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use meltstream_engine::input::batch::RecordBatch;
-use meltstream_engine::input::event::{BuildId, TimeNs};
+use meltstream_engine::input::event::{BuildId, InputId, TimeNs};
 use meltstream_engine::pipeline::build_pipeline::{BuildPipeline, BuildSettings};
 use meltstream_engine::offset_ledger::{HoldSet, HolderId};
 use meltstream_engine::records::{DeadLetterRecord, Emitted, OutputRecord};
@@ -63,11 +71,16 @@ pub struct RouterArgs {
 }
 
 struct BuildEntry {
-    actor: ActorRef<BuildMsg>,
+    /// `None` while parked (idle, nothing open: the actor stopped, the state kept in `slot`).
+    actor: Option<ActorRef<BuildMsg>>,
     slot: SharedSlot,
     queue: Arc<BuildQueue>,
     holder: HolderId,
     last_batch: Instant,
+    /// The inputs its records came from.
+    inputs: Vec<InputId>,
+    /// The watermark last queued for it.
+    watermark: TimeNs,
 }
 
 /// State of the router.
@@ -78,7 +91,10 @@ pub struct RouterState {
     by_actor: HashMap<ActorId, BuildId>,
     /// Builds that ended: later records for them are late.
     ended: HashMap<BuildId, ()>,
-    watermark: TimeNs,
+    /// Each input's own watermark.
+    watermarks: HashMap<InputId, TimeNs>,
+    /// The builds whose records came from each input.
+    by_input: HashMap<InputId, Vec<BuildId>>,
     next_holder: HolderId,
 }
 
@@ -104,17 +120,22 @@ impl RouterState {
         Ok(actor)
     }
 
-    async fn build_actor(&mut self, myself: &ActorRef<RouterMsg>, build: &BuildId) -> Result<ActorRef<BuildMsg>, ActorProcessingErr> {
+    /// The build's actor, started on its first records (from `input`).
+    async fn build_actor(&mut self, myself: &ActorRef<RouterMsg>, build: &BuildId, input: InputId) -> Result<ActorRef<BuildMsg>, ActorProcessingErr> {
         if let Some(e) = self.builds.get_mut(build) {
             e.last_batch = Instant::now();
-            return Ok(e.actor.clone());
+            if !e.inputs.contains(&input) {
+                e.inputs.push(input);
+                self.by_input.entry(input).or_default().push(build.clone());
+            }
+            return self.unpark(myself, build).await;
         }
         let mut processor = BuildPipeline::new(build.clone(), self.args.settings.clone());
         if self.ended.contains_key(build) {
             // Everything for an ended build is late: a fresh processor must not reopen its layers.
             processor.mark_ended();
         }
-        let w = self.watermark;
+        let w = self.watermarks.get(&input).copied().unwrap_or(TimeNs::MIN);
         if w > TimeNs::MIN {
             let ctx = meltstream_engine::pipeline::operator::Ctx { hold: None, now_wall_ns: now_wall_ns(), origin_wall_ns: now_wall_ns() };
             processor.on_watermark(w, &ctx, &mut Vec::new());
@@ -126,7 +147,8 @@ impl RouterState {
         let actor = self.spawn_build(myself, build.clone(), slot.clone(), queue.clone(), holder, None).await?;
         tracing::info!(build_id = %build, "build actor started");
         metrics::gauge!("meltstream_active_builds").increment(1.0);
-        self.builds.insert(build.clone(), BuildEntry { actor: actor.clone(), slot, queue, holder, last_batch: Instant::now() });
+        self.builds.insert(build.clone(), BuildEntry { actor: Some(actor.clone()), slot, queue, holder, last_batch: Instant::now(), inputs: vec![input], watermark: w });
+        self.by_input.entry(input).or_default().push(build.clone());
         Ok(actor)
     }
 
@@ -139,7 +161,7 @@ impl RouterState {
         for (build, part) in parts {
             let samples = part.sample_count();
             let permit = self.args.budget.acquire(Stage::Builds, batch_bytes(&part)).await.ok_or("the memory budget was closed")?;
-            self.build_actor(myself, &build).await?;
+            self.build_actor(myself, &build, span.input).await?;
             EngineStats::add(&self.args.stats.samples, samples);
             metrics::counter!("meltstream_samples_total").increment(samples);
             let Some(e) = self.builds.get(&build) else { continue };
@@ -152,8 +174,8 @@ impl RouterState {
         }
         if let Some(c) = self.coordinator.clone() {
             if max_t > TimeNs::MIN {
-                if let Ok(Some(wm)) = ractor::call!(c, WatermarkMsg::Observe, span.input, max_t) {
-                    self.advance(wm);
+                if let Ok(adv) = ractor::call!(c, WatermarkMsg::Observe, span.input, max_t) {
+                    self.advance(adv);
                 }
             }
         }
@@ -172,26 +194,77 @@ impl RouterState {
         Ok(())
     }
 
-    /// Makes a watermark advance every build's pending watermark (behind the data already sent
-    /// to it).
-    fn advance(&mut self, wm: StampedWatermark) {
-        if wm.wm <= self.watermark {
-            return;
-        }
-        self.watermark = wm.wm;
-        let all: Vec<BuildId> = self.builds.keys().cloned().collect();
-        for b in all {
-            if let Some(e) = self.builds.get(&b) {
-                e.queue.advance(wm);
+    /// Makes the advance of each input's watermark the pending watermark of that input's builds
+    /// (behind the data already sent to them).
+    fn advance(&mut self, advances: Vec<(InputId, StampedWatermark)>) {
+        for (input, wm) in advances {
+            let w = self.watermarks.entry(input).or_insert(TimeNs::MIN);
+            if wm.wm <= *w {
+                continue;
             }
-            self.wake(&b);
+            *w = wm.wm;
+            let Some(builds) = self.by_input.get(&input) else { continue };
+            let mut woken = Vec::new();
+            for b in builds {
+                let Some(e) = self.builds.get_mut(b) else { continue };
+                let of_build = e.inputs.iter().map(|i| self.watermarks.get(i).copied().unwrap_or(TimeNs::MIN)).min().unwrap_or(TimeNs::MIN);
+                if of_build > e.watermark {
+                    e.watermark = of_build;
+                    e.queue.advance(StampedWatermark { wm: of_build, computed_wall_ns: wm.computed_wall_ns });
+                    woken.push(b.clone());
+                }
+            }
+            for b in woken {
+                self.wake(&b);
+            }
+        }
+    }
+
+    /// The actor of a known build, started again on its kept state if it was parked.
+    async fn unpark(&mut self, myself: &ActorRef<RouterMsg>, build: &BuildId) -> Result<ActorRef<BuildMsg>, ActorProcessingErr> {
+        let Some(e) = self.builds.get(build) else { return Err(format!("build {build} is not known to the router").into()) };
+        if let Some(a) = &e.actor {
+            return Ok(a.clone());
+        }
+        let (slot, queue, holder) = (e.slot.clone(), e.queue.clone(), e.holder);
+        // A wake sent while it was parked found no actor; post_start sends a new one.
+        queue.rearm_wake();
+        let actor = self.spawn_build(myself, build.clone(), slot, queue, holder, None).await?;
+        if let Some(e) = self.builds.get_mut(build) {
+            e.actor = Some(actor.clone());
+        }
+        metrics::gauge!("meltstream_parked_builds").decrement(1.0);
+        tracing::debug!(build_id = %build, "parked build active again");
+        Ok(actor)
+    }
+
+    /// Parks an idle build: when it has nothing open, its actor stops and its state (closed
+    /// layers, cooldowns, counters) stays in its slot, so that later records meet exactly what
+    /// they would have met had it never stopped. Idleness is wall-clock time; parking changes
+    /// no result, only which task holds the state. A build with something open stays: its
+    /// windows close by event time (its input's watermark, or the layer gap timeout).
+    async fn park(&mut self, build: &BuildId) {
+        let Some(e) = self.builds.get(build) else { return };
+        let Some(actor) = e.actor.clone() else { return };
+        match ractor::call!(actor, BuildMsg::Park) {
+            Ok(true) => {
+                self.by_actor.remove(&actor.get_id());
+                if let Some(e) = self.builds.get_mut(build) {
+                    e.actor = None;
+                }
+                metrics::gauge!("meltstream_parked_builds").increment(1.0);
+                tracing::info!(build_id = %build, "build idle with nothing open; parked its actor (its state is kept)");
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(build_id = %build, error = %e, "parking an idle build failed"),
         }
     }
 
     /// Wakes a build's actor unless a wake is already on its way.
     fn wake(&self, build: &BuildId) {
         if let Some(e) = self.builds.get(build) {
-            if e.queue.needs_wake() && e.actor.cast(BuildMsg::Wake).is_err() {
+            let Some(actor) = &e.actor else { return };
+            if e.queue.needs_wake() && actor.cast(BuildMsg::Wake).is_err() {
                 tracing::warn!(build_id = %build, "build actor gone while routing");
             }
         }
@@ -206,9 +279,18 @@ impl RouterState {
     /// restarted on its slot, within the restart intensity, and asked again: the poison block is
     /// dead-lettered and the rest of its queue processed, as for a failure while running.
     async fn stop_build(&mut self, myself: &ActorRef<RouterMsg>, build: &BuildId, emit_open: bool) -> Result<(), ActorProcessingErr> {
+        if !self.builds.contains_key(build) {
+            return Ok(());
+        }
+        self.unpark(myself, build).await?;
         let Some(e) = self.builds.remove(build) else { return Ok(()) };
+        for i in &e.inputs {
+            if let Some(v) = self.by_input.get_mut(i) {
+                v.retain(|b| b != build);
+            }
+        }
         metrics::gauge!("meltstream_active_builds").decrement(1.0);
-        let mut actor = e.actor;
+        let Some(mut actor) = e.actor else { return Ok(()) };
         loop {
             // Ask it to close and wait, so its results are with the sinks before we go on.
             if ractor::call!(actor, |r| BuildMsg::Close(Some(r), emit_open)).is_ok() {
@@ -244,7 +326,8 @@ impl Actor for Router {
             builds: HashMap::new(),
             by_actor: HashMap::new(),
             ended: HashMap::new(),
-            watermark: TimeNs::MIN,
+            watermarks: HashMap::new(),
+            by_input: HashMap::new(),
             next_holder: 0,
         })
     }
@@ -261,17 +344,17 @@ impl Actor for Router {
                 }
             }
             RouterMsg::SetCoordinator(c) => st.coordinator = Some(c),
-            RouterMsg::Watermark(wm) => st.advance(wm),
+            RouterMsg::Watermarks(adv) => st.advance(adv),
             RouterMsg::BuildFinished(build) => {
                 tracing::info!(build_id = %build, "build ended; flushing and stopping its actor");
                 st.ended.insert(build.clone(), ());
                 st.close_build(&myself, &build).await?;
             }
             RouterMsg::Tick => {
-                let idle: Vec<BuildId> = st.builds.iter().filter(|(_, e)| e.last_batch.elapsed() >= st.args.build_idle).map(|(b, _)| b.clone()).collect();
+                let idle: Vec<BuildId> =
+                    st.builds.iter().filter(|(_, e)| e.actor.is_some() && e.last_batch.elapsed() >= st.args.build_idle).map(|(b, _)| b.clone()).collect();
                 for b in idle {
-                    tracing::info!(build_id = %b, "build idle; flushing and stopping its actor");
-                    st.close_build(&myself, &b).await?;
+                    st.park(&b).await;
                 }
             }
             RouterMsg::Drain(reply, emit_open) => {
@@ -302,7 +385,7 @@ impl Actor for Router {
                 queue.rearm_wake();
                 let actor = st.spawn_build(&myself, build.clone(), slot, queue, holder, Some(why)).await?;
                 if let Some(e) = st.builds.get_mut(&build) {
-                    e.actor = actor;
+                    e.actor = Some(actor);
                 }
             }
             SupervisionEvent::ActorTerminated(cell, _, _) => {

@@ -1,7 +1,9 @@
-//! The watermark coordinator: combines every input's event-time progress into one watermark
-//! (bounded out-of-orderness, idle inputs, never backwards) and hands each advance to the
-//! router, which makes it each build's pending watermark behind the data it already sent — so a
-//! watermark never overtakes a batch it covers. Each advance is stamped with the wall time at
+//! The watermark coordinator: tracks every input's event-time progress (bounded
+//! out-of-orderness, idle inputs, never backwards) and hands each advance of an input's own
+//! watermark to the router, which makes it the pending watermark of that input's builds behind
+//! the data it already sent — so a watermark never overtakes a batch it covers, and a build's
+//! windows follow its own partition, whatever the others do. The combined watermark (the
+//! minimum over inputs) is kept for the metrics and the admin API. Each advance is stamped with the wall time at
 //! which it was computed: window-close latency starts there. Data-driven advances are answered to the
 //! router's `Observe` call (deterministic with respect to the data order); idle-driven ones are
 //! sent on the coordinator's tick.
@@ -10,6 +12,7 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
+use meltstream_engine::input::event::InputId;
 use meltstream_engine::windows::watermark::WatermarkTracker;
 
 use crate::ports::clock::now_wall_ns;
@@ -39,11 +42,20 @@ pub struct WatermarkState {
 pub struct WatermarkCoordinator;
 
 impl WatermarkState {
-    fn publish(&mut self) {
-        let now = now_wall_ns();
+    /// The inputs' watermarks that advanced at wall time `now`, stamped with it (window-close
+    /// latency starts here); updates the combined watermark.
+    fn advances(&mut self, now: i64) -> Vec<(InputId, StampedWatermark)> {
         if let Some(wm) = self.tracker.advance(now) {
             self.args.stats.watermark_ns.store(wm, std::sync::atomic::Ordering::Relaxed);
-            let _ = self.args.router.cast(RouterMsg::Watermark(StampedWatermark { wm, computed_wall_ns: now }));
+            metrics::gauge!("meltstream_watermark_seconds").set(wm as f64 / 1e9);
+        }
+        self.tracker.advance_inputs(now).into_iter().map(|(i, wm)| (i, StampedWatermark { wm, computed_wall_ns: now })).collect()
+    }
+
+    fn publish(&mut self) {
+        let adv = self.advances(now_wall_ns());
+        if !adv.is_empty() {
+            let _ = self.args.router.cast(RouterMsg::Watermarks(adv));
         }
     }
 }
@@ -64,12 +76,7 @@ impl Actor for WatermarkCoordinator {
             WatermarkMsg::Observe(i, t, reply) => {
                 let now = now_wall_ns();
                 st.tracker.observe(i, t, now);
-                let adv = st.tracker.advance(now);
-                if let Some(wm) = adv {
-                    st.args.stats.watermark_ns.store(wm, std::sync::atomic::Ordering::Relaxed);
-                }
-                // Stamped here, where the watermark is computed: window-close latency starts now.
-                let _ = reply.send(adv.map(|wm| StampedWatermark { wm, computed_wall_ns: now }));
+                let _ = reply.send(st.advances(now));
             }
             WatermarkMsg::Backlog(i) => st.tracker.touch(i, now_wall_ns()),
             WatermarkMsg::Finish(i) => {

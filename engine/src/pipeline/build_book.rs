@@ -145,6 +145,11 @@ impl BuildBook {
         true
     }
 
+    /// True when a `build_end` event was seen (it ends the build once behind the watermark).
+    pub fn end_pending(&self) -> bool {
+        self.build_end_ns.is_some()
+    }
+
     /// True once the build's `build_end` event is at or behind `wm`.
     pub fn ends_by(&self, wm: TimeNs) -> bool {
         self.build_end_ns.is_some_and(|e| wm >= e)

@@ -126,6 +126,13 @@ impl BuildPipeline {
         acc
     }
 
+    /// True when nothing is open, kept or pending: no window, no `build_end` waiting for the
+    /// watermark. Such a build may be parked (its actor stopped, this state kept) without any
+    /// effect on what it emits.
+    pub fn quiescent(&self) -> bool {
+        self.open_windows() == 0 && !self.book.end_pending() && !self.finished
+    }
+
     /// Number of windows open or kept for late updates.
     pub fn open_windows(&self) -> usize {
         self.book.open_windows() + self.ops.iter().map(|op| op.open_windows()).sum::<usize>()

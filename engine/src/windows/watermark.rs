@@ -6,6 +6,14 @@
 //! inputs of `max_event_time − bound`; an input with no data for `idle_timeout` is idle and
 //! ignored; when every input is idle the watermark may advance to the maximum over them; a
 //! finished input no longer counts; when every input has finished the watermark is `MAX`.
+//!
+//! Builds do not follow that combined watermark but their own input's
+//! ([`WatermarkTracker::advance_inputs`]): `max_event_time − bound` of the input alone, its
+//! maximum once the input is idle, `MAX` once it finished. A build lives in one input (a Kafka
+//! partition), so what its windows close, and which of its samples are late, depends on the
+//! order of that input's records, never on how fast other partitions are read, nor on which
+//! other partitions the process owns. The combined watermark remains the engine's headline
+//! (metrics, admin API).
 
 use crate::input::event::{InputId, TimeNs};
 
@@ -20,6 +28,8 @@ struct InputState {
     /// Wall-clock time of the last data, ns.
     last_data_wall: i64,
     finished: bool,
+    /// This input's own watermark as last reported by `advance_inputs`.
+    reported: TimeNs,
 }
 
 /// Combines the progress of every input into one watermark.
@@ -40,7 +50,7 @@ impl WatermarkTracker {
     /// Declares an input: it holds the watermark back until it has data, goes idle or ends.
     pub fn register(&mut self, input: InputId, now_wall: i64) {
         if !self.inputs.iter().any(|i| i.id == input) {
-            self.inputs.push(InputState { id: input, max_t: TimeNs::MIN, last_data_wall: now_wall, finished: false });
+            self.inputs.push(InputState { id: input, max_t: TimeNs::MIN, last_data_wall: now_wall, finished: false, reported: TimeNs::MIN });
         }
     }
 
@@ -101,6 +111,34 @@ impl WatermarkTracker {
     /// The current watermark (`MIN` before any).
     pub fn current(&self) -> TimeNs {
         self.current
+    }
+
+    /// Recomputes every input's own watermark at wall time `now_wall` (see the module docs) and
+    /// returns those that advanced since the last call.
+    pub fn advance_inputs(&mut self, now_wall: i64) -> Vec<(InputId, TimeNs)> {
+        let mut out = Vec::new();
+        for s in &mut self.inputs {
+            let wm = if s.finished {
+                END_OF_TIME
+            } else if s.max_t == TimeNs::MIN {
+                TimeNs::MIN
+            } else if now_wall - s.last_data_wall >= self.idle_ns {
+                // Quiet for the idle timeout: the stragglers the bound waits for are not coming.
+                s.max_t
+            } else {
+                s.max_t.saturating_sub(self.bound_ns)
+            };
+            if wm > s.reported {
+                s.reported = wm;
+                out.push((s.id, wm));
+            }
+        }
+        out
+    }
+
+    /// The watermark of `input` as last reported (`MIN` for an input never seen).
+    pub fn input_watermark(&self, input: InputId) -> TimeNs {
+        self.inputs.iter().find(|s| s.id == input).map_or(TimeNs::MIN, |s| s.reported)
     }
 }
 
@@ -177,5 +215,23 @@ mod tests {
                 last = w.current();
             }
         }
+    }
+
+    #[test]
+    fn each_input_has_its_own_watermark() {
+        let mut w = WatermarkTracker::new(10, 1_000);
+        w.register(0, 0);
+        w.register(1, 0);
+        w.observe(0, 100, 0);
+        assert_eq!(w.advance_inputs(0), vec![(0, 90)], "input 1 holds back nobody but itself");
+        w.observe(1, 50, 0);
+        assert_eq!(w.advance_inputs(0), vec![(1, 40)]);
+        assert_eq!(w.advance_inputs(0), vec![], "nothing new");
+        w.observe(0, 95, 500);
+        assert_eq!(w.advance_inputs(500), vec![], "never backwards");
+        assert_eq!(w.advance_inputs(1_200), vec![(1, 50)], "input 1 idle: its maximum; input 0 still active");
+        w.finish(0, 1_300);
+        assert_eq!(w.advance_inputs(1_300), vec![(0, END_OF_TIME)]);
+        assert_eq!(w.input_watermark(1), 50);
     }
 }

@@ -9,12 +9,16 @@
 //!   a child process (not timed; its memory is reported apart), then Kafka source → engine →
 //!   PostgreSQL sink with exactly-once on, timed from the engine's start until every offset is
 //!   stored with its results. Needs `KAFKA_BOOTSTRAP` and `DATABASE_URL`.
+//!   With `--processes N` (N > 1) the engines are N child processes (`meltstream bench-engine`,
+//!   instances `p1`…`pN` of one consumer group), timed from their start until the PostgreSQL
+//!   progress of every partition reaches the end (`bench/processes.rs`).
 //! - `json`: the JSON decoder alone on one thread (`bench/json.rs`).
 //!
 //! The command-line options are overrides of the loaded topology (`bench/topologies.rs`); an
 //! option a workload cannot apply is refused, never ignored.
 
 mod json;
+mod processes;
 mod producer;
 mod report;
 mod topologies;
@@ -27,6 +31,7 @@ use meltstream_actors::engine_stats::EngineStats;
 use meltstream_actors::EngineBuilder;
 use meltstream_engine::topology::{expand_env, SinkKind, SourceKind, Topology};
 
+pub use processes::engine_child;
 pub use producer::run_child as produce_child;
 pub use topologies::Overrides;
 
@@ -44,11 +49,14 @@ pub enum Workload {
 }
 
 /// Runs a workload and prints its figures.
-pub fn run(w: Workload, topology: Option<&Path>, o: Overrides) -> anyhow::Result<()> {
+pub fn run(w: Workload, topology: Option<&Path>, o: Overrides, processes: u32) -> anyhow::Result<()> {
     let refuse = |what: &str, given: bool| -> anyhow::Result<()> {
         anyhow::ensure!(!given, "{what} does not apply to `bench {}`", format!("{w:?}").to_lowercase());
         Ok(())
     };
+    if !matches!(w, Workload::KafkaPg) {
+        refuse("--processes", processes != 1)?;
+    }
     match w {
         Workload::R1 => {
             refuse("--machines/--layers/--real-pace", o.machines.is_some() || o.layers.is_some() || o.real_pace)?;
@@ -61,7 +69,7 @@ pub fn run(w: Workload, topology: Option<&Path>, o: Overrides) -> anyhow::Result
         Workload::KafkaPg => {
             refuse("--samples", o.samples.is_some())?;
             refuse("--real-pace", o.real_pace)?;
-            kafka_pg(topology, o)
+            kafka_pg(topology, o, processes)
         }
         Workload::Json => {
             refuse("--topology", topology.is_some())?;
@@ -101,10 +109,10 @@ fn engine_only(embedded: &str, name: &str, file: Option<&Path>, o: Overrides) ->
     Ok(())
 }
 
-fn kafka_pg(file: Option<&Path>, o: Overrides) -> anyhow::Result<()> {
-    report::print_command_and_machine();
+/// The kafka-pg topology of run `run` (`bench-<run>`): its own pipeline, consumer group and
+/// input topic (returned), and what changed.
+fn kafka_pg_topology(file: Option<&Path>, run: &str) -> anyhow::Result<(Topology, String, String, Vec<String>)> {
     let (mut t, origin) = topologies::load(topologies::KAFKA_PG, "kafka-pg.toml", file)?;
-    let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
     let topic = format!("bench-r2-{run}");
     let mut changed = topologies::rename(&mut t, &format!("bench-{run}"));
     let kafka = t
@@ -117,8 +125,22 @@ fn kafka_pg(file: Option<&Path>, o: Overrides) -> anyhow::Result<()> {
         .with_context(|| format!("{origin} has no kafka source"))?;
     kafka.topics = vec![topic.clone()];
     changed.push(format!("sources[type = \"kafka\"].topics = [{topic:?}]"));
-    let brokers = expand_env(&kafka.brokers);
-    anyhow::ensure!(!brokers.is_empty(), "no Kafka brokers ({:?} expands to nothing): set KAFKA_BOOTSTRAP, e.g. eval \"$(scripts/services/kafka.sh env)\" after scripts/services/kafka.sh start", kafka.brokers);
+    Ok((t, origin, topic, changed))
+}
+
+fn kafka_pg(file: Option<&Path>, o: Overrides, processes: u32) -> anyhow::Result<()> {
+    report::print_command_and_machine();
+    let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0).to_string();
+    let (t, origin, topic, changed) = kafka_pg_topology(file, &run)?;
+    let brokers = t
+        .sources
+        .iter()
+        .find_map(|s| match &s.kind {
+            SourceKind::Kafka(c) => Some(expand_env(&c.brokers)),
+            _ => None,
+        })
+        .unwrap_or_default();
+    anyhow::ensure!(!brokers.is_empty(), "no Kafka brokers: set KAFKA_BOOTSTRAP, e.g. eval \"$(scripts/services/kafka.sh env)\" after scripts/services/kafka.sh start");
     for s in &t.sinks {
         if let SinkKind::Postgres(c) = &s.kind {
             anyhow::ensure!(!expand_env(&c.url).is_empty(), "no PostgreSQL URL ({:?} expands to nothing): set DATABASE_URL, e.g. eval \"$(scripts/services/postgres.sh env)\" after scripts/services/postgres.sh start", c.url);
@@ -132,6 +154,9 @@ fn kafka_pg(file: Option<&Path>, o: Overrides) -> anyhow::Result<()> {
     );
     let p = producer::spawn(&brokers, &topic, o.machines, o.layers)?;
     println!("input: {} messages, {} samples written in {:.1} s; producer peak resident memory (VmHWM of the child): {:.1} MiB", p.messages, p.samples, p.secs, report::mib(p.peak_rss_kib));
+    if processes > 1 {
+        return processes::run(&t, file, &run, processes, p.messages, p.samples);
+    }
     println!("clock: from the engine's start until every offset is stored in PostgreSQL with its results (the last transaction included)");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("runtime")?;
     let t2 = t.clone();

@@ -102,6 +102,22 @@ enum Cmd {
         /// r2: override the simulator's pace to `real` (event time follows the wall clock).
         #[arg(long)]
         real_pace: bool,
+        /// kafka-pg: run the engine as this many processes sharing one consumer group.
+        #[arg(long, default_value_t = 1)]
+        processes: u32,
+    },
+    /// One engine of `meltstream bench kafka-pg --processes N`, run by it as a child process.
+    #[command(hide = true)]
+    BenchEngine {
+        /// The bench run's id (names its pipeline, group and topic).
+        #[arg(long)]
+        run: String,
+        /// This engine's instance id.
+        #[arg(long)]
+        instance: String,
+        /// The kafka-pg topology file (default: the embedded one).
+        #[arg(long)]
+        topology: Option<PathBuf>,
     },
     /// The kafka-pg bench's producer, run by `meltstream bench kafka-pg` as a child process so
     /// that its memory is measured apart from the engine's.
@@ -217,8 +233,15 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Bench { workload, topology, samples, machines, layers, real_pace } => {
-            match bench::run(workload, topology.as_deref(), bench::Overrides { samples, machines, layers, real_pace }) {
+        Cmd::BenchEngine { run, instance, topology } => match bench::engine_child(topology.as_deref(), &run, &instance) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("meltstream bench-engine: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Bench { workload, topology, samples, machines, layers, real_pace, processes } => {
+            match bench::run(workload, topology.as_deref(), bench::Overrides { samples, machines, layers, real_pace }, processes) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("meltstream: {e:#}");

@@ -67,6 +67,14 @@ impl ConsumerContext for Hooks {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                // An assignment that arrives while the consumer closes (it is dropped with a
+                // rebalance pending): taking it would block for ever (`rd_kafka_assign` waits on
+                // a consumer that is shutting down; seen with several processes joining a
+                // group). The partitions are not ours to read any more: leave them.
+                if self.stopping.load(Ordering::SeqCst) {
+                    tracing::info!(source = %self.name, partitions = tpl.count(), "assignment while stopping; not taken");
+                    return;
+                }
                 let mut assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
                 let mut positioned = tpl.clone();
                 for el in tpl.elements() {

@@ -50,8 +50,8 @@ pub async fn row_counts(url: &str, schema: &str, pipeline: &str) -> Result<BTree
 }
 
 /// Runs `sql` (one or more statements, simple query protocol) and returns the rows of its
-/// results as text, for tests that inspect or clean up what a sink wrote.
-#[cfg(feature = "test_util")]
+/// results as text: for tests that inspect or clean up what a sink wrote, and for
+/// `bench kafka-pg --processes`, which watches the stored progress.
 pub async fn query_text(url: &str, sql: &str) -> Result<Vec<Vec<Option<String>>>, String> {
     let client = connect(url).await?;
     let messages = client.simple_query(sql).await.map_err(|e| format!("{sql}: {e}"))?;

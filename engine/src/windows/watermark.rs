@@ -12,8 +12,10 @@
 //! maximum once the input is idle, `MAX` once it finished. A build lives in one input (a Kafka
 //! partition), so what its windows close, and which of its samples are late, depends on the
 //! order of that input's records, never on how fast other partitions are read, nor on which
-//! other partitions the process owns. The combined watermark remains the engine's headline
-//! (metrics, admin API).
+//! other partitions the process owns, as long as data flows. When every live input has been
+//! idle for the timeout, all of them move to the largest event time seen anywhere (the stream
+//! is quiet; this closes the last, end-less layer of a stream that goes quiet). The combined
+//! watermark remains the engine's headline (metrics, admin API).
 
 use crate::input::event::{InputId, TimeNs};
 
@@ -116,10 +118,19 @@ impl WatermarkTracker {
     /// Recomputes every input's own watermark at wall time `now_wall` (see the module docs) and
     /// returns those that advanced since the last call.
     pub fn advance_inputs(&mut self, now_wall: i64) -> Vec<(InputId, TimeNs)> {
+        let idle_ns = self.idle_ns;
+        let live = self.inputs.iter().filter(|s| !s.finished);
+        let all_idle = live.clone().all(|s| now_wall - s.last_data_wall >= idle_ns);
+        // Every live input quiet: the whole stream is, and everything seen anywhere is complete
+        // (what closes the last, end-less layer of a stream that goes quiet, as the seed's
+        // example does). While any input has data, each follows its own.
+        let quiet_to = if all_idle { live.map(|s| s.max_t).max() } else { None };
         let mut out = Vec::new();
         for s in &mut self.inputs {
             let wm = if s.finished {
                 END_OF_TIME
+            } else if let Some(q) = quiet_to.filter(|q| *q > TimeNs::MIN) {
+                q
             } else if s.max_t == TimeNs::MIN {
                 TimeNs::MIN
             } else if now_wall - s.last_data_wall >= self.idle_ns {
@@ -230,8 +241,9 @@ mod tests {
         w.observe(0, 95, 500);
         assert_eq!(w.advance_inputs(500), vec![], "never backwards");
         assert_eq!(w.advance_inputs(1_200), vec![(1, 50)], "input 1 idle: its maximum; input 0 still active");
-        w.finish(0, 1_300);
-        assert_eq!(w.advance_inputs(1_300), vec![(0, END_OF_TIME)]);
-        assert_eq!(w.input_watermark(1), 50);
+        assert_eq!(w.advance_inputs(2_000), vec![(0, 100), (1, 100)], "all quiet: everything seen anywhere is complete");
+        w.finish(0, 2_100);
+        assert_eq!(w.advance_inputs(2_100), vec![(0, END_OF_TIME)]);
+        assert_eq!(w.input_watermark(1), 100);
     }
 }

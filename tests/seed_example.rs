@@ -27,7 +27,9 @@ async fn seed_messages_become_rows_and_an_alert() {
     assert!(sent.success(), "sending the seed's messages with confluent-kafka failed");
 
     let log = std::fs::File::create(dir.join("engine.log")).expect("log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meltstream"))
+    // Killed when dropped: a failing test must not leave the engine running (it would hold the
+    // admin port and the consumer group for the next run).
+    let mut child = KillOnDrop(Command::new(env!("CARGO_BIN_EXE_meltstream"))
         .arg("run")
         .arg("--quiet")
         .arg(root.join("topologies/kafka-postgres.toml"))
@@ -35,7 +37,7 @@ async fn seed_messages_become_rows_and_an_alert() {
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .expect("spawn meltstream");
+        .expect("spawn meltstream"));
 
     let c = pg(&db_url).await;
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -49,7 +51,7 @@ async fn seed_messages_become_rows_and_an_alert() {
         if s > 0 && a > 0 {
             break (s, a);
         }
-        if let Ok(Some(st)) = child.try_wait() {
+        if let Ok(Some(st)) = child.0.try_wait() {
             panic!("engine exited early with {st}; log in {}", dir.display());
         }
         assert!(Instant::now() < deadline, "no rows for the seed's messages after 90 s (summaries {s}, anomalies {a}); log in {}", dir.display());
@@ -77,7 +79,17 @@ async fn seed_messages_become_rows_and_an_alert() {
     while !std::fs::read_to_string(dir.join("engine.log")).unwrap_or_default().contains("engine started") {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let term = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("kill");
+    let term = Command::new("kill").arg("-TERM").arg(child.0.id().to_string()).status().expect("kill");
     assert!(term.success());
-    assert_eq!(child.wait().expect("wait").code(), Some(0), "exit status after SIGTERM; log in {}", dir.display());
+    assert_eq!(child.0.wait().expect("wait").code(), Some(0), "exit status after SIGTERM; log in {}", dir.display());
+}
+
+/// An engine child process, killed when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

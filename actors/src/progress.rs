@@ -12,13 +12,19 @@
 //! every sink before this transaction began. After a crash, the engine resumes each partition at
 //! the lowest `resume` any sink stored, and each sink drops the positioned records below its own
 //! `emitted_through`; window results read again in part are refused by the sink's keys.
+//!
+//! With the offsets goes what a replay needs to take the same decisions as the run it replaces
+//! ([`PartitionState`]): the close decisions of each build of the partition (published here by
+//! the build actors before the results they decide leave them) and the largest event time
+//! before the resume offset (the replay's watermark starts there).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::consumer::ConsumerGroupMetadata;
 
-use meltstream_engine::input::event::InputId;
+use meltstream_engine::input::event::{InputId, TimeNs};
+use meltstream_engine::pipeline::decisions::{BuildDecisions, PartitionState};
 
 /// Progress of one input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +41,9 @@ pub type TopicPartition = (String, i32);
 /// Progress per partition as one sink stored it.
 pub type StoredProgress = BTreeMap<TopicPartition, Progress>;
 
+/// The replay state per partition as one sink stored it.
+pub type StoredStates = BTreeMap<TopicPartition, PartitionState>;
+
 /// Source offsets per partition whose positioned records a sink already holds.
 pub type Written = BTreeMap<TopicPartition, std::collections::BTreeSet<u64>>;
 
@@ -49,6 +58,25 @@ pub struct Checkpoint {
     /// consumer group assigned them): a sink that fences its progress claims a new epoch for a
     /// partition whose assignment it has not claimed yet (PostgreSQL's `progress.epoch`).
     pub assignments: BTreeMap<TopicPartition, u64>,
+    /// Per partition, what a replay from its `resume` needs to decide as this run did.
+    pub states: BTreeMap<TopicPartition, PartitionState>,
+}
+
+/// Replay state of one input, live.
+#[derive(Default)]
+struct Live {
+    /// Decisions per build (folded as the sinks' stored offsets pass them).
+    builds: BTreeMap<String, BuildDecisions>,
+    /// (end offset of a routed batch, largest event time of the input up to it).
+    trail: VecDeque<(u64, TimeNs)>,
+    /// Largest event time up to the last batch routed.
+    max_t: TimeNs,
+    /// Largest event time before the published resume offset.
+    max_t_at_resume: TimeNs,
+    /// What the last run stored, until the router has taken it.
+    restored_max_t: Option<TimeNs>,
+    /// Where this run started reading the input.
+    replay_from: u64,
 }
 
 #[derive(Default)]
@@ -59,6 +87,22 @@ struct Board {
     assignments: BTreeMap<TopicPartition, u64>,
     assigned: u64,
     groups: HashMap<String, Arc<ConsumerGroupMetadata>>,
+    live: HashMap<InputId, Live>,
+    /// What the sinks stored when this run started, and where each partition resumes.
+    restored: HashMap<TopicPartition, (PartitionState, u64)>,
+    /// Per transactional sink, the resume offset per partition it stored last.
+    stored_by: BTreeMap<String, HashMap<TopicPartition, u64>>,
+}
+
+impl Board {
+    /// The offset at or below which every transactional sink has stored the resume of `tp`:
+    /// decisions at or below it are folded.
+    fn fold_threshold(&self, tp: &TopicPartition) -> u64 {
+        if self.stored_by.is_empty() {
+            return 0;
+        }
+        self.stored_by.values().map(|m| m.get(tp).copied().unwrap_or(0)).min().unwrap_or(0)
+    }
 }
 
 /// Where the commit coordinator publishes progress and transactional sinks read it. Only inputs
@@ -77,6 +121,16 @@ impl ProgressBoard {
         b.assigned += 1;
         let stamp = b.assigned;
         b.assignments.insert(tp.clone(), stamp);
+        let (state, resume) = b.restored.get(&tp).cloned().unwrap_or_default();
+        let live = Live {
+            builds: state.builds,
+            max_t: state.max_t,
+            max_t_at_resume: state.max_t,
+            restored_max_t: (state.max_t > TimeNs::MIN).then_some(state.max_t),
+            replay_from: resume,
+            trail: VecDeque::new(),
+        };
+        b.live.insert(input, live);
         b.names.insert(input, tp);
         // A transactional sink flushes when the version moves: it claims the new assignment's
         // epoch at once, before this process writes anything of the partition.
@@ -106,8 +160,70 @@ impl ProgressBoard {
         if !b.names.contains_key(&input) || b.latest.get(&input) == Some(&p) {
             return;
         }
+        if let Some(l) = b.live.get_mut(&input) {
+            while l.trail.front().is_some_and(|&(end, _)| end <= p.resume) {
+                if let Some((_, t)) = l.trail.pop_front() {
+                    l.max_t_at_resume = l.max_t_at_resume.max(t);
+                }
+            }
+        }
         b.latest.insert(input, p);
         b.version += 1;
+    }
+
+    /// What the sinks stored when this run started: per partition, its replay state and the
+    /// offset it resumes at.
+    pub fn restore(&self, restored: HashMap<TopicPartition, (PartitionState, u64)>) {
+        self.lock().restored = restored;
+    }
+
+    /// A batch of `input` ending at `next_offset` was routed; `max_t` is its largest event time.
+    pub fn observe_batch(&self, input: InputId, next_offset: u64, max_t: TimeNs) {
+        let mut b = self.lock();
+        let Some(l) = b.live.get_mut(&input) else { return };
+        l.max_t = l.max_t.max(max_t);
+        let t = l.max_t;
+        l.trail.push_back((next_offset, t));
+    }
+
+    /// The largest event time the last run stored for `input` (once: the router's watermark
+    /// starts from it).
+    pub fn take_restored_max_t(&self, input: InputId) -> Option<TimeNs> {
+        self.lock().live.get_mut(&input).and_then(|l| l.restored_max_t.take())
+    }
+
+    /// The decisions recorded for `build` on `input` and the offset this run started reading
+    /// the input at: a new build pipeline follows them.
+    pub fn decisions(&self, input: InputId, build: &str) -> (BuildDecisions, u64) {
+        let b = self.lock();
+        b.live.get(&input).map(|l| (l.builds.get(build).cloned().unwrap_or_default(), l.replay_from)).unwrap_or_default()
+    }
+
+    /// A build's decisions changed: stored with the next checkpoint (before the results they
+    /// decide reach a sink).
+    pub fn set_decisions(&self, input: InputId, build: &str, d: BuildDecisions) {
+        let mut b = self.lock();
+        if !b.names.contains_key(&input) {
+            return;
+        }
+        let Some(l) = b.live.get_mut(&input) else { return };
+        l.builds.insert(build.to_owned(), d);
+        b.version += 1;
+    }
+
+    /// A transactional sink `sink` takes part in folding (its stored resume offsets count).
+    pub fn expect_sink(&self, sink: &str, stored: &StoredProgress) {
+        let m = stored.iter().map(|(tp, p)| (tp.clone(), p.resume)).collect();
+        self.lock().stored_by.insert(sink.to_owned(), m);
+    }
+
+    /// Transactional sink `sink` stored checkpoint `c`.
+    pub fn stored_by(&self, sink: &str, c: &Checkpoint) {
+        let mut b = self.lock();
+        let m = b.stored_by.entry(sink.to_owned()).or_default();
+        for (tp, p) in &c.entries {
+            m.insert(tp.clone(), p.resume);
+        }
     }
 
     /// Version of the latest progress.
@@ -117,9 +233,18 @@ impl ProgressBoard {
 
     /// The latest progress of every partition.
     pub fn checkpoint(&self) -> Checkpoint {
-        let b = self.lock();
+        let mut b = self.lock();
         let entries = b.latest.iter().filter_map(|(i, p)| b.names.get(i).map(|tp| (tp.clone(), *p))).collect();
-        Checkpoint { version: b.version, entries, assignments: b.assignments.clone() }
+        let thresholds: Vec<(InputId, TopicPartition, u64)> = b.names.iter().map(|(i, tp)| (*i, tp.clone(), b.fold_threshold(tp))).collect();
+        let mut states = BTreeMap::new();
+        for (input, tp, through) in thresholds {
+            let Some(l) = b.live.get_mut(&input) else { continue };
+            for d in l.builds.values_mut() {
+                d.fold(through);
+            }
+            states.insert(tp, PartitionState { max_t: l.max_t_at_resume, builds: l.builds.clone() });
+        }
+        Checkpoint { version: b.version, entries, assignments: b.assignments.clone(), states }
     }
 }
 
@@ -131,6 +256,28 @@ pub fn resume_offsets(stored: &[StoredProgress]) -> HashMap<TopicPartition, u64>
     for tp in all {
         let min = stored.iter().map(|s| s.get(tp).map_or(0, |p| p.resume)).min().unwrap_or(0);
         out.insert(tp.clone(), min);
+    }
+    out
+}
+
+/// What each partition's replay starts from: the union of the decisions every transactional
+/// sink stored (each is one this pipeline took; see `meltstream_engine::pipeline::decisions`),
+/// the largest event time before the offset the replay starts at, and that offset.
+pub fn replay_states(stored: &[(&StoredProgress, &StoredStates)], resume: &HashMap<TopicPartition, u64>) -> HashMap<TopicPartition, (PartitionState, u64)> {
+    let mut out: HashMap<TopicPartition, (PartitionState, u64)> = HashMap::new();
+    for (tp, r) in resume {
+        // The event time is monotone in the offset: the lowest any sink stored (none: unknown)
+        // is the one at the lowest resume offset, where the replay starts.
+        let max_t = stored.iter().map(|(_, st)| st.get(tp).map_or(TimeNs::MIN, |s| s.max_t)).min().unwrap_or(TimeNs::MIN);
+        let mut state = PartitionState { max_t, builds: BTreeMap::new() };
+        for (_, st) in stored {
+            if let Some(s) = st.get(tp) {
+                for (b, d) in &s.builds {
+                    state.builds.entry(b.clone()).or_default().merge(d);
+                }
+            }
+        }
+        out.insert(tp.clone(), (state, *r));
     }
     out
 }

@@ -8,10 +8,13 @@
 
 pub mod build_book;
 pub mod build_pipeline;
+pub mod decisions;
 pub mod energy_density;
 pub mod grid_map;
 pub mod late_samples;
 pub mod layer_stats;
 pub mod operator;
+#[cfg(test)]
+mod replay_tests;
 pub mod threshold_rules;
 pub mod time_windows;

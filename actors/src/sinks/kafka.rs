@@ -58,11 +58,12 @@ use meltstream_engine::records::Emitted;
 use meltstream_engine::topology::KafkaSinkConfig;
 
 use crate::ports::clock::now_wall_ns;
-use crate::progress::{Checkpoint, Progress, ProgressBoard, StoredProgress, TopicPartition, Written};
+use crate::progress::{Checkpoint, Progress, ProgressBoard, StoredProgress, StoredStates, TopicPartition, Written};
+use meltstream_engine::pipeline::decisions::PartitionState;
 use crate::retry::{retry, Backoff};
 use crate::sinks::writer::{unwritable, SinkError, SinkWriter};
 
-use metadata::{out_field, parse_metadata, parse_position, TxSpan, POSITION_HEADER};
+use metadata::{out_field, parse_metadata, parse_position, TxSpan, MAX_METADATA_BYTES, POSITION_HEADER};
 
 mod metadata;
 
@@ -110,6 +111,7 @@ pub struct KafkaSink {
     written: Written,
     /// The progress stored before this run.
     stored: StoredProgress,
+    stored_states: StoredStates,
     /// Transactions committed with records, for the fault hook.
     txs_with_records: u64,
     /// The largest message the producer takes (`message.max.bytes`, librdkafka's default
@@ -147,6 +149,7 @@ impl KafkaSink {
             uncovered: Vec::new(),
             written: Written::new(),
             stored: StoredProgress::new(),
+            stored_states: StoredStates::new(),
             txs_with_records: 0,
             max_message_bytes: config.properties.get("message.max.bytes").and_then(|v| v.parse().ok()).unwrap_or(1_000_000),
             config,
@@ -387,6 +390,18 @@ impl KafkaSink {
                 md.push_str(":out=");
                 md.push_str(&out);
             }
+            if let Some(st) = checkpoint.states.get(&(topic.clone(), *partition)) {
+                let json = st.to_json();
+                if md.len() + 4 + json.len() <= MAX_METADATA_BYTES {
+                    md.push_str(":st=");
+                    md.push_str(&json);
+                } else {
+                    // PostgreSQL, when it is a sink too, keeps the whole state; alone, a replay of
+                    // this partition then starts without the recorded decisions.
+                    metrics::counter!("meltstream_replay_state_truncated_total", "sink" => self.name.clone()).increment(1);
+                    tracing::warn!(sink = %self.name, topic = %topic, partition, bytes = json.len(), "the replay state does not fit the offset metadata; stored without it");
+                }
+            }
             e.set_metadata(md);
         }
         if tpl.count() > 0 {
@@ -464,6 +479,14 @@ impl SinkWriter for KafkaSink {
                 from.entry(p).and_modify(|x| *x = (*x).min(o)).or_insert(o);
             }
             let et = m.et.unwrap_or(resume).max(resume);
+            if let Some(st) = m.st {
+                match PartitionState::from_json(st) {
+                    Ok(s) => {
+                        self.stored_states.insert((topic.clone(), partition), s);
+                    }
+                    Err(e) => tracing::warn!(sink = %self.name, topic = %topic, partition, error = %e, "unreadable replay state in the offset metadata; the replay starts without it"),
+                }
+            }
             out.insert((topic, partition), Progress { resume, emitted_through: et });
         }
         self.stored = out.clone();
@@ -482,5 +505,9 @@ impl SinkWriter for KafkaSink {
 
     fn take_written(&mut self) -> Written {
         std::mem::take(&mut self.written)
+    }
+
+    fn take_stored_states(&mut self) -> StoredStates {
+        std::mem::take(&mut self.stored_states)
     }
 }

@@ -75,7 +75,8 @@ use deadpool_postgres::{Pool, PoolError};
 
 use meltstream_engine::records::Emitted;
 
-use crate::progress::{Checkpoint, Progress, StoredProgress};
+use crate::progress::{Checkpoint, Progress, StoredProgress, StoredStates};
+use meltstream_engine::pipeline::decisions::PartitionState;
 use crate::sinks::writer::{unwritable, SinkError, SinkWriter};
 
 use columns::{bigint, Buffers, Param};
@@ -92,6 +93,8 @@ pub struct PgSink {
     buffers: Buffers,
     /// Per partition: the assignment (of this run) whose epoch this sink claimed, and the epoch.
     claimed: HashMap<(String, i32), (u64, i64)>,
+    /// The replay state read with the stored progress.
+    stored_states: StoredStates,
 }
 
 impl PgSink {
@@ -113,6 +116,7 @@ impl PgSink {
             migrated: false,
             buffers: Buffers::default(),
             claimed: HashMap::new(),
+            stored_states: StoredStates::new(),
         })
     }
 
@@ -155,6 +159,11 @@ impl PgSink {
             tx.batch_execute(&self.sql.v2).await.map_err(|e| self.db_error("apply migration 2", &e))?;
             tracing::info!(sink = %self.name, schema = %self.schema, "added the progress epoch (schema version 2)");
         }
+        let applied = tx.query_opt(&self.sql.has_v3, &[]).await.map_err(|e| self.db_error("read schema version", &e))?;
+        if applied.is_none() {
+            tx.batch_execute(&self.sql.v3).await.map_err(|e| self.db_error("apply migration 3", &e))?;
+            tracing::info!(sink = %self.name, schema = %self.schema, "added the progress replay state (schema version 3)");
+        }
         tx.commit().await.map_err(|e| self.db_error("commit migration", &e))?;
         self.migrated = true;
         Ok(())
@@ -185,7 +194,9 @@ impl PgSink {
         let mut partitions = Vec::with_capacity(latest.len());
         let mut resume = Vec::with_capacity(latest.len());
         let mut emitted = Vec::with_capacity(latest.len());
+        let mut states = Vec::with_capacity(latest.len());
         for ((topic, partition), p) in &latest {
+            states.push(checkpoint.states.get(&((*topic).to_owned(), *partition)).map(|s| s.to_json()).unwrap_or_else(|| "{}".to_owned()));
             topics.push(*topic);
             partitions.push(*partition);
             resume.push(bigint(p.resume, "resume offset").map_err(|m| self.fatal(m))?);
@@ -225,7 +236,7 @@ impl PgSink {
         }
         if !latest.is_empty() {
             let stmt = tx.prepare_cached(&self.sql.upsert_progress).await.map_err(|e| self.db_error("prepare progress upsert", &e))?;
-            let params: [Param<'_>; 6] = [p, &topics, &partitions, &resume, &emitted, &epochs];
+            let params: [Param<'_>; 7] = [p, &topics, &partitions, &resume, &emitted, &epochs, &states];
             let stored = tx.execute(&stmt, &params).await.map_err(|e| self.db_error("store progress", &e))?;
             if stored < latest.len() as u64 {
                 // Dropping the transaction rolls it back: none of its rows are written.
@@ -289,6 +300,10 @@ impl SinkWriter for PgSink {
         Ok(())
     }
 
+    fn take_stored_states(&mut self) -> StoredStates {
+        std::mem::take(&mut self.stored_states)
+    }
+
     async fn stored_progress(&mut self) -> Result<Option<StoredProgress>, SinkError> {
         self.migrate().await?;
         let client = self.pool.get().await.map_err(|e| self.pool_error(e))?;
@@ -301,7 +316,14 @@ impl SinkWriter for PgSink {
             let resume: i64 = row.try_get(2).map_err(|e| self.db_error("read progress", &e))?;
             let emitted: i64 = row.try_get(3).map_err(|e| self.db_error("read progress", &e))?;
             let offset = |v: i64| u64::try_from(v).map_err(|_| self.fatal(format!("negative offset {v} stored for {topic}/{partition}")));
+            let state: String = row.try_get(4).map_err(|e| self.db_error("read progress", &e))?;
             let progress = Progress { resume: offset(resume)?, emitted_through: offset(emitted)? };
+            match PartitionState::from_json(&state) {
+                Ok(s) => {
+                    self.stored_states.insert((topic.clone(), partition), s);
+                }
+                Err(e) => tracing::warn!(sink = %self.name, topic = %topic, partition, error = %e, "unreadable replay state stored with the progress; the replay starts without it"),
+            }
             stored.insert((topic, partition), progress);
         }
         Ok(Some(stored))

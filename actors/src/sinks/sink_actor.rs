@@ -129,6 +129,9 @@ impl SinkState {
         let checkpoint = if self.transactional() { self.checkpoint() } else { Checkpoint::default() };
         with_retries(&self.args.name, &mut self.args.writer, None, &checkpoint).await?;
         self.stored_version = checkpoint.version;
+        if self.transactional() {
+            self.args.board.stored_by(&self.args.name, &checkpoint);
+        }
         let now = now_wall_ns();
         record_latencies(&self.args.stats, &self.args.name, LatencyStage::Durable, now, &self.origins);
         self.origins.clear();
@@ -169,6 +172,9 @@ impl Actor for SinkActor {
 
     async fn pre_start(&self, myself: ActorRef<SinkMsg>, args: SinkArgs) -> Result<SinkState, ActorProcessingErr> {
         myself.send_interval(args.flush_every, || SinkMsg::Tick);
+        if let Some(stored) = &args.stored {
+            args.board.expect_sink(&args.name, stored);
+        }
         Ok(SinkState { args, pending: Vec::new(), permits: Vec::new(), origins: Vec::new(), buffered: 0, stored_version: 0 })
     }
 

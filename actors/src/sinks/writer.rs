@@ -5,7 +5,7 @@
 use meltstream_engine::input::reject::{DeadLetter, RejectReason};
 use meltstream_engine::records::{DeadLetterRecord, Emitted, OutputRecord};
 
-use crate::progress::{Checkpoint, StoredProgress, Written};
+use crate::progress::{Checkpoint, StoredProgress, StoredStates, Written};
 
 type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
@@ -27,6 +27,10 @@ pub trait SinkWriter: Send + 'static {
     fn take_written(&mut self) -> Written {
         Written::new()
     }
+    /// After [`SinkWriter::stored_progress`]: the replay state stored with the progress.
+    fn take_stored_states(&mut self) -> StoredStates {
+        StoredStates::new()
+    }
 }
 
 /// An object-safe wrapper so that a topology can hold sinks of different types.
@@ -42,6 +46,8 @@ pub trait DynWriter: Send + 'static {
     fn stored_progress(&mut self) -> BoxFuture<'_, Result<Option<StoredProgress>, SinkError>>;
     /// See [`SinkWriter::take_written`].
     fn take_written(&mut self) -> Written;
+    /// See [`SinkWriter::take_stored_states`].
+    fn take_stored_states(&mut self) -> StoredStates;
 }
 
 impl<W: SinkWriter> DynWriter for W {
@@ -56,6 +62,9 @@ impl<W: SinkWriter> DynWriter for W {
     }
     fn take_written(&mut self) -> Written {
         SinkWriter::take_written(self)
+    }
+    fn take_stored_states(&mut self) -> StoredStates {
+        SinkWriter::take_stored_states(self)
     }
 }
 

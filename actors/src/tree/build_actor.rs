@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use meltstream_engine::input::batch::RecordBatch;
-use meltstream_engine::input::event::BuildId;
+use meltstream_engine::input::event::{BuildId, InputId};
 use meltstream_engine::input::reject::{DeadLetter, RejectReason};
 use meltstream_engine::offset_ledger::{HoldSet, HolderId};
 use meltstream_engine::pipeline::build_pipeline::BuildPipeline;
@@ -31,6 +31,7 @@ use meltstream_engine::pipeline::operator::Ctx;
 use meltstream_engine::records::{DeadLetterRecord, Emitted, OutputRecord};
 
 use crate::engine_stats::EngineStats;
+use crate::progress::ProgressBoard;
 use crate::memory_budget::MemoryPermit;
 use crate::ports::clock::now_wall_ns;
 use crate::ports::messages::{CommitMsg, RouterMsg, StampedWatermark};
@@ -60,12 +61,15 @@ pub struct BuildSlot {
     /// Records emitted and not yet handed to the sinks: kept here so that a crash mid-batch does
     /// not lose the alerts of the blocks before the poison one.
     pub out: Vec<Emitted>,
+    /// The input (partition) the build reads, from its first batch: its decisions are stored
+    /// with that partition's progress.
+    pub input: Option<InputId>,
 }
 
 impl BuildSlot {
     /// A slot around a build's pipeline and the receiving end of its queue.
     pub fn new(processor: BuildPipeline, rx: QueueReceiver) -> BuildSlot {
-        BuildSlot { processor, in_flight: None, rx, out: Vec::new() }
+        BuildSlot { processor, in_flight: None, rx, out: Vec::new(), input: None }
     }
 }
 
@@ -85,6 +89,9 @@ pub enum BuildMsg {
     /// (the router keeps the slot and starts a new actor on it for the next records); otherwise
     /// reply `false` and go on.
     Park(RpcReplyPort<bool>),
+    /// Idle with layer windows open: take everything queued, then emit the open layer windows
+    /// (recording where, for a replay) and go on.
+    FlushLayers,
 }
 
 /// Arguments of a build actor.
@@ -107,6 +114,8 @@ pub struct BuildArgs {
     pub stats: Arc<EngineStats>,
     /// Names, logs and counts dead letters.
     pub dead_letters: DeadLetterDesk,
+    /// Where the build's close decisions go (stored with the progress).
+    pub board: ProgressBoard,
     /// Why the previous incarnation failed, when this is a restart.
     pub restarted_after: Option<String>,
 }
@@ -144,7 +153,7 @@ impl BuildState {
             f.block = Some(i);
             processor.process_block(&batch, i, &ctx, out);
         }
-        processor.finish_batch(&ctx, out);
+        processor.finish_batch(&batch, &ctx, out);
         // Dead letters of the processor (unmatched layer ends, operators that panicked) still
         // need their source's names.
         self.args.dead_letters.file_all(out);
@@ -154,10 +163,16 @@ impl BuildState {
     /// Hands emitted records to the sinks after reporting them, with the build's holds, to the
     /// commit coordinator; releases the batch `released`.
     async fn deliver(&mut self, released: Option<(u32, u64)>) {
-        let (holds, counters, finished) = {
-            let slot = lock(&self.args.slot);
-            (slot.processor.holds(), slot.processor.counters(), slot.processor.finished())
+        let (holds, counters, finished, decisions) = {
+            let mut slot = lock(&self.args.slot);
+            let d = slot.processor.take_changed_decisions().zip(slot.input);
+            (slot.processor.holds(), slot.processor.counters(), slot.processor.finished(), d)
         };
+        // The decisions reach the progress board before the results they decide reach a sink:
+        // a transaction that holds a result holds its decision.
+        if let Some((d, input)) = decisions {
+            self.args.board.set_decisions(input, &self.args.build, d);
+        }
         let records = std::mem::take(&mut self.out);
         let plan = self.args.outputs.plan(records);
         let _ = self.args.commit.cast(CommitMsg::Progress { holder: self.args.holder, emitted: plan.deliveries.clone(), holds, released });
@@ -198,7 +213,11 @@ impl BuildState {
                         self.apply_watermark(w);
                     }
                     let hold = (batch.span.input, batch.span.seq);
-                    lock(&self.args.slot).in_flight = Some(InFlight { batch, block: None, origin_wall_ns, _permit: permit });
+                    {
+                        let mut slot = lock(&self.args.slot);
+                        slot.input.get_or_insert(batch.span.input);
+                        slot.in_flight = Some(InFlight { batch, block: None, origin_wall_ns, _permit: permit });
+                    }
                     self.run_in_flight(None);
                     let done = lock(&self.args.slot).in_flight.take();
                     self.deliver(Some(hold)).await;
@@ -280,6 +299,21 @@ impl Actor for BuildActor {
                 let _ = reply.send(quiet);
                 if quiet {
                     myself.stop(Some("parked".into()));
+                }
+            }
+            BuildMsg::FlushLayers => {
+                st.drain_queue().await;
+                {
+                    let mut slot = lock(&st.args.slot);
+                    let ctx = Ctx { hold: None, now_wall_ns: now_wall_ns(), origin_wall_ns: now_wall_ns() };
+                    let mut out = Vec::new();
+                    slot.processor.flush_open_layers(&ctx, &mut out);
+                    st.args.dead_letters.file_all(&mut out);
+                    st.out.append(&mut out);
+                }
+                if !st.out.is_empty() {
+                    tracing::info!(build_id = %st.args.build, "build idle with layers open; emitted them (recorded for a replay)");
+                    st.deliver(None).await;
                 }
             }
             BuildMsg::Close(reply, emit_open) => {

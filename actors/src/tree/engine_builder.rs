@@ -23,7 +23,7 @@ use crate::engine_stats::EngineStats;
 use crate::memory_budget::MemoryBudget;
 use crate::ports::messages::{CommitMsg, RouterMsg, Started, SupervisorMsg, WatermarkMsg};
 use crate::ports::source_ctx::SourceCtx;
-use crate::progress::{resume_offsets, ProgressBoard, StoredProgress, Written};
+use crate::progress::{replay_states, resume_offsets, ProgressBoard, StoredProgress, StoredStates, Written};
 use crate::sinks::file::{FileSink, NullSink, NULL_SINK_FLUSH_MS};
 use crate::sinks::kafka::KafkaSink;
 use crate::sinks::postgres::PgSink;
@@ -160,6 +160,7 @@ impl EngineBuilder {
         let budget = MemoryBudget::new(e.memory_budget_mb * 1024);
         // Writers first: the transactional ones tell where the sources resume.
         let mut writers: Vec<(BoxedWriter, u64, Option<StoredProgress>, Written)> = Vec::new();
+        let mut states: Vec<StoredStates> = Vec::new();
         for s in &t.sinks {
             let (mut writer, flush_ms): (BoxedWriter, u64) = match self.writers.remove(&s.name) {
                 Some(w) => (w, 50),
@@ -167,10 +168,13 @@ impl EngineBuilder {
             };
             let stored = stored_progress(&s.name, &mut writer).await?;
             let written = writer.take_written();
+            states.push(writer.take_stored_states());
             writers.push((writer, flush_ms, stored, written));
         }
         let stored: Vec<StoredProgress> = writers.iter().filter_map(|w| w.2.clone()).collect();
         let resume = resume_offsets(&stored);
+        let with_states: Vec<(&StoredProgress, &StoredStates)> = writers.iter().zip(&states).filter_map(|(w, st)| w.2.as_ref().map(|p| (p, st))).collect();
+        board.restore(replay_states(&with_states, &resume));
         let replayable = t.sources.iter().any(|s| matches!(s.kind, SourceKind::Kafka(_)));
         let all_replayable = t.sources.iter().all(|s| matches!(s.kind, SourceKind::Kafka(_)));
         let crashed = Arc::new(AtomicBool::new(false));
@@ -217,6 +221,7 @@ impl EngineBuilder {
             restarts: RestartBudget::new(e.max_restarts, e.max_restart_window_s as i64 * 1_000_000_000),
             stats: stats.clone(),
             dead_letters: DeadLetterDesk { source_names: source_names.clone(), board: board.clone(), stats: stats.clone() },
+            board: board.clone(),
         };
         let (router, _) = Actor::spawn_linked(None, Router, router_args, sup_cell.clone()).await.map_err(|e| start_err("router", e))?;
         let ms = 1_000_000i64;

@@ -69,6 +69,8 @@ pub struct RouterArgs {
     pub stats: Arc<EngineStats>,
     /// Names, logs and counts dead letters.
     pub dead_letters: DeadLetterDesk,
+    /// Where progress and the replay state go.
+    pub board: crate::progress::ProgressBoard,
 }
 
 struct BuildEntry {
@@ -114,6 +116,7 @@ impl RouterState {
             router: myself.clone(),
             stats: self.args.stats.clone(),
             dead_letters: self.args.dead_letters.clone(),
+            board: self.args.board.clone(),
             restarted_after: why,
         };
         let (actor, _) = Actor::spawn_linked(None, BuildActor, args, myself.get_cell()).await?;
@@ -132,6 +135,9 @@ impl RouterState {
             return self.unpark(myself, build).await;
         }
         let mut processor = BuildPipeline::new(build.clone(), self.args.settings.clone());
+        // What an earlier run (or this one, for a build that ended) decided for it.
+        let (decisions, replay_from) = self.args.board.decisions(input, build);
+        processor.resume(decisions, replay_from);
         if self.ended.contains_key(build) {
             // Everything for an ended build is late: a fresh processor must not reopen its layers.
             processor.mark_ended();
@@ -155,7 +161,9 @@ impl RouterState {
 
     async fn route(&mut self, myself: &ActorRef<RouterMsg>, batch: RecordBatch, origin: i64) -> Result<(), ActorProcessingErr> {
         let span = batch.span;
-        let max_t = batch.max_t_ns;
+        self.args.board.observe_batch(span.input, span.next_offset, batch.max_t_ns);
+        // A replay's watermark starts where the run it replaces stood at the resume offset.
+        let max_t = batch.max_t_ns.max(self.args.board.take_restored_max_t(span.input).unwrap_or(TimeNs::MIN));
         let (parts, dead) = batch.split_by_build();
         // One part per build plus the router's own (dead letters).
         let _ = self.args.commit.cast(CommitMsg::Register(span, parts.len() as u32 + 1));
@@ -276,6 +284,17 @@ impl RouterState {
         }
     }
 
+    /// Asks an idle build to emit its open layer windows (see `BuildMsg::FlushLayers`).
+    fn flush_layers(&mut self, build: &BuildId) {
+        let Some(e) = self.builds.get_mut(build) else { return };
+        let Some(actor) = &e.actor else { return };
+        if actor.cast(BuildMsg::FlushLayers).is_err() {
+            tracing::warn!(build_id = %build, "build actor gone while flushing");
+        }
+        // Not asked again before another idle period.
+        e.last_batch = Instant::now();
+    }
+
     async fn close_build(&mut self, myself: &ActorRef<RouterMsg>, build: &BuildId) -> Result<(), ActorProcessingErr> {
         self.stop_build(myself, build, true).await
     }
@@ -361,11 +380,10 @@ impl Actor for Router {
                     st.builds.iter().filter(|(_, e)| e.actor.is_some() && e.last_batch.elapsed() >= st.args.build_idle).map(|(b, _)| b.clone()).collect();
                 for b in idle {
                     if !st.park(&b).await {
-                        // Something is still open: emitted as final on the wall clock (the
-                        // seed's example, one layer without an `end`, relies on it). Not yet
-                        // replay-exact: see docs/operations.md, Known limits.
-                        tracing::info!(build_id = %b, "build idle with windows open; flushing and stopping its actor");
-                        st.close_build(&myself, &b).await?;
+                        // Layers still open (one without an `end` in a stream gone quiet, as in
+                        // the seed's example) are emitted on the wall clock; the build records
+                        // where, so that a replay closes them at the same place.
+                        st.flush_layers(&b);
                     }
                 }
             }

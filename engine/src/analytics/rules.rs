@@ -139,6 +139,16 @@ pub struct Cooldown {
 }
 
 impl Cooldown {
+    /// Event time of the last alert admitted, while its cooldown runs.
+    pub fn last(&self) -> Option<TimeNs> {
+        self.last_ns
+    }
+
+    /// Ends the cooldown: the next exceedance is admitted.
+    pub fn reset(&mut self) {
+        *self = Cooldown::default();
+    }
+
     /// True (and remembers `t_ns`) when an alert at `t_ns` in `scope` may be raised.
     pub fn admit(&mut self, t_ns: TimeNs, cooldown_ns: i64, scope: u32) -> bool {
         if scope != self.scope {

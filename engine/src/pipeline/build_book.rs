@@ -21,6 +21,7 @@ use crate::windows::layer_window::LayerWindow;
 use crate::offset_ledger::{Hold, HoldSet};
 use crate::records::{DeadLetterRecord, Emitted, OutputRecord};
 use crate::analytics::rules::Rule;
+use crate::pipeline::decisions::{BuildDecisions, LayerClose};
 use crate::windows::time_window::TimeWindowSpec;
 use crate::topology::{LatePolicy, Topology};
 
@@ -94,6 +95,20 @@ pub enum BlockLayer {
     Updating,
     /// The layer's window is final: the block is late and feeds no layer window.
     Final,
+    /// A replayed block of a layer whose result is durable already (see
+    /// [`crate::pipeline::decisions`]): it feeds no window and is not late.
+    Replayed,
+}
+
+/// Where a record of a layer goes, by its offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    /// An open or kept window, or a new one.
+    Window,
+    /// Nowhere: a replayed record of a durable result.
+    Replayed,
+    /// Nowhere: the layer is final.
+    Final,
 }
 
 /// The shared state of one build.
@@ -109,6 +124,14 @@ pub struct BuildBook {
     max_closed_layer: Option<u32>,
     watermark: TimeNs,
     build_end_ns: Option<TimeNs>,
+    /// Close decisions: those of earlier runs (a replay follows them) and this run's.
+    decisions: BuildDecisions,
+    /// Set when `decisions` changed since [`BuildBook::take_changed_decisions`].
+    decisions_changed: bool,
+    /// The offset this run started reading the build's partition at.
+    replay_from: u64,
+    /// The partition position: the end of the last batch processed.
+    position: u64,
 }
 
 impl BuildBook {
@@ -122,6 +145,76 @@ impl BuildBook {
             max_closed_layer: None,
             watermark: TimeNs::MIN,
             build_end_ns: None,
+            decisions: BuildDecisions::default(),
+            decisions_changed: false,
+            replay_from: 0,
+            position: 0,
+        }
+    }
+
+    /// Follows the decisions an earlier run recorded; this run reads the partition from
+    /// `replay_from` on.
+    pub fn resume(&mut self, decisions: BuildDecisions, replay_from: u64) {
+        self.max_closed_layer = self.max_closed_layer.max(decisions.final_through);
+        self.decisions = decisions;
+        self.replay_from = replay_from;
+        self.position = self.position.max(replay_from);
+    }
+
+    /// The decisions recorded so far, when they changed since the last call.
+    pub fn take_changed_decisions(&mut self) -> Option<BuildDecisions> {
+        std::mem::take(&mut self.decisions_changed).then(|| self.decisions.clone())
+    }
+
+    /// The partition position: the end of the last batch processed.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// Moves the partition position to the end of a processed batch.
+    pub fn advance_position(&mut self, next_offset: u64) {
+        self.position = self.position.max(next_offset);
+    }
+
+    /// The position at which an earlier run ended the build, if it did.
+    pub fn recorded_end(&self) -> Option<u64> {
+        self.decisions.ended_at
+    }
+
+    /// Records that the build ended at the current position.
+    pub fn record_end(&mut self) {
+        if self.decisions.ended_at.is_none() {
+            self.decisions.ended_at = Some(self.position);
+            self.decisions_changed = true;
+        }
+    }
+
+    /// Open layers whose recorded close is at or before the current position: a replay closes
+    /// them there, as the run it replaces did.
+    pub fn recorded_due(&self) -> Vec<u32> {
+        self.layers.iter().filter(|(l, w)| w.emitted == 0 && self.decisions.close_of(**l).is_some_and(|c| c.at <= self.position)).map(|(l, _)| *l).collect()
+    }
+
+    fn slot(&self, layer: u32, offset: u64) -> Slot {
+        if self.decisions.ended_at.is_some_and(|e| offset >= e) {
+            return Slot::Final;
+        }
+        if self.layers.contains_key(&layer) {
+            return Slot::Window;
+        }
+        if let Some(c) = self.decisions.close_of(layer) {
+            return if offset >= c.at {
+                Slot::Final
+            } else if c.first < self.replay_from {
+                Slot::Replayed
+            } else {
+                Slot::Window
+            };
+        }
+        if self.max_closed_layer.is_some_and(|m| layer <= m) || self.decisions.final_at(layer, offset) {
+            Slot::Final
+        } else {
+            Slot::Window
         }
     }
 
@@ -150,9 +243,10 @@ impl BuildBook {
         self.build_end_ns.is_some()
     }
 
-    /// True once the build's `build_end` event is at or behind `wm`.
+    /// True once the build's `build_end` event is at or behind `wm`, and (in a replay) the
+    /// position at which the run it replaces ended the build is reached.
     pub fn ends_by(&self, wm: TimeNs) -> bool {
-        self.build_end_ns.is_some_and(|e| wm >= e)
+        self.build_end_ns.is_some_and(|e| wm >= e) && self.decisions.ended_at.is_none_or(|e| self.position >= e)
     }
 
     /// The window of `layer`, open or kept for updates.
@@ -170,9 +264,12 @@ impl BuildBook {
         self.layers.len()
     }
 
-    /// Adds the holds of the layer windows still open.
+    /// Adds the holds of the layer windows still open, and with the `update` policy of those
+    /// kept for late updates too: a replay rebuilds a kept window from its records, so that a
+    /// late sample after a restart still makes its next revision.
     pub fn holds_into(&self, acc: &mut HoldSet) {
-        for w in self.layers.values().filter(|w| w.emitted == 0) {
+        let kept = self.settings.late_policy == LatePolicy::Update;
+        for w in self.layers.values().filter(|w| w.emitted == 0 || kept) {
             acc.merge(&w.hold);
         }
     }
@@ -187,17 +284,22 @@ impl BuildBook {
         if !matches!(ev.phase, LayerPhase::Start | LayerPhase::End) {
             return;
         }
+        if self.slot(ev.layer, ev.source_offset) == Slot::Replayed {
+            // Part of a result already durable.
+            return;
+        }
         if ev.phase == LayerPhase::End && !self.layers.contains_key(&ev.layer) && !self.opened_before(batch, ev.source_offset, Some(ev.layer)) {
             self.reject_unmatched_end(batch, ev, hold, origin_wall_ns, out);
             return;
         }
-        let Some(w) = self.window_for(ev.layer) else {
+        let Some(w) = self.window_for(ev.layer, ev.source_offset) else {
             // A start for a layer already emitted: nothing to update.
             return;
         };
         if let Some(h) = hold {
             w.hold.add(h);
         }
+        w.first_offset = Some(w.first_offset.map_or(ev.source_offset, |f| f.min(ev.source_offset)));
         match ev.phase {
             LayerPhase::Start => {
                 w.start_event_ns = Some(ev.t_ns);
@@ -253,14 +355,14 @@ impl BuildBook {
             h.source_offset < offset
                 && h.layer != NO_LAYER
                 && layer.is_none_or(|l| l == h.layer)
-                && (self.layers.contains_key(&h.layer) || self.max_closed_layer.is_none_or(|m| h.layer > m))
+                && self.slot(h.layer, h.source_offset) == Slot::Window
         })
     }
 
-    /// The window of `layer` if it is open or kept for updates; a new one if the layer was never
-    /// closed; `None` when the layer is final.
-    fn window_for(&mut self, layer: u32) -> Option<&mut LayerWindow> {
-        if !self.layers.contains_key(&layer) && self.max_closed_layer.is_some_and(|m| layer <= m) {
+    /// The window a record of `layer` at `offset` goes to: open or kept for updates, or a new
+    /// one if the layer was never closed; `None` when the layer is final (or replayed).
+    fn window_for(&mut self, layer: u32, offset: u64) -> Option<&mut LayerWindow> {
+        if self.slot(layer, offset) != Slot::Window {
             return None;
         }
         Some(self.layers.entry(layer).or_default())
@@ -277,12 +379,18 @@ impl BuildBook {
             return BlockLayer::None;
         }
         self.see_layer(h.layer);
-        let Some(w) = self.window_for(h.layer) else { return BlockLayer::Final };
+        match self.slot(h.layer, h.source_offset) {
+            Slot::Window => {}
+            Slot::Replayed => return BlockLayer::Replayed,
+            Slot::Final => return BlockLayer::Final,
+        }
+        let Some(w) = self.window_for(h.layer, h.source_offset) else { return BlockLayer::Final };
         let updating = w.emitted > 0;
         w.extend_time(h.t0_ns, h.t_last_ns());
         if let Some(hold) = hold {
             w.hold.add(hold);
         }
+        w.first_offset = Some(w.first_offset.map_or(h.source_offset, |f| f.min(h.source_offset)));
         w.dirty = true;
         if updating {
             BlockLayer::Updating
@@ -291,10 +399,16 @@ impl BuildBook {
         }
     }
 
-    /// Open layers that watermark `wm` closes (all open layers with `force`), in layer order.
+    /// Open layers that watermark `wm` closes (all open layers with `force`), in layer order. A
+    /// layer whose close an earlier run recorded closes at its recorded position instead
+    /// ([`BuildBook::recorded_due`]).
     pub fn due_layers(&self, wm: TimeNs, force: bool) -> Vec<u32> {
         let gap = self.settings.layer_gap_ns;
-        self.layers.iter().filter(|(_, w)| w.emitted == 0 && (force || w.closes_at(wm, gap))).map(|(l, _)| *l).collect()
+        self.layers
+            .iter()
+            .filter(|(l, w)| w.emitted == 0 && (force || (w.closes_at(wm, gap) && self.decisions.close_of(**l).is_none())))
+            .map(|(l, _)| *l)
+            .collect()
     }
 
     /// Emitted layers that late samples changed since their last result, in layer order.
@@ -309,6 +423,11 @@ impl BuildBook {
         w.emitted += 1;
         w.dirty = false;
         if first {
+            let c = LayerClose { layer, first: w.first_offset.unwrap_or(self.position), at: self.position };
+            if self.decisions.close_of(layer).is_none() {
+                self.decisions.record(c);
+                self.decisions_changed = true;
+            }
             self.counters.layers_closed += 1;
             self.max_closed_layer = Some(self.max_closed_layer.map_or(layer, |m| m.max(layer)));
         }

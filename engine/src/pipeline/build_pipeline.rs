@@ -39,6 +39,8 @@ use crate::input::batch::RecordBatch;
 use crate::input::event::{BuildId, InputId, TimeNs};
 use crate::input::reject::{DeadLetter, RejectReason};
 use crate::offset_ledger::HoldSet;
+use crate::pipeline::build_book::BlockLayer;
+use crate::pipeline::decisions::BuildDecisions;
 use crate::pipeline::energy_density::EnergyDensityRules;
 use crate::pipeline::grid_map::GridMaps;
 use crate::pipeline::late_samples::LateSamples;
@@ -96,6 +98,18 @@ impl BuildPipeline {
         self.book.mark_ended();
     }
 
+    /// Follows the close decisions an earlier run recorded (see [`crate::pipeline::decisions`]);
+    /// this run reads the build's partition from `replay_from` on.
+    pub fn resume(&mut self, decisions: BuildDecisions, replay_from: u64) {
+        self.book.resume(decisions, replay_from);
+    }
+
+    /// The close decisions recorded so far, when they changed since the last call: the caller
+    /// stores them with the progress before it hands this call's results to the sinks.
+    pub fn take_changed_decisions(&mut self) -> Option<BuildDecisions> {
+        self.book.take_changed_decisions()
+    }
+
     /// The build's id.
     pub fn build_id(&self) -> &BuildId {
         &self.book.build
@@ -144,7 +158,7 @@ impl BuildPipeline {
         for i in 0..batch.blocks.len() {
             self.process_block(batch, i, ctx, out);
         }
-        self.finish_batch(ctx, out);
+        self.finish_batch(batch, ctx, out);
     }
 
     /// The non-sample part of a batch: layer events, then what operators make of the batch
@@ -186,16 +200,34 @@ impl BuildPipeline {
                 out.push(panicked(op.name(), &book.build, &what, at, p.as_ref()));
             }
         }
+        if layer == BlockLayer::Updating {
+            // One revision per late block: what each revision holds is then a function of the
+            // partition's order, not of where a batch happened to end (a replay cuts batches
+            // differently).
+            self.emit_layer(h.layer, ctx.hold_set(), ctx.origin_wall_ns, out);
+        }
     }
 
-    /// After the blocks of a batch: a new revision of every kept layer window that late samples
-    /// changed (with the `update` late policy).
-    pub fn finish_batch(&mut self, ctx: &Ctx, out: &mut Vec<Emitted>) {
-        if self.book.settings.late_policy == crate::topology::LatePolicy::Update {
-            for layer in self.book.updated_layers() {
-                self.emit_layer(layer, ctx.hold_set(), ctx.origin_wall_ns, out);
-            }
+    /// After the blocks of a batch: moves the partition position to the batch's end and closes
+    /// what an earlier run closed there (a replay follows the recorded decisions).
+    pub fn finish_batch(&mut self, batch: &RecordBatch, ctx: &Ctx, out: &mut Vec<Emitted>) {
+        self.book.advance_position(batch.span.next_offset);
+        for layer in self.book.recorded_due() {
+            let hold = self.book.window(layer).map(|w| w.hold.clone()).unwrap_or_default();
+            self.emit_layer(layer, hold, ctx.origin_wall_ns, out);
         }
+        self.book.drop_final(self.book.watermark(), false);
+        if !self.finished && self.book.recorded_end().is_some_and(|e| self.book.position() >= e) {
+            self.close_all(ctx, out);
+        }
+    }
+
+    /// An idle build's open layer windows are emitted on the wall clock (a layer without an
+    /// `end` whose stream went quiet). The close is recorded with its position, so a replay
+    /// closes those layers at the same place; the build goes on and later records of those
+    /// layers are late.
+    pub fn flush_open_layers(&mut self, ctx: &Ctx, out: &mut Vec<Emitted>) {
+        self.close_layers(self.book.watermark(), true, ctx, out);
     }
 
     /// The watermark advanced to `wm`: closes what it completes, and everything once the
@@ -213,6 +245,7 @@ impl BuildPipeline {
             }
         }
         if self.book.ends_by(wm) {
+            self.book.record_end();
             self.close_all(ctx, out);
         }
     }

@@ -22,7 +22,7 @@ impl Operator for LateSamples {
         let h = &block.h;
         let n = u64::from(h.len);
         match block.layer {
-            BlockLayer::None | BlockLayer::Open => {}
+            BlockLayer::None | BlockLayer::Open | BlockLayer::Replayed => {}
             BlockLayer::Updating => book.counters.late_samples += n,
             BlockLayer::Final => {
                 book.counters.late_samples += n;

@@ -23,7 +23,7 @@ impl Operator for LayerStats {
         let updating = match block.layer {
             BlockLayer::Open => false,
             BlockLayer::Updating => true,
-            BlockLayer::None | BlockLayer::Final => return,
+            BlockLayer::None | BlockLayer::Final | BlockLayer::Replayed => return,
         };
         let (batch, h) = (block.batch, &block.h);
         let n_rules = book.settings.rules.len();

@@ -4,6 +4,13 @@
 //! [`Block::rule_hits`], for the layer statistics downstream, so counts stay exact whatever the
 //! cooldown. Energy-density rules judge closed layers in their own operator.
 //!
+//! A cooldown is state that decides what is emitted, so a replay must meet it as the run it
+//! replaces did. It is re-derived from the input rather than stored: a running cooldown holds
+//! the batch of the alert that started it (the resume offset cannot pass it, so a replay reads
+//! that alert again and starts the same cooldown), and it ends when the watermark passes its
+//! end, at which point it no longer decides anything for a record in order and is released.
+//! Log rules and samples without a layer thus no longer keep one cooldown for ever.
+//!
 //! It must never allocate per sample, nor raise an alert for a value that does not exceed its
 //! rule's limit.
 
@@ -14,6 +21,8 @@ use crate::pipeline::operator::{Block, Ctx, Operator};
 use crate::records::{Anomaly, Emitted, OutputRecord};
 use crate::analytics::rules::{CmpOp, Cooldown, Rule, RuleTarget};
 use crate::input::time::format_rfc3339;
+use crate::input::event::TimeNs;
+use crate::offset_ledger::{Hold, HoldSet};
 
 /// Lasers per build for which rule cooldowns are tracked (laser numbers above share the last).
 const MAX_LASERS: usize = 65;
@@ -23,12 +32,27 @@ const MAX_LASERS: usize = 65;
 pub struct ThresholdRules {
     /// Per rule and laser.
     cooldowns: Vec<Cooldown>,
+    /// Running cooldowns: slot, end (event time) and the batch of the alert that started it.
+    running: Vec<(usize, TimeNs, Option<Hold>)>,
 }
 
 impl ThresholdRules {
     /// No alert raised yet.
     pub fn new(s: &BuildSettings) -> ThresholdRules {
-        ThresholdRules { cooldowns: vec![Cooldown::default(); s.rules.len() * MAX_LASERS] }
+        ThresholdRules { cooldowns: vec![Cooldown::default(); s.rules.len() * MAX_LASERS], running: Vec::new() }
+    }
+
+    /// Admits an alert at `t` in `slot` when its cooldown allows; a new cooldown holds `hold`.
+    fn admit(&mut self, slot: usize, t: TimeNs, cooldown_ns: i64, scope: u32, hold: Option<Hold>) -> bool {
+        if !self.cooldowns[slot].admit(t, cooldown_ns, scope) {
+            return false;
+        }
+        let end = t.saturating_add(cooldown_ns.max(1));
+        match self.running.iter_mut().find(|r| r.0 == slot) {
+            Some(r) => *r = (slot, end, hold),
+            None => self.running.push((slot, end, hold)),
+        }
+        true
     }
 }
 
@@ -50,7 +74,7 @@ impl Operator for ThresholdRules {
             for (ri, rule) in book.settings.rules.iter().enumerate() {
                 let RuleTarget::Log(name) = &rule.target else { continue };
                 for (k, v) in rec.values.iter().filter(|(k, _)| &**k == name.as_str()) {
-                    if rule.op.fires(*v, rule.limit) && self.cooldowns[ri * MAX_LASERS].admit(rec.t_ns, rule.cooldown_ns, NO_LAYER) {
+                    if rule.op.fires(*v, rule.limit) && self.admit(ri * MAX_LASERS, rec.t_ns, rule.cooldown_ns, NO_LAYER, ctx.hold) {
                         book.counters.anomalies += 1;
                         let a = Anomaly {
                             build_id: book.build.to_string(),
@@ -84,7 +108,7 @@ impl Operator for ThresholdRules {
             let Some(j) = first else { continue };
             let t = h.t0_ns + h.dt_ns * j as i64;
             let slot = ri * MAX_LASERS + usize::from(h.laser).min(MAX_LASERS - 1);
-            if self.cooldowns[slot].admit(t, rule.cooldown_ns, h.layer) {
+            if self.admit(slot, t, rule.cooldown_ns, h.layer, ctx.hold) {
                 book.counters.anomalies += 1;
                 let xy = |c: usize| batch.column(&h, c).map(|v| f64::from(v[j]));
                 let a = Anomaly {
@@ -103,6 +127,25 @@ impl Operator for ThresholdRules {
                 };
                 out.push(Emitted { record: OutputRecord::Anomaly(a), hold: ctx.hold_set(), origin_wall_ns: ctx.origin_wall_ns, position: ctx.position(h.source_offset) });
             }
+        }
+    }
+
+    /// Ends the cooldowns the watermark has passed.
+    fn on_watermark(&mut self, wm: TimeNs, _book: &mut BuildBook, _ctx: &Ctx, _out: &mut Vec<Emitted>) {
+        let cooldowns = &mut self.cooldowns;
+        self.running.retain(|&(slot, end, _)| {
+            if end <= wm {
+                cooldowns[slot].reset();
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    fn holds_into(&self, acc: &mut HoldSet) {
+        for h in self.running.iter().filter_map(|r| r.2) {
+            acc.add(h);
         }
     }
 }

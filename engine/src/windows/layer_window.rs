@@ -52,6 +52,8 @@ pub struct LayerWindow {
     pub params: Vec<LaserParams>,
     /// Lowest batch per input feeding the window while it is open.
     pub hold: HoldSet,
+    /// Offset of the window's first record in its partition.
+    pub first_offset: Option<u64>,
     /// How many results were emitted (0 while open).
     pub emitted: u32,
     /// Changed since the last result.

@@ -1,5 +1,6 @@
 //! The Kafka sink's stored format: the metadata string committed with each source offset
-//! (`meltstream:v1:et=<offset>:tx=<run>-<n>:out=<partition>@<offset>,…`), the position header
+//! (`meltstream:v1:et=<offset>:tx=<run>-<n>:out=<partition>@<offset>,…:st=<replay state JSON>`,
+//! the state last since JSON has colons), the position header
 //! every record carries, and the spans of committed transactions that the `out` field is
 //! computed from. Pure parsing and formatting; no client here.
 
@@ -54,12 +55,23 @@ pub(super) struct Metadata<'a> {
     pub(super) et: Option<u64>,
     pub(super) tx: Option<&'a str>,
     pub(super) out: BTreeMap<i32, i64>,
+    pub(super) st: Option<&'a str>,
 }
+
+/// Room left for the replay state in a metadata string: brokers refuse a commit whose metadata
+/// is over `offset.metadata.max.bytes` (4096 by default).
+pub(super) const MAX_METADATA_BYTES: usize = 4000;
 
 /// Parses the metadata string written with an offset.
 pub(super) fn parse_metadata(s: &str) -> Metadata<'_> {
     let mut m = Metadata::default();
-    for part in s.strip_prefix("meltstream:v1:").unwrap_or("").split(':') {
+    let body = s.strip_prefix("meltstream:v1:").unwrap_or("");
+    let (body, st) = match body.find("st=") {
+        Some(i) if i == 0 || body[..i].ends_with(':') => (body[..i].trim_end_matches(':'), Some(&body[i + 3..])),
+        _ => (body, None),
+    };
+    m.st = st;
+    for part in body.split(':') {
         if let Some(v) = part.strip_prefix("et=") {
             m.et = v.parse().ok();
         } else if let Some(v) = part.strip_prefix("tx=") {
@@ -82,6 +94,8 @@ mod tests {
         assert_eq!((m.et, m.tx), (Some(42), Some("9-3")));
         let m = parse_metadata("meltstream:v1:et=42:tx=9-3:out=0@17,2@5");
         assert_eq!(m.out, BTreeMap::from([(0, 17), (2, 5)]));
+        let m = parse_metadata(r#"meltstream:v1:et=42:tx=9-3:st={"mt":5,"b":{"x:y":{}}}"#);
+        assert_eq!((m.et, m.st), (Some(42), Some(r#"{"mt":5,"b":{"x:y":{}}}"#)));
         assert_eq!(parse_position(b"ispm-monitoring:3:1234"), Some((("ispm-monitoring".to_owned(), 3), 1234)));
         assert_eq!(parse_metadata(""), Default::default());
         assert_eq!(parse_metadata("someone else's"), Default::default());

@@ -1,4 +1,4 @@
-//! The PostgreSQL sink's schema: its tables (migration 1; migration 2 adds the progress epoch), the statements that insert into them
+//! The PostgreSQL sink's schema: its tables (migration 1; migration 2 adds the progress epoch, migration 3 the replay state), the statements that insert into them
 //! and store and read the progress, and the names `reset_pipeline` empties. Statements are
 //! built once per schema name; nothing here talks to the server.
 
@@ -35,6 +35,10 @@ pub(super) struct Sql {
     /// Claims the next epoch of partitions (`$2` topics, `$3` partitions) for a new owner;
     /// returns topic, partition, epoch.
     pub(super) claim_epochs: String,
+    /// Migration 3: `progress.state`, the replay state stored with the offsets (JSON).
+    pub(super) has_v3: String,
+    /// See `has_v3`.
+    pub(super) v3: String,
     pub(super) insert_layer_summaries: String,
     pub(super) insert_grid_maps: String,
     pub(super) insert_window_results: String,
@@ -163,6 +167,11 @@ impl Sql {
              );
              INSERT INTO {s}.schema_version (version) VALUES (1);"
         );
+        let has_v3 = format!("SELECT version FROM {s}.schema_version WHERE version = 3");
+        let v3 = format!(
+            "ALTER TABLE {s}.progress ADD COLUMN state text NOT NULL DEFAULT '{{}}';
+             INSERT INTO {s}.schema_version (version) VALUES (3);"
+        );
         let has_v2 = format!("SELECT version FROM {s}.schema_version WHERE version = 2");
         let v2 = format!(
             "ALTER TABLE {s}.progress ADD COLUMN epoch bigint NOT NULL DEFAULT 0;
@@ -230,20 +239,22 @@ impl Sql {
         // moved on (another process claimed the partition) is left alone, and the caller,
         // counting fewer rows than it sent, rolls the whole transaction back.
         let upsert_progress = format!(
-            "INSERT INTO {s}.progress AS p (pipeline, topic, partition, resume_offset, emitted_through, epoch)
-             SELECT $1, u.topic, u.partition, u.resume_offset, u.emitted_through, u.epoch
-             FROM UNNEST($2::text[], $3::int[], $4::bigint[], $5::bigint[], $6::bigint[]) AS u(topic, partition, resume_offset, emitted_through, epoch)
+            "INSERT INTO {s}.progress AS p (pipeline, topic, partition, resume_offset, emitted_through, epoch, state)
+             SELECT $1, u.topic, u.partition, u.resume_offset, u.emitted_through, u.epoch, u.state
+             FROM UNNEST($2::text[], $3::int[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[]) AS u(topic, partition, resume_offset, emitted_through, epoch, state)
              ON CONFLICT (pipeline, topic, partition) DO UPDATE
-             SET resume_offset = EXCLUDED.resume_offset, emitted_through = EXCLUDED.emitted_through, updated_at = now()
+             SET resume_offset = EXCLUDED.resume_offset, emitted_through = EXCLUDED.emitted_through, state = EXCLUDED.state, updated_at = now()
              WHERE p.epoch = EXCLUDED.epoch"
         );
-        let select_progress = format!("SELECT topic, partition, resume_offset, emitted_through FROM {s}.progress WHERE pipeline = $1");
+        let select_progress = format!("SELECT topic, partition, resume_offset, emitted_through, state FROM {s}.progress WHERE pipeline = $1");
         Sql {
             bootstrap,
             has_v1,
             v1,
             has_v2,
             v2,
+            has_v3,
+            v3,
             claim_epochs,
             insert_layer_summaries,
             insert_grid_maps,

@@ -1,0 +1,171 @@
+//! The close decisions of a build, kept with the progress so that a replay takes the same ones.
+//!
+//! A layer window closes when the watermark passes its end, or on the wall clock (an idle build
+//! whose last layer never got an `end`), or at the build's end. Which of the build's records
+//! went into the result and which came late depends on where in the partition that happened.
+//! So each close is recorded as a [`LayerClose`]: the layer, the offset of its first record and
+//! the partition position `at` which it closed (every record of the build before `at` had been
+//! processed, none after). A transactional sink stores the decisions of a partition with its
+//! progress, in the same transaction as the records; a close is recorded before its result
+//! leaves the build, so a stored result always comes with its decision.
+//!
+//! A replay from offset `R` (the stored resume offset) then treats a record of a recorded layer
+//! at offset `o` as follows:
+//! - `o ≥ at`: late, exactly as in the run it replaces (`drop`, `late_sink`, `update`);
+//! - `o < at` and the layer's first record is before `R`: the record is in the result already
+//!   made durable (the ledger let `R` pass the layer's first batch only once it was): it feeds no
+//!   window (*replayed*); rule alerts are still evaluated, and sinks drop the ones they hold;
+//! - `o < at` and the first record is at or after `R`: the window is rebuilt from its records
+//!   and closed at `at` exactly, whatever the replay's watermark says.
+//!
+//! Decisions whose `at` is at or below every sink's stored resume offset can no longer meet a
+//! replayed record before `at`: they are folded into `final_through` (every layer up to it is
+//! final for a replay) to keep the stored state small.
+
+use serde::{Deserialize, Serialize};
+
+use crate::input::event::TimeNs;
+
+/// One recorded layer close.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerClose {
+    /// The layer.
+    #[serde(rename = "l")]
+    pub layer: u32,
+    /// Offset of the layer's first record in the partition.
+    #[serde(rename = "f")]
+    pub first: u64,
+    /// Partition position at which it closed.
+    #[serde(rename = "a")]
+    pub at: u64,
+}
+
+/// The recorded decisions of one build.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildDecisions {
+    /// Every layer up to this one is final for any replayed record.
+    #[serde(rename = "ft", default, skip_serializing_if = "Option::is_none")]
+    pub final_through: Option<u32>,
+    /// The build ended (its `build_end` passed the watermark) at this partition position.
+    #[serde(rename = "end", default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<u64>,
+    /// Closes not folded yet, in the order they happened.
+    #[serde(rename = "c", default, skip_serializing_if = "Vec::is_empty")]
+    pub closes: Vec<LayerClose>,
+}
+
+impl BuildDecisions {
+    /// True when nothing is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.final_through.is_none() && self.ended_at.is_none() && self.closes.is_empty()
+    }
+
+    /// The recorded close of `layer`.
+    pub fn close_of(&self, layer: u32) -> Option<&LayerClose> {
+        self.closes.iter().find(|c| c.layer == layer)
+    }
+
+    /// Records a close (the first one of a layer counts).
+    pub fn record(&mut self, c: LayerClose) {
+        if self.close_of(c.layer).is_none() {
+            self.closes.push(c);
+        }
+    }
+
+    /// True when a record of `layer` at `offset` meets a final layer whatever its window: the
+    /// build ended before it, the layer is folded, or a layer at least as high closed before it.
+    pub fn final_at(&self, layer: u32, offset: u64) -> bool {
+        self.ended_at.is_some_and(|e| offset >= e) || self.final_through.is_some_and(|f| layer <= f) || self.closes.iter().any(|c| c.at <= offset && c.layer >= layer)
+    }
+
+    /// Folds the closes at or below `through` (every sink's stored resume offset).
+    pub fn fold(&mut self, through: u64) {
+        let mut top = self.final_through;
+        self.closes.retain(|c| {
+            if c.at <= through {
+                top = Some(top.map_or(c.layer, |t| t.max(c.layer)));
+                false
+            } else {
+                true
+            }
+        });
+        self.final_through = top;
+    }
+
+    /// Adds what `other` recorded (a union: every recorded decision is one the run took).
+    pub fn merge(&mut self, other: &BuildDecisions) {
+        self.final_through = self.final_through.max(other.final_through);
+        self.ended_at = match (self.ended_at, other.ended_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        for c in &other.closes {
+            self.record(*c);
+        }
+    }
+}
+
+/// What a partition's replay needs besides its offsets, as stored with the progress.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionState {
+    /// The largest event time of the partition's records before the resume offset (`MIN` when
+    /// unknown): the replay's watermark starts from it, as the original's stood there.
+    #[serde(rename = "mt", default = "min_time", skip_serializing_if = "is_min_time")]
+    pub max_t: TimeNs,
+    /// Per build.
+    #[serde(rename = "b", default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub builds: std::collections::BTreeMap<String, BuildDecisions>,
+}
+
+fn min_time() -> TimeNs {
+    TimeNs::MIN
+}
+
+fn is_min_time(t: &TimeNs) -> bool {
+    *t == TimeNs::MIN
+}
+
+impl PartitionState {
+    /// Adds what `other` stored.
+    pub fn merge(&mut self, other: &PartitionState) {
+        self.max_t = self.max_t.max(other.max_t);
+        for (b, d) in &other.builds {
+            self.builds.entry(b.clone()).or_default().merge(d);
+        }
+    }
+
+    /// Compact JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Parses [`PartitionState::to_json`]'s output.
+    pub fn from_json(s: &str) -> Result<PartitionState, serde_json::Error> {
+        serde_json::from_str(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fold_and_finality() {
+        let mut d = BuildDecisions::default();
+        d.record(LayerClose { layer: 0, first: 0, at: 10 });
+        d.record(LayerClose { layer: 1, first: 5, at: 30 });
+        d.record(LayerClose { layer: 1, first: 5, at: 99 });
+        assert_eq!(d.closes.len(), 2, "the first close of a layer counts");
+        assert!(!d.final_at(1, 20), "layer 1 still open at 20");
+        assert!(d.final_at(0, 20) && d.final_at(1, 30));
+        d.fold(20);
+        assert_eq!((d.final_through, d.closes.len()), (Some(0), 1));
+        let s = PartitionState { max_t: 7, builds: [("b".to_owned(), d.clone())].into() };
+        assert_eq!(PartitionState::from_json(&s.to_json()).unwrap(), s);
+        assert_eq!(PartitionState::from_json("{}").unwrap(), PartitionState { max_t: TimeNs::MIN, builds: Default::default() });
+        let mut m = BuildDecisions { ended_at: Some(50), ..Default::default() };
+        m.merge(&d);
+        assert_eq!((m.final_through, m.ended_at, m.closes.len()), (Some(0), Some(50), 1));
+        assert!(m.final_at(7, 50));
+    }
+}

@@ -5,10 +5,9 @@
 //!
 //! # What is stored with the offsets
 //! The committed offset of each source partition is its `resume` offset; its metadata string
-//! holds the partition's `emitted_through` and the transaction's id
-//! (`meltstream:v1:et=<offset>:tx=<run>-<n>:out=<partition>@<offset>,…`). After a restart the
-//! sink drops positioned records below `emitted_through` (already in the topic), and the tx id
-//! tells whether a commit whose outcome was lost with the connection did land.
+//! holds the partition's `emitted_through`, the transaction's id and the replay state
+//! (`metadata.rs`). After a restart the sink drops positioned records below `emitted_through`
+//! (already in the topic); the tx id tells whether a commit whose outcome was lost did land.
 //!
 //! # Records ahead of the stored progress
 //! A transaction's checkpoint covers only what was durable *before* it, so its own records lie
@@ -63,7 +62,7 @@ use meltstream_engine::pipeline::decisions::PartitionState;
 use crate::retry::{retry, Backoff};
 use crate::sinks::writer::{unwritable, SinkError, SinkWriter};
 
-use metadata::{out_field, parse_metadata, parse_position, TxSpan, MAX_METADATA_BYTES, POSITION_HEADER};
+use metadata::{format_metadata, out_field, parse_metadata, parse_position, TxSpan, POSITION_HEADER};
 
 mod metadata;
 
@@ -385,22 +384,13 @@ impl KafkaSink {
         for ((topic, partition), p) in &entries {
             let mut e = tpl.add_partition(topic, *partition);
             let _ = e.set_offset(Offset::Offset(p.resume as i64));
-            let mut md = format!("meltstream:v1:et={}:tx={}", p.emitted_through, tx.0);
-            if !out.is_empty() {
-                md.push_str(":out=");
-                md.push_str(&out);
-            }
-            if let Some(st) = checkpoint.states.get(&(topic.clone(), *partition)) {
-                let json = st.to_json();
-                if md.len() + 4 + json.len() <= MAX_METADATA_BYTES {
-                    md.push_str(":st=");
-                    md.push_str(&json);
-                } else {
-                    // PostgreSQL, when it is a sink too, keeps the whole state; alone, a replay of
-                    // this partition then starts without the recorded decisions.
-                    metrics::counter!("meltstream_replay_state_truncated_total", "sink" => self.name.clone()).increment(1);
-                    tracing::warn!(sink = %self.name, topic = %topic, partition, bytes = json.len(), "the replay state does not fit the offset metadata; stored without it");
-                }
+            let state = checkpoint.states.get(&(topic.clone(), *partition));
+            let (md, fits) = format_metadata(p.emitted_through, &tx.0, &out, state);
+            if !fits {
+                // PostgreSQL, when it is a sink too, keeps the whole state; alone, a replay of
+                // this partition then starts without the recorded decisions.
+                metrics::counter!("meltstream_replay_state_truncated_total", "sink" => self.name.clone()).increment(1);
+                tracing::warn!(sink = %self.name, topic = %topic, partition, "the replay state does not fit the offset metadata; stored without it");
             }
             e.set_metadata(md);
         }
@@ -479,13 +469,10 @@ impl SinkWriter for KafkaSink {
                 from.entry(p).and_modify(|x| *x = (*x).min(o)).or_insert(o);
             }
             let et = m.et.unwrap_or(resume).max(resume);
-            if let Some(st) = m.st {
-                match PartitionState::from_json(st) {
-                    Ok(s) => {
-                        self.stored_states.insert((topic.clone(), partition), s);
-                    }
-                    Err(e) => tracing::warn!(sink = %self.name, topic = %topic, partition, error = %e, "unreadable replay state in the offset metadata; the replay starts without it"),
-                }
+            match m.st.map(PartitionState::from_json) {
+                Some(Ok(s)) => drop(self.stored_states.insert((topic.clone(), partition), s)),
+                Some(Err(e)) => tracing::warn!(sink = %self.name, topic = %topic, partition, error = %e, "unreadable replay state in the offset metadata; the replay starts without it"),
+                None => {}
             }
             out.insert((topic, partition), Progress { resume, emitted_through: et });
         }

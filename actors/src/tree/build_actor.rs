@@ -200,6 +200,16 @@ impl BuildState {
         self.out.append(&mut out);
     }
 
+    /// Runs `f` (a close of the build's windows on the wall clock) and keeps what it emits.
+    fn emit_now(&mut self, f: fn(&mut BuildPipeline, &Ctx, &mut Vec<Emitted>)) {
+        let mut slot = lock(&self.args.slot);
+        let ctx = Ctx { hold: None, now_wall_ns: now_wall_ns(), origin_wall_ns: now_wall_ns() };
+        let mut out = Vec::new();
+        f(&mut slot.processor, &ctx, &mut out);
+        self.args.dead_letters.file_all(&mut out);
+        self.out.append(&mut out);
+    }
+
     /// Takes everything queued, in order, until the queue is empty.
     async fn drain_queue(&mut self) {
         loop {
@@ -303,14 +313,7 @@ impl Actor for BuildActor {
             }
             BuildMsg::FlushLayers => {
                 st.drain_queue().await;
-                {
-                    let mut slot = lock(&st.args.slot);
-                    let ctx = Ctx { hold: None, now_wall_ns: now_wall_ns(), origin_wall_ns: now_wall_ns() };
-                    let mut out = Vec::new();
-                    slot.processor.flush_open_layers(&ctx, &mut out);
-                    st.args.dead_letters.file_all(&mut out);
-                    st.out.append(&mut out);
-                }
+                st.emit_now(BuildPipeline::flush_open_layers);
                 if !st.out.is_empty() {
                     tracing::info!(build_id = %st.args.build, "build idle with layers open; emitted them (recorded for a replay)");
                     st.deliver(None).await;
@@ -319,12 +322,7 @@ impl Actor for BuildActor {
             BuildMsg::Close(reply, emit_open) => {
                 st.drain_queue().await;
                 if emit_open {
-                    let mut slot = lock(&st.args.slot);
-                    let ctx = Ctx { hold: None, now_wall_ns: now_wall_ns(), origin_wall_ns: now_wall_ns() };
-                    let mut out = Vec::new();
-                    slot.processor.on_close(&ctx, &mut out);
-                    st.args.dead_letters.file_all(&mut out);
-                    st.out.append(&mut out);
+                    st.emit_now(BuildPipeline::on_close);
                 }
                 st.deliver(None).await;
                 if emit_open {

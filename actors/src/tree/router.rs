@@ -96,6 +96,8 @@ pub struct RouterState {
     ended: HashMap<BuildId, ()>,
     /// Each input's own watermark.
     watermarks: HashMap<InputId, TimeNs>,
+    /// Per input, the largest event time routed so far.
+    max_t_seen: HashMap<InputId, TimeNs>,
     /// The builds whose records came from each input.
     by_input: HashMap<InputId, Vec<BuildId>>,
     next_holder: HolderId,
@@ -159,11 +161,18 @@ impl RouterState {
         Ok(actor)
     }
 
-    async fn route(&mut self, myself: &ActorRef<RouterMsg>, batch: RecordBatch, origin: i64) -> Result<(), ActorProcessingErr> {
+    async fn route(&mut self, myself: &ActorRef<RouterMsg>, mut batch: RecordBatch, origin: i64) -> Result<(), ActorProcessingErr> {
         let span = batch.span;
         self.args.board.observe_batch(span.input, span.next_offset, batch.max_t_ns);
         // A replay's watermark starts where the run it replaces stood at the resume offset.
-        let max_t = batch.max_t_ns.max(self.args.board.take_restored_max_t(span.input).unwrap_or(TimeNs::MIN));
+        let restored = self.args.board.take_restored_max_t(span.input).unwrap_or(TimeNs::MIN);
+        let max_t = batch.max_t_ns.max(restored);
+        // The input's largest event time before each record: its builds apply the watermark
+        // record by record.
+        let seen = self.max_t_seen.entry(span.input).or_insert(TimeNs::MIN);
+        let base = (*seen).max(restored);
+        batch.max_t_before = Arc::new(batch.max_t_steps(base));
+        *seen = base.max(batch.max_t_ns);
         let (parts, dead) = batch.split_by_build();
         // One part per build plus the router's own (dead letters).
         let _ = self.args.commit.cast(CommitMsg::Register(span, parts.len() as u32 + 1));
@@ -352,6 +361,7 @@ impl Actor for Router {
             by_actor: HashMap::new(),
             ended: HashMap::new(),
             watermarks: HashMap::new(),
+            max_t_seen: HashMap::new(),
             by_input: HashMap::new(),
             next_holder: 0,
         })

@@ -86,6 +86,12 @@ pub struct RecordBatch {
     pub max_t_ns: TimeNs,
     /// Number of source records the batch was decoded from (including dead letters).
     pub records: u64,
+    /// The input's largest event time before each record, as steps `(from_offset, max)`: a
+    /// record at offset `o` has the `max` of the last step with `from_offset ≤ o` (see
+    /// [`RecordBatch::max_t_steps`]). Set by the router on every part of a batch, so that a
+    /// build applies its input's watermark record by record, whatever the batch boundaries.
+    /// Empty: no per-record watermark.
+    pub max_t_before: Arc<Vec<(u64, TimeNs)>>,
 }
 
 /// Columns of a block being appended: pass `None` for an absent column.
@@ -103,6 +109,56 @@ impl RecordBatch {
     /// An empty batch with room for `samples` samples.
     pub fn with_capacity(samples: usize) -> RecordBatch {
         RecordBatch { data: Vec::with_capacity(samples * 4), max_t_ns: TimeNs::MIN, ..Default::default() }
+    }
+
+    /// The steps of [`RecordBatch::max_t_before`] for this batch, the input's largest event
+    /// time before it being `base`: one step per record that raises it (blocks, layer events and
+    /// logs, in offset order).
+    pub fn max_t_steps(&self, base: TimeNs) -> Vec<(u64, TimeNs)> {
+        let mut steps = vec![(self.span.first_offset, base)];
+        let (mut b, mut e, mut l) = (0, 0, 0);
+        let mut cur = base;
+        loop {
+            let ob = self.blocks.get(b).map(|h| (h.source_offset, h.t_last_ns()));
+            let oe = self.layers.get(e).map(|v| (v.source_offset, v.t_ns));
+            let ol = self.logs.get(l).map(|r| (r.source_offset, r.t_ns));
+            let Some((o, t)) = [ob, oe, ol].into_iter().flatten().min_by_key(|x| x.0) else { break };
+            if ob.is_some_and(|x| x.0 == o) {
+                b += 1;
+            } else if oe.is_some_and(|x| x.0 == o) {
+                e += 1;
+            } else {
+                l += 1;
+            }
+            if t > cur {
+                cur = t;
+                match steps.last_mut() {
+                    Some(last) if last.0 == o + 1 => last.1 = cur,
+                    _ => steps.push((o + 1, cur)),
+                }
+            }
+        }
+        steps
+    }
+
+    /// The input's largest event time before the record at `offset` (`MIN` without steps).
+    /// `cursor` makes a walk in offset order cost O(1) per record.
+    pub fn max_t_before(&self, offset: u64, cursor: &mut usize) -> TimeNs {
+        let s = &self.max_t_before;
+        if s.is_empty() {
+            return TimeNs::MIN;
+        }
+        if *cursor >= s.len() || s[*cursor].0 > offset {
+            *cursor = 0;
+        }
+        while *cursor + 1 < s.len() && s[*cursor + 1].0 <= offset {
+            *cursor += 1;
+        }
+        if s[*cursor].0 > offset {
+            TimeNs::MIN
+        } else {
+            s[*cursor].1
+        }
     }
 
     /// Total samples in the batch.
@@ -207,6 +263,7 @@ impl RecordBatch {
             .map(|n| {
                 let mut b = RecordBatch::with_capacity(0);
                 b.span = span;
+                b.max_t_before = self.max_t_before.clone();
                 b.builds.push(n.clone());
                 (n.clone(), b)
             })

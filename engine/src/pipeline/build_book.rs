@@ -44,6 +44,9 @@ pub struct BuildSettings {
     pub rules: Vec<Rule>,
     /// Default layer thickness, µm.
     pub default_thickness_um: f64,
+    /// Out-of-orderness bound of the watermark, ns: a build applies `max_t − bound` of its
+    /// input record by record (see `RecordBatch::max_t_before`).
+    pub watermark_bound_ns: i64,
     /// Test hook: a block whose first `temperature_c` equals this value panics the pipeline
     /// before it changes any state (a stand-in for a poison record hitting a bug).
     #[cfg(feature = "fault-injection")]
@@ -63,6 +66,7 @@ impl BuildSettings {
             time_windows: t.windows.time.iter().map(TimeWindowSpec::compile).collect(),
             rules: t.rules.iter().map(Rule::compile).collect(),
             default_thickness_um: t.engine.default_layer_thickness_um,
+            watermark_bound_ns: t.engine.watermark_bound_ms as i64 * ms,
             #[cfg(feature = "fault-injection")]
             fault_panic_on_temperature: None,
         }

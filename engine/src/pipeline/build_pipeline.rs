@@ -60,6 +60,10 @@ pub struct BuildPipeline {
     /// Per-rule exceedances of the block in progress (reused: no allocation per block).
     rule_hits: Vec<u64>,
     finished: bool,
+    /// In the batch in progress: the next layer event to apply, and the step of its
+    /// `max_t_before` last looked up.
+    next_event: usize,
+    step: usize,
 }
 
 /// The operators of a build, in chain order.
@@ -84,7 +88,7 @@ impl BuildPipeline {
     /// A new build with the operators `ops`, in chain order.
     pub fn with_chain(build: BuildId, s: Arc<BuildSettings>, ops: Vec<Box<dyn Operator>>) -> BuildPipeline {
         let n_rules = s.rules.len();
-        BuildPipeline { book: BuildBook::new(build, s), ops, rule_hits: vec![0; n_rules], finished: false }
+        BuildPipeline { book: BuildBook::new(build, s), ops, rule_hits: vec![0; n_rules], finished: false, next_event: 0, step: 0 }
     }
 
     /// Appends `op` to the chain: it sees everything after the operators already there.
@@ -161,12 +165,12 @@ impl BuildPipeline {
         self.finish_batch(batch, ctx, out);
     }
 
-    /// The non-sample part of a batch: layer events, then what operators make of the batch
-    /// (machine-log rules).
+    /// Starts a batch: what operators make of it as a whole (machine-log rules). Its layer
+    /// events are applied in offset order between its blocks ([`BuildPipeline::process_block`],
+    /// [`BuildPipeline::finish_batch`]).
     pub fn process_events(&mut self, batch: &RecordBatch, ctx: &Ctx, out: &mut Vec<Emitted>) {
-        for ev in &batch.layers {
-            self.book.apply_layer_event(batch, ev, ctx.hold, ctx.origin_wall_ns, out);
-        }
+        self.next_event = 0;
+        self.step = 0;
         let book = &mut self.book;
         for op in &mut self.ops {
             let res = catch_unwind(AssertUnwindSafe(|| op.process(batch, book, ctx, out)));
@@ -181,6 +185,7 @@ impl BuildPipeline {
     /// block and set aside the one block that made it fail.
     pub fn process_block(&mut self, batch: &RecordBatch, i: usize, ctx: &Ctx, out: &mut Vec<Emitted>) {
         let h = batch.blocks[i];
+        self.catch_up(batch, h.source_offset, ctx, out);
         #[cfg(feature = "fault-injection")]
         if let Some(bad) = self.book.settings.fault_panic_on_temperature {
             if batch.column(&h, crate::input::event::Channel::TemperatureC.index()).and_then(|v| v.first()) == Some(&bad) {
@@ -211,7 +216,35 @@ impl BuildPipeline {
     /// After the blocks of a batch: moves the partition position to the batch's end and closes
     /// what an earlier run closed there (a replay follows the recorded decisions).
     pub fn finish_batch(&mut self, batch: &RecordBatch, ctx: &Ctx, out: &mut Vec<Emitted>) {
-        self.book.advance_position(batch.span.next_offset);
+        let last_event = batch.layers.last().map_or(0, |ev| ev.source_offset + 1);
+        self.catch_up(batch, batch.span.next_offset.max(last_event), ctx, out);
+    }
+
+    /// Brings the build to just before the record at `offset` of `batch`: applies the layer
+    /// events before it, in offset order, each after the input's watermark as it stood before
+    /// that event; then the watermark before `offset`. What a watermark closes, and which
+    /// samples are late, thus depends on the partition's order alone, never on where its
+    /// batches end.
+    fn catch_up(&mut self, batch: &RecordBatch, offset: u64, ctx: &Ctx, out: &mut Vec<Emitted>) {
+        while let Some(ev) = batch.layers.get(self.next_event).filter(|ev| ev.source_offset < offset) {
+            let at = ev.source_offset;
+            self.before_record(batch, at, ctx, out);
+            let ev = &batch.layers[self.next_event];
+            self.book.apply_layer_event(batch, ev, ctx.hold, ctx.origin_wall_ns, out);
+            self.next_event += 1;
+        }
+        self.before_record(batch, offset, ctx, out);
+    }
+
+    /// The partition position moves to `offset` (every record before it processed): the
+    /// watermark as it stood there, then what an earlier run closed there (a replay follows
+    /// the recorded decisions).
+    fn before_record(&mut self, batch: &RecordBatch, offset: u64, ctx: &Ctx, out: &mut Vec<Emitted>) {
+        self.book.advance_position(offset);
+        let max_t = batch.max_t_before(offset, &mut self.step);
+        if max_t > TimeNs::MIN {
+            self.on_watermark(max_t.saturating_sub(self.book.settings.watermark_bound_ns), ctx, out);
+        }
         for layer in self.book.recorded_due() {
             let hold = self.book.window(layer).map(|w| w.hold.clone()).unwrap_or_default();
             self.emit_layer(layer, hold, ctx.origin_wall_ns, out);
@@ -323,186 +356,5 @@ fn panicked(op: &str, build: &BuildId, what: &str, at: Where, payload: &(dyn std
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::input::decode::{DecodeLimits, Decoder};
-    use crate::input::event::BuildId;
-    use crate::records::OutputRecord;
-    use std::sync::Mutex;
-
-    const NOW: TimeNs = 1_800_000_000_000_000_000;
-
-    /// Lines of one build: samples of layer 0, a stray end of layer 5, layer 0's end, samples
-    /// of layer 1 and its end; then a build never seen that ends a layer.
-    fn lines() -> Vec<String> {
-        let t = |ms: u32| format!("2024-01-15T10:30:00.{ms:03}Z");
-        vec![
-            format!(r#"{{"build_id": "b", "layer": 0, "timestamp": "{}", "temperature": 1600.0}}"#, t(1)),
-            format!(r#"{{"build_id": "b", "layer": 0, "timestamp": "{}", "temperature": 1610.0}}"#, t(2)),
-            format!(r#"{{"type": "layer", "build_id": "b", "layer": 5, "phase": "end", "timestamp": "{}"}}"#, t(3)),
-            format!(r#"{{"type": "layer", "build_id": "b", "layer": 0, "phase": "end", "timestamp": "{}"}}"#, t(4)),
-            format!(r#"{{"build_id": "b", "layer": 1, "timestamp": "{}", "temperature": 1620.0}}"#, t(5)),
-            format!(r#"{{"type": "layer", "build_id": "b", "layer": 1, "phase": "end", "timestamp": "{}"}}"#, t(6)),
-        ]
-    }
-
-    /// Dead letters (offset, reason) and layer ends (layer, end time).
-    type Outcome = (Vec<(u64, String)>, Vec<(u32, i64)>);
-
-    fn demo_settings() -> Arc<BuildSettings> {
-        let topo = crate::topology::load(crate::topology::DEMO_TOML, "demo.toml", std::path::Path::new(".")).expect("demo topology");
-        Arc::new(BuildSettings::from_topology(&topo))
-    }
-
-    /// Everything `p` emits for `lines()` cut into batches at `cuts`, then closed.
-    fn emitted(p: &mut BuildPipeline, cuts: &[usize]) -> Vec<Emitted> {
-        let mut d = Decoder::new(0, DecodeLimits::default());
-        let lines = lines();
-        let mut out = Vec::new();
-        let mut bounds = vec![0];
-        bounds.extend_from_slice(cuts);
-        bounds.push(lines.len());
-        for (seq, w) in bounds.windows(2).enumerate() {
-            let mut batch = RecordBatch::with_capacity(16);
-            for (i, l) in lines.iter().enumerate().take(w[1]).skip(w[0]) {
-                d.decode(l.as_bytes(), i as u64, NOW, &mut batch);
-            }
-            let ctx = Ctx { hold: Some((0, seq as u64)), now_wall_ns: NOW, origin_wall_ns: NOW };
-            p.process(&batch, &ctx, &mut out);
-        }
-        p.on_close(&Ctx { hold: None, now_wall_ns: NOW, origin_wall_ns: NOW }, &mut out);
-        out
-    }
-
-    /// The outcome with the input cut into batches at `cuts`.
-    fn run(cuts: &[usize]) -> Outcome {
-        let mut p = BuildPipeline::new(BuildId::from("b"), demo_settings());
-        let out = emitted(&mut p, cuts);
-        let mut dead = Vec::new();
-        let mut ends = Vec::new();
-        for e in out {
-            match e.record {
-                OutputRecord::DeadLetter(r) => {
-                    assert_eq!(e.position, Some((0, r.offset)), "positioned, so a replay does not write it twice");
-                    dead.push((r.offset, r.reason_kind));
-                }
-                OutputRecord::LayerSummary(s) => ends.push((s.layer, s.window_end_ns)),
-                _ => {}
-            }
-        }
-        (dead, ends)
-    }
-
-    #[test]
-    fn an_end_without_a_window_is_dead_lettered_whatever_the_batch_boundaries() {
-        let whole = run(&[]);
-        assert_eq!(whole.0, vec![(2, "unknown_layer".to_string())], "only the stray end of layer 5");
-        let ms = |m: i64| 1_705_314_600_000_000_000 + m * 1_000_000;
-        assert_eq!(whole.1, vec![(0, ms(4)), (1, ms(6))], "the ends close their layers");
-        for a in 1..lines().len() {
-            assert_eq!(run(&[a]), whole, "cut at {a}");
-            for b in a + 1..lines().len() {
-                assert_eq!(run(&[a, b]), whole, "cuts at {a}, {b}");
-            }
-        }
-    }
-
-    #[test]
-    fn an_end_for_a_build_with_nothing_open_is_an_unknown_build() {
-        let mut p = BuildPipeline::new(BuildId::from("ghost"), demo_settings());
-        let mut batch = RecordBatch::with_capacity(4);
-        Decoder::new(0, DecodeLimits::default()).decode(br#"{"type": "layer", "build_id": "ghost", "layer": 7, "phase": "end", "t_ns": 5}"#, 42, NOW, &mut batch);
-        let mut out = Vec::new();
-        p.process(&batch, &Ctx { hold: Some((0, 0)), now_wall_ns: NOW, origin_wall_ns: NOW }, &mut out);
-        let [Emitted { record: OutputRecord::DeadLetter(r), .. }] = &out[..] else { panic!("one dead letter: {out:?}") };
-        assert_eq!((r.offset, r.reason_kind.as_str()), (42, "unknown_build"));
-        assert_eq!(r.raw_prefix, r#"{"type":"layer","build_id":"ghost","layer":7,"phase":"end","t_ns":5}"#);
-        assert_eq!(p.open_windows(), 0, "no window opened for it");
-    }
-
-    /// What a test operator saw: blocks, samples, layer results (layer, revision), closes.
-    #[derive(Debug, Default, PartialEq)]
-    struct Seen {
-        blocks: u64,
-        samples: u64,
-        results: Vec<(u32, u32)>,
-        closes: u32,
-    }
-
-    /// An operator appended to the standard chain: it counts what reaches it and emits nothing.
-    #[derive(Debug)]
-    struct Counting(Arc<Mutex<Seen>>);
-
-    impl Operator for Counting {
-        fn process(&mut self, _batch: &RecordBatch, _book: &mut BuildBook, _ctx: &Ctx, _out: &mut Vec<Emitted>) {}
-
-        fn on_block(&mut self, block: &mut Block<'_>, _book: &mut BuildBook, _ctx: &Ctx, _out: &mut Vec<Emitted>) {
-            let mut s = self.0.lock().expect("not poisoned");
-            s.blocks += 1;
-            s.samples += u64::from(block.h.len);
-        }
-
-        fn on_layer_result(&mut self, r: &LayerResult, _book: &mut BuildBook, _out: &mut Vec<Emitted>) {
-            self.0.lock().expect("not poisoned").results.push((r.layer, r.revision));
-        }
-
-        fn on_close(&mut self, _book: &mut BuildBook, _ctx: &Ctx, _out: &mut Vec<Emitted>) {
-            self.0.lock().expect("not poisoned").closes += 1;
-        }
-    }
-
-    #[test]
-    fn an_operator_appended_to_the_chain_sees_everything_and_changes_nothing_else() {
-        let plain = emitted(&mut BuildPipeline::new(BuildId::from("b"), demo_settings()), &[2]);
-        let seen = Arc::new(Mutex::new(Seen::default()));
-        let mut p = BuildPipeline::new(BuildId::from("b"), demo_settings());
-        p.push(Box::new(Counting(seen.clone())));
-        let with = emitted(&mut p, &[2]);
-        let view = |v: &[Emitted]| v.iter().map(|e| (e.record.clone(), e.position, e.hold.clone())).collect::<Vec<_>>();
-        assert_eq!(view(&with), view(&plain), "the other operators emit the same records in the same order");
-        let seen = seen.lock().expect("not poisoned");
-        assert_eq!(*seen, Seen { blocks: 3, samples: 3, results: vec![(0, 0), (1, 0)], closes: 1 });
-        assert_eq!(p.counters().samples, 3);
-    }
-
-    /// An operator that panics on the block at one offset and on the result of one layer.
-    #[derive(Debug)]
-    struct Panicky;
-
-    impl Operator for Panicky {
-        fn process(&mut self, _batch: &RecordBatch, _book: &mut BuildBook, _ctx: &Ctx, _out: &mut Vec<Emitted>) {}
-
-        fn on_block(&mut self, block: &mut Block<'_>, _book: &mut BuildBook, _ctx: &Ctx, _out: &mut Vec<Emitted>) {
-            assert_ne!(block.h.source_offset, 1, "test: poison block");
-        }
-
-        fn on_layer_result(&mut self, r: &LayerResult, _book: &mut BuildBook, _out: &mut Vec<Emitted>) {
-            assert_ne!(r.layer, 1, "test: poison layer");
-        }
-    }
-
-    #[test]
-    fn a_panicking_operator_is_dead_lettered_and_loses_nothing_else() {
-        let plain = emitted(&mut BuildPipeline::new(BuildId::from("b"), demo_settings()), &[2]);
-        // First in the chain, so that every other operator runs after it panicked.
-        let mut ops: Vec<Box<dyn Operator>> = vec![Box::new(Panicky)];
-        ops.extend(standard_chain(&demo_settings()));
-        let mut p = BuildPipeline::with_chain(BuildId::from("b"), demo_settings(), ops);
-        let with = emitted(&mut p, &[2]);
-        let (dead, rest): (Vec<Emitted>, Vec<Emitted>) = with.into_iter().partition(|e| matches!(&e.record, OutputRecord::DeadLetter(r) if r.reason_kind == "poison"));
-        let view = |v: &[Emitted]| v.iter().map(|e| (e.record.clone(), e.position, e.hold.clone())).collect::<Vec<_>>();
-        assert_eq!(view(&rest), view(&plain), "every other record, in order");
-        let reasons: Vec<(u64, Option<(u32, u64)>, String)> = dead
-            .iter()
-            .map(|e| match &e.record {
-                OutputRecord::DeadLetter(r) => (r.offset, e.position, r.source.clone()),
-                _ => unreachable!(),
-            })
-            .collect();
-        assert_eq!(reasons.len(), 2, "{reasons:?}");
-        assert_eq!((reasons[0].0, reasons[0].1), (1, Some((0, 1))), "the block at offset 1, positioned");
-        assert!(reasons[0].2.starts_with("operator Panicky: b: the block at offset 1"), "{}", reasons[0].2);
-        assert!(reasons[1].2.starts_with("operator Panicky: b: result 0 of layer 1"), "{}", reasons[1].2);
-        assert!(!dead[1].hold.is_empty(), "the layer's dead letter holds the layer's offsets until durable");
-    }
-}
+#[path = "build_pipeline_tests.rs"]
+mod tests;

@@ -1,8 +1,7 @@
 //! A replay that follows the recorded decisions emits what the uninterrupted run emitted: for a
 //! crash after every record, under each late policy (late samples of closed layers, a layer kept
-//! for updates, alerts with cooldowns). The replay's batches are cut like the original's: a
-//! watermark is still applied per batch, so where a batch ends can still decide whether a
-//! sample right behind a layer's close is late (see docs/architecture.md, Replay).
+//! for updates, alerts with cooldowns), with the replay's batches cut differently from the
+//! original's (the watermark applies record by record, so batch boundaries decide nothing).
 
 use std::sync::Arc;
 
@@ -45,11 +44,12 @@ fn settings(policy: LatePolicy) -> Arc<BuildSettings> {
     let mut s = BuildSettings::from_topology(&topo);
     s.late_policy = policy;
     s.allowed_lateness_ns = 35_000_000;
+    s.watermark_bound_ns = 0;
     Arc::new(s)
 }
 
-/// Runs `p` over `lines[from..to]` cut every `step` records, starting at batch `seq`, with a
-/// watermark (bound 0) after each batch that starts from `max_t`; returns what it emitted.
+/// Runs `p` over `lines[from..to]` cut every `step` records, the input's watermark (bound 0)
+/// starting from `max_t`, record by record; returns what it emitted.
 fn feed(p: &mut BuildPipeline, from: usize, to: usize, step: usize, max_t: &mut TimeNs, out: &mut Vec<OutputRecord>) {
     let lines = lines();
     let mut d = Decoder::new(0, DecodeLimits::default());
@@ -61,11 +61,12 @@ fn feed(p: &mut BuildPipeline, from: usize, to: usize, step: usize, max_t: &mut 
             d.decode(l.as_bytes(), i as u64, NOW, &mut batch);
         }
         batch.span = SourceSpan { input: 0, seq: start as u64, first_offset: start as u64, next_offset: end as u64 };
+        // What the router does: the input's largest event time before each record.
+        batch.max_t_before = Arc::new(batch.max_t_steps(*max_t));
         *max_t = (*max_t).max(batch.max_t_ns);
         let ctx = Ctx { hold: Some((0, start as u64)), now_wall_ns: NOW, origin_wall_ns: NOW };
         let mut em = Vec::new();
         p.process(&batch, &ctx, &mut em);
-        p.on_watermark(*max_t, &ctx, &mut em);
         out.extend(em.into_iter().map(|e| e.record));
         start = end;
     }
@@ -99,7 +100,7 @@ fn a_replay_from_the_stored_state_emits_what_the_uninterrupted_run_did() {
             // The largest event time before the resume offset, as stored with it.
             let mut max_t_at_resume = TimeNs::MIN;
             feed(&mut BuildPipeline::new(BuildId::from("b"), settings(policy)), 0, resume, n, &mut max_t_at_resume, &mut Vec::new());
-            for step in [1] {
+            for step in [1, 2, 3, n] {
                 let mut replay = Vec::new();
                 let mut q = BuildPipeline::new(BuildId::from("b"), settings(policy));
                 q.resume(decisions.clone(), resume as u64);

@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 
+use meltstream_engine::pipeline::decisions::PartitionState;
+
 use crate::progress::{Checkpoint, TopicPartition};
 
 /// The header that carries a record's source position.
@@ -60,7 +62,25 @@ pub(super) struct Metadata<'a> {
 
 /// Room left for the replay state in a metadata string: brokers refuse a commit whose metadata
 /// is over `offset.metadata.max.bytes` (4096 by default).
-pub(super) const MAX_METADATA_BYTES: usize = 4000;
+const MAX_METADATA_BYTES: usize = 4000;
+
+/// The metadata string of an offset: emitted-through `et`, transaction `tx`, the `out` field and
+/// the partition's replay state when it fits (false when it did not and was left out).
+pub(super) fn format_metadata(et: u64, tx: &str, out: &str, state: Option<&PartitionState>) -> (String, bool) {
+    let mut md = format!("meltstream:v1:et={et}:tx={tx}");
+    if !out.is_empty() {
+        md.push_str(":out=");
+        md.push_str(out);
+    }
+    let Some(state) = state else { return (md, true) };
+    let json = state.to_json();
+    if md.len() + 4 + json.len() > MAX_METADATA_BYTES {
+        return (md, false);
+    }
+    md.push_str(":st=");
+    md.push_str(&json);
+    (md, true)
+}
 
 /// Parses the metadata string written with an offset.
 pub(super) fn parse_metadata(s: &str) -> Metadata<'_> {

@@ -1,0 +1,182 @@
+//! Tests of the build pipeline: batch boundaries, unknown builds and layers, operator panics.
+use super::*;
+use crate::input::decode::{DecodeLimits, Decoder};
+use crate::input::event::BuildId;
+use crate::records::OutputRecord;
+use std::sync::Mutex;
+
+const NOW: TimeNs = 1_800_000_000_000_000_000;
+
+/// Lines of one build: samples of layer 0, a stray end of layer 5, layer 0's end, samples
+/// of layer 1 and its end; then a build never seen that ends a layer.
+fn lines() -> Vec<String> {
+    let t = |ms: u32| format!("2024-01-15T10:30:00.{ms:03}Z");
+    vec![
+        format!(r#"{{"build_id": "b", "layer": 0, "timestamp": "{}", "temperature": 1600.0}}"#, t(1)),
+        format!(r#"{{"build_id": "b", "layer": 0, "timestamp": "{}", "temperature": 1610.0}}"#, t(2)),
+        format!(r#"{{"type": "layer", "build_id": "b", "layer": 5, "phase": "end", "timestamp": "{}"}}"#, t(3)),
+        format!(r#"{{"type": "layer", "build_id": "b", "layer": 0, "phase": "end", "timestamp": "{}"}}"#, t(4)),
+        format!(r#"{{"build_id": "b", "layer": 1, "timestamp": "{}", "temperature": 1620.0}}"#, t(5)),
+        format!(r#"{{"type": "layer", "build_id": "b", "layer": 1, "phase": "end", "timestamp": "{}"}}"#, t(6)),
+    ]
+}
+
+/// Dead letters (offset, reason) and layer ends (layer, end time).
+type Outcome = (Vec<(u64, String)>, Vec<(u32, i64)>);
+
+fn demo_settings() -> Arc<BuildSettings> {
+    let topo = crate::topology::load(crate::topology::DEMO_TOML, "demo.toml", std::path::Path::new(".")).expect("demo topology");
+    Arc::new(BuildSettings::from_topology(&topo))
+}
+
+/// Everything `p` emits for `lines()` cut into batches at `cuts`, then closed.
+fn emitted(p: &mut BuildPipeline, cuts: &[usize]) -> Vec<Emitted> {
+    let mut d = Decoder::new(0, DecodeLimits::default());
+    let lines = lines();
+    let mut out = Vec::new();
+    let mut bounds = vec![0];
+    bounds.extend_from_slice(cuts);
+    bounds.push(lines.len());
+    for (seq, w) in bounds.windows(2).enumerate() {
+        let mut batch = RecordBatch::with_capacity(16);
+        for (i, l) in lines.iter().enumerate().take(w[1]).skip(w[0]) {
+            d.decode(l.as_bytes(), i as u64, NOW, &mut batch);
+        }
+        let ctx = Ctx { hold: Some((0, seq as u64)), now_wall_ns: NOW, origin_wall_ns: NOW };
+        p.process(&batch, &ctx, &mut out);
+    }
+    p.on_close(&Ctx { hold: None, now_wall_ns: NOW, origin_wall_ns: NOW }, &mut out);
+    out
+}
+
+/// The outcome with the input cut into batches at `cuts`.
+fn run(cuts: &[usize]) -> Outcome {
+    let mut p = BuildPipeline::new(BuildId::from("b"), demo_settings());
+    let out = emitted(&mut p, cuts);
+    let mut dead = Vec::new();
+    let mut ends = Vec::new();
+    for e in out {
+        match e.record {
+            OutputRecord::DeadLetter(r) => {
+                assert_eq!(e.position, Some((0, r.offset)), "positioned, so a replay does not write it twice");
+                dead.push((r.offset, r.reason_kind));
+            }
+            OutputRecord::LayerSummary(s) => ends.push((s.layer, s.window_end_ns)),
+            _ => {}
+        }
+    }
+    (dead, ends)
+}
+
+#[test]
+fn an_end_without_a_window_is_dead_lettered_whatever_the_batch_boundaries() {
+    let whole = run(&[]);
+    assert_eq!(whole.0, vec![(2, "unknown_layer".to_string())], "only the stray end of layer 5");
+    let ms = |m: i64| 1_705_314_600_000_000_000 + m * 1_000_000;
+    assert_eq!(whole.1, vec![(0, ms(4)), (1, ms(6))], "the ends close their layers");
+    for a in 1..lines().len() {
+        assert_eq!(run(&[a]), whole, "cut at {a}");
+        for b in a + 1..lines().len() {
+            assert_eq!(run(&[a, b]), whole, "cuts at {a}, {b}");
+        }
+    }
+}
+
+#[test]
+fn an_end_for_a_build_with_nothing_open_is_an_unknown_build() {
+    let mut p = BuildPipeline::new(BuildId::from("ghost"), demo_settings());
+    let mut batch = RecordBatch::with_capacity(4);
+    Decoder::new(0, DecodeLimits::default()).decode(br#"{"type": "layer", "build_id": "ghost", "layer": 7, "phase": "end", "t_ns": 5}"#, 42, NOW, &mut batch);
+    let mut out = Vec::new();
+    p.process(&batch, &Ctx { hold: Some((0, 0)), now_wall_ns: NOW, origin_wall_ns: NOW }, &mut out);
+    let [Emitted { record: OutputRecord::DeadLetter(r), .. }] = &out[..] else { panic!("one dead letter: {out:?}") };
+    assert_eq!((r.offset, r.reason_kind.as_str()), (42, "unknown_build"));
+    assert_eq!(r.raw_prefix, r#"{"type":"layer","build_id":"ghost","layer":7,"phase":"end","t_ns":5}"#);
+    assert_eq!(p.open_windows(), 0, "no window opened for it");
+}
+
+/// What a test operator saw: blocks, samples, layer results (layer, revision), closes.
+#[derive(Debug, Default, PartialEq)]
+struct Seen {
+    blocks: u64,
+    samples: u64,
+    results: Vec<(u32, u32)>,
+    closes: u32,
+}
+
+/// An operator appended to the standard chain: it counts what reaches it and emits nothing.
+#[derive(Debug)]
+struct Counting(Arc<Mutex<Seen>>);
+
+impl Operator for Counting {
+    fn process(&mut self, _batch: &RecordBatch, _book: &mut BuildBook, _ctx: &Ctx, _out: &mut Vec<Emitted>) {}
+
+    fn on_block(&mut self, block: &mut Block<'_>, _book: &mut BuildBook, _ctx: &Ctx, _out: &mut Vec<Emitted>) {
+        let mut s = self.0.lock().expect("not poisoned");
+        s.blocks += 1;
+        s.samples += u64::from(block.h.len);
+    }
+
+    fn on_layer_result(&mut self, r: &LayerResult, _book: &mut BuildBook, _out: &mut Vec<Emitted>) {
+        self.0.lock().expect("not poisoned").results.push((r.layer, r.revision));
+    }
+
+    fn on_close(&mut self, _book: &mut BuildBook, _ctx: &Ctx, _out: &mut Vec<Emitted>) {
+        self.0.lock().expect("not poisoned").closes += 1;
+    }
+}
+
+#[test]
+fn an_operator_appended_to_the_chain_sees_everything_and_changes_nothing_else() {
+    let plain = emitted(&mut BuildPipeline::new(BuildId::from("b"), demo_settings()), &[2]);
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let mut p = BuildPipeline::new(BuildId::from("b"), demo_settings());
+    p.push(Box::new(Counting(seen.clone())));
+    let with = emitted(&mut p, &[2]);
+    let view = |v: &[Emitted]| v.iter().map(|e| (e.record.clone(), e.position, e.hold.clone())).collect::<Vec<_>>();
+    assert_eq!(view(&with), view(&plain), "the other operators emit the same records in the same order");
+    let seen = seen.lock().expect("not poisoned");
+    assert_eq!(*seen, Seen { blocks: 3, samples: 3, results: vec![(0, 0), (1, 0)], closes: 1 });
+    assert_eq!(p.counters().samples, 3);
+}
+
+/// An operator that panics on the block at one offset and on the result of one layer.
+#[derive(Debug)]
+struct Panicky;
+
+impl Operator for Panicky {
+    fn process(&mut self, _batch: &RecordBatch, _book: &mut BuildBook, _ctx: &Ctx, _out: &mut Vec<Emitted>) {}
+
+    fn on_block(&mut self, block: &mut Block<'_>, _book: &mut BuildBook, _ctx: &Ctx, _out: &mut Vec<Emitted>) {
+        assert_ne!(block.h.source_offset, 1, "test: poison block");
+    }
+
+    fn on_layer_result(&mut self, r: &LayerResult, _book: &mut BuildBook, _out: &mut Vec<Emitted>) {
+        assert_ne!(r.layer, 1, "test: poison layer");
+    }
+}
+
+#[test]
+fn a_panicking_operator_is_dead_lettered_and_loses_nothing_else() {
+    let plain = emitted(&mut BuildPipeline::new(BuildId::from("b"), demo_settings()), &[2]);
+    // First in the chain, so that every other operator runs after it panicked.
+    let mut ops: Vec<Box<dyn Operator>> = vec![Box::new(Panicky)];
+    ops.extend(standard_chain(&demo_settings()));
+    let mut p = BuildPipeline::with_chain(BuildId::from("b"), demo_settings(), ops);
+    let with = emitted(&mut p, &[2]);
+    let (dead, rest): (Vec<Emitted>, Vec<Emitted>) = with.into_iter().partition(|e| matches!(&e.record, OutputRecord::DeadLetter(r) if r.reason_kind == "poison"));
+    let view = |v: &[Emitted]| v.iter().map(|e| (e.record.clone(), e.position, e.hold.clone())).collect::<Vec<_>>();
+    assert_eq!(view(&rest), view(&plain), "every other record, in order");
+    let reasons: Vec<(u64, Option<(u32, u64)>, String)> = dead
+        .iter()
+        .map(|e| match &e.record {
+            OutputRecord::DeadLetter(r) => (r.offset, e.position, r.source.clone()),
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert_eq!((reasons[0].0, reasons[0].1), (1, Some((0, 1))), "the block at offset 1, positioned");
+    assert!(reasons[0].2.starts_with("operator Panicky: b: the block at offset 1"), "{}", reasons[0].2);
+    assert!(reasons[1].2.starts_with("operator Panicky: b: result 0 of layer 1"), "{}", reasons[1].2);
+    assert!(!dead[1].hold.is_empty(), "the layer's dead letter holds the layer's offsets until durable");
+}

@@ -56,7 +56,7 @@ use processes::Pool;
 const PARTITIONS: i32 = 8;
 /// The consumer session: a paused process loses its partitions after this.
 const SESSION_MS: u64 = 6000;
-const TIMING: Timing = Timing { watermark_bound_ms: 20, allowed_lateness_ms: 200 };
+const WATERMARK_BOUND_MS: i64 = 20;
 
 /// One configuration of the harness.
 struct Config {
@@ -65,6 +65,7 @@ struct Config {
     kills: usize,
     seed: u64,
     policies: Vec<&'static str>,
+    timing: Timing,
     /// How long a run may take to store progress at the end of the input once all of it was
     /// written and the faults are over.
     catch_up_s: u64,
@@ -98,7 +99,8 @@ impl Config {
                 sensor_period_ms: 2,
                 malformed_every: 5_000,
             };
-            Config { name: "large", scale, kills: kills.unwrap_or(24), seed, policies, catch_up_s: 1800 }
+            let timing = Timing { watermark_bound_ms: WATERMARK_BOUND_MS, allowed_lateness_ms: scale.recoat_ms as i64 + 200 };
+            Config { name: "large", scale, kills: kills.unwrap_or(24), seed, policies, timing, catch_up_s: 1800 }
         } else {
             // ≈ 23 k records: a few minutes for the three policies.
             let scale = Scale {
@@ -114,7 +116,8 @@ impl Config {
                 sensor_period_ms: 5,
                 malformed_every: 700,
             };
-            Config { name: "small", scale, kills: kills.unwrap_or(5), seed, policies, catch_up_s: 180 }
+            let timing = Timing { watermark_bound_ms: WATERMARK_BOUND_MS, allowed_lateness_ms: scale.recoat_ms as i64 + 200 };
+            Config { name: "small", scale, kills: kills.unwrap_or(5), seed, policies, timing, catch_up_s: 180 }
         }
     }
 }
@@ -127,6 +130,7 @@ struct Fixture {
     prefix: String,
     dir: PathBuf,
     log: InputLog,
+    timing: Timing,
 }
 
 /// One pipeline: a topology with its own topics, group and `pipeline` rows.
@@ -154,7 +158,7 @@ impl Fixture {
 
     /// The topology of a pipeline: the same for the reference and the chaos run but for names.
     fn topology_text(&self, p: &Pipeline, policy: &str) -> String {
-        let lateness = if policy == "update" { format!("allowed_lateness_ms = {}", TIMING.allowed_lateness_ms) } else { String::new() };
+        let lateness = if policy == "update" { format!("allowed_lateness_ms = {}", self.timing.allowed_lateness_ms) } else { String::new() };
         let pg_records = if policy == "late_sink" { r#"["layer_summary", "grid", "anomaly", "dead_letter", "late"]"# } else { r#"["layer_summary", "grid", "anomaly", "dead_letter"]"# };
         format!(
             r#"name = "{name}"
@@ -234,7 +238,7 @@ records = ["anomaly", "dead_letter"]
 flush_ms = 50
 "#,
             name = p.name,
-            bound = TIMING.watermark_bound_ms,
+            bound = self.timing.watermark_bound_ms,
             brokers = self.brokers,
             topic = p.topic,
             group = p.group,
@@ -516,24 +520,28 @@ async fn chaos(f: &Fixture, cfg: &Config, policy: &str) -> (Pipeline, Result<(),
 
 /// What a reference must hold for the comparison to mean anything: the harness checks its own
 /// input reached every kind of result.
-fn check_reference(policy: &str, r: &Snapshot) -> Vec<String> {
+fn check_reference(policy: &str, scale: &Scale, r: &Snapshot) -> Vec<String> {
     let mut missing = Vec::new();
     let mut need = |ok: bool, what: &str| {
         if !ok {
-            missing.push(format!("[{policy}] the reference has no {what}"));
+            missing.push(format!("[{policy}] the reference has {what}"));
         }
     };
-    need(r.count("layer_summaries") > 0, "layer summaries");
-    need(r.count("grid_maps") > 0, "grid maps");
-    need(r.rows_where("anomalies", |a| a["rule"] == "o2_high" || a["rule"] == "pressure_high") > 0, "machine-log anomaly");
-    need(r.rows_where("anomalies", |a| a["build_id"].as_str().is_some_and(|b| b.starts_with("sensor:"))) > 0, "anomaly of a sensor without a layer");
-    need(r.rows_where("anomalies", |a| a["build_id"].as_str().is_some_and(|b| b.starts_with("seed-"))) > 0, "anomaly from the seed's messages");
+    need(r.count("layer_summaries") > 0, "no layer summaries");
+    need(r.count("grid_maps") > 0, "no grid maps");
+    need(r.rows_where("anomalies", |a| a["rule"] == "o2_high" || a["rule"] == "pressure_high") > 0, "no machine-log anomaly");
+    need(r.rows_where("anomalies", |a| a["build_id"].as_str().is_some_and(|b| b.starts_with("sensor:"))) > 0, "no anomaly of a sensor without a layer");
+    need(r.rows_where("anomalies", |a| a["build_id"].as_str().is_some_and(|b| b.starts_with("seed-"))) > 0, "no anomaly from the seed's messages");
     for kind in ["invalid_json", "wrong_schema", "too_large", "unknown_build", "out_of_range"] {
-        need(r.rows_where("dead_letters", |d| d["reason_kind"] == kind) > 0, &format!("{kind} dead letter"));
+        need(r.rows_where("dead_letters", |d| d["reason_kind"] == kind) > 0, &format!("no {kind} dead letter"));
     }
-    need(!r.alerts.is_empty(), "alert in the alert topic");
+    need(!r.alerts.is_empty(), "no alert in the alert topic");
+    // Every late record is late: with `drop`, each layer holds exactly the samples sent in time.
+    let per_layer = |b: &str| if b.starts_with("sim-") { u64::from(scale.sample_rate_hz) * scale.layer_ms / 1000 } else { scale.layer_ms * 1000 / scale.seed_period_us as u64 };
+    let wrong = r.rows_where("layer_summaries", |s| s["sample_count"].as_u64() != s["build_id"].as_str().map(per_layer));
+    need(policy != "drop" || wrong == 0, &format!("a layer summary with other than the layer's in-time samples ({wrong} of them: a late record of the input was not late)"));
     match policy {
-        "late_sink" => need(r.count("late_records") > 0, "late records"),
+        "late_sink" => need(r.count("late_records") > 0, "no late records"),
         "update" => need(r.rows_where("layer_summaries", |s| s["revision"].as_i64().is_some_and(|v| v > 0)) > 0, "revised layer summary"),
         _ => {}
     }
@@ -556,9 +564,9 @@ async fn chaos_runs_equal_the_uninterrupted_reference() {
         cfg.policies,
         dir.display()
     );
-    let log = input_log::generate(&cfg.scale, cfg.seed, TIMING, PARTITIONS);
+    let log = input_log::generate(&cfg.scale, cfg.seed, cfg.timing, PARTITIONS);
     eprintln!("input: {} records in {PARTITIONS} partitions: {:?}", log.records.len(), log.counts);
-    let f = Fixture { brokers: env("KAFKA_BOOTSTRAP"), db_url: env("DATABASE_URL"), schema: format!("chaos_{run}"), prefix: format!("chaos-{run}"), dir, log };
+    let f = Fixture { brokers: env("KAFKA_BOOTSTRAP"), db_url: env("DATABASE_URL"), schema: format!("chaos_{run}"), prefix: format!("chaos-{run}"), dir, log, timing: cfg.timing };
 
     let mut failures = Vec::new();
     for policy in &cfg.policies {
@@ -569,7 +577,7 @@ async fn chaos_runs_equal_the_uninterrupted_reference() {
                 continue;
             }
         };
-        failures.extend(check_reference(policy, &reference));
+        failures.extend(check_reference(policy, &cfg.scale, &reference));
         let (p, done, incidents) = chaos(&f, &cfg, policy).await;
         let got = f.snapshot(&p).await;
         let diff = checker::compare(&reference, &got);

@@ -270,6 +270,16 @@ fn leaf_diff(path: &str, a: &serde_json::Value, b: &serde_json::Value, skip_reco
                 leaf_diff(&p, x.get(k).unwrap_or(&Value::Null), y.get(k).unwrap_or(&Value::Null), skip_record, out);
             }
         }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (u, v)) in x.iter().zip(y).enumerate() {
+                leaf_diff(&format!("{path}[{i}]"), u, v, skip_record, out);
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            let first = x.iter().zip(y).position(|(u, v)| u != v).unwrap_or(x.len().min(y.len()));
+            let at = |v: &Vec<Value>| v.get(first).map_or("none".to_owned(), |e| short(e, 80));
+            out.push(format!("{path}: {} items → {}; first difference at [{first}]: {} → {}", x.len(), y.len(), at(x), at(y)));
+        }
         _ if a == b => {}
         _ => out.push(format!("{path}: {} → {}", short(a, 60), short(b, 60))),
     }

@@ -45,7 +45,8 @@ pub struct Scale {
 #[derive(Clone, Copy, Debug)]
 pub struct Timing {
     pub watermark_bound_ms: i64,
-    /// The `update` policy's allowed lateness: the first late record of a layer comes within it.
+    /// The `update` policy's allowed lateness: the first late record of a layer comes within it,
+    /// the second beyond. More than the recoat time plus twice the bound.
     pub allowed_lateness_ms: i64,
 }
 
@@ -246,13 +247,18 @@ pub fn generate(scale: &Scale, seed: u64, timing: Timing, partitions: i32) -> In
         }
     }
 
-    // Late records for final layers, later than the bound: the first within the allowed
-    // lateness (merged as an update by the `update` policy), the second beyond it; and one per
-    // build after its build ended.
+    // Late records for final layers, later than the bound, once the next layer runs (in the
+    // recoat gap the partition's watermark still stands before the layer's end): the first
+    // within the allowed lateness (merged as an update by the `update` policy), the second
+    // beyond it. The last layer's come after its build ended, below.
     let bound_ns = timing.watermark_bound_ms * MS;
     for ((build, layer), info) in &layers {
-        let first = info.end_ns + 2 * bound_ns + timing.allowed_lateness_ms * MS / 4;
-        let second = info.end_ns + 2 * bound_ns + 2 * timing.allowed_lateness_ms * MS;
+        let last = if info.seed_format { scale.layers } else { scale.layers - 1 };
+        if *layer >= last {
+            continue;
+        }
+        let first = info.end_ns + recoat_ns + 2 * bound_ns + 20 * MS;
+        let second = info.end_ns + recoat_ns + timing.allowed_lateness_ms * MS + 2 * bound_ns + 100 * MS;
         for at in [first, second] {
             let line = late_record(build, *layer, info, scale, &mut rng);
             *counts.entry("late").or_default() += 1;
@@ -364,6 +370,33 @@ pub fn rfc3339_us(ns: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_log_is_a_function_of_the_seed() {
+        let scale = Scale {
+            machines: 2,
+            lasers: 2,
+            sample_rate_hz: 2_000,
+            layers: 3,
+            layer_ms: 100,
+            recoat_ms: 50,
+            seed_builds: 2,
+            seed_period_us: 2_000,
+            sensors: 1,
+            sensor_period_ms: 10,
+            malformed_every: 50,
+        };
+        let timing = Timing { watermark_bound_ms: 20, allowed_lateness_ms: 250 };
+        let lines = |seed| generate(&scale, seed, timing, 8).records.into_iter().map(|r| (r.partition, r.key, r.line)).collect::<Vec<_>>();
+        let a = lines(7);
+        assert_eq!(a, lines(7));
+        assert_ne!(a, lines(8));
+        // A build lives in one partition.
+        let mut part = std::collections::BTreeMap::new();
+        for (p, k, _) in &a {
+            assert_eq!(*part.entry(k.clone()).or_insert(*p), *p, "key {k}");
+        }
+    }
 
     #[test]
     fn rfc3339_of_the_simulators_start() {

@@ -17,7 +17,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::support::services::{end_offsets, pg};
+use crate::support::services::end_offsets;
 
 /// The result tables and their keys (without `pipeline`), in the order they are reported.
 /// `progress` and `schema_version` are the engine's own bookkeeping, not results.
@@ -59,7 +59,7 @@ impl Snapshot {
 
 /// Reads what `pipeline` wrote to `schema` and to `alerts_topic`.
 pub async fn snapshot(db_url: &str, schema: &str, pipeline: &str, brokers: &str, alerts_topic: &str) -> Snapshot {
-    let c = pg(db_url).await;
+    let c = connect(db_url).await;
     let present: Vec<String> = c
         .query("SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1", &[&schema])
         .await
@@ -96,10 +96,38 @@ fn key_of(row: &serde_json::Value, key: &[&str]) -> String {
     key.iter().map(|k| format!("{k}={}", short(&row[*k], 60))).collect::<Vec<_>>().join(" ")
 }
 
+/// A PostgreSQL client; retries for two minutes, since the server is shared and may be
+/// restarting (the harness's own fault, or another test's).
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match tokio_postgres::connect(url, tokio_postgres::NoTls).await {
+            Ok((client, conn)) => {
+                tokio::spawn(conn);
+                return client;
+            }
+            Err(e) if Instant::now() > deadline => panic!("cannot connect to PostgreSQL for two minutes to read the results: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+/// The end offsets of `topic`, retried for two minutes while the broker is away.
+fn ends_of(brokers: &str, topic: &str) -> BTreeMap<i32, i64> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match std::panic::catch_unwind(|| end_offsets(brokers, topic)) {
+            Ok(e) if !e.is_empty() => return e,
+            _ if Instant::now() > deadline => return end_offsets(brokers, topic),
+            _ => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+}
+
 /// Every committed record of the alert topic with its source position, read with
 /// `read_committed`.
 fn read_alerts(brokers: &str, topic: &str) -> Vec<String> {
-    let ends = end_offsets(brokers, topic);
+    let ends = ends_of(brokers, topic);
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "meltstream-chaos-reader")

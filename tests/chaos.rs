@@ -166,7 +166,6 @@ impl Fixture {
 summary_interval_ms = 0
 watermark_bound_ms = {bound}
 input_idle_timeout_ms = 1000
-build_idle_timeout_ms = 3000
 max_record_bytes = 16384
 late_policy = "{policy}"
 {lateness}

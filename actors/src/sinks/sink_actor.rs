@@ -31,7 +31,7 @@ use meltstream_engine::records::Emitted;
 use crate::engine_stats::{EngineStats, LatencyKind, LatencyStage};
 use crate::ports::clock::now_wall_ns;
 use crate::ports::messages::{CommitMsg, SinkMsg};
-use crate::progress::{Checkpoint, ProgressBoard, StoredProgress, Written};
+use crate::progress::{Checkpoint, ProgressBoard, StoredProgress, StoredStates, Written};
 use crate::retry::{retry, Backoff};
 use crate::ports::credits::SinkCredit;
 use crate::sinks::writer::{BoxedWriter, SinkError};
@@ -55,6 +55,8 @@ pub struct SinkArgs {
     /// Positions the writer holds beyond what it stored (see
     /// [`SinkWriter::take_written`](crate::sinks::writer::SinkWriter::take_written)).
     pub written: Written,
+    /// The replay state the writer stored before this run.
+    pub stored_states: StoredStates,
 }
 
 /// State of a sink actor.
@@ -108,6 +110,16 @@ impl SinkState {
             for (tp, p) in &mut c.entries {
                 if let Some(s) = stored.get(tp) {
                     p.emitted_through = p.emitted_through.max(s.emitted_through);
+                    // Nor does the resume offset: this run replays from the lowest any sink
+                    // stored and takes the same decisions (a function of the input), so what this
+                    // sink stored stays a valid place to resume from until the run passes it. A
+                    // resume that went back would let a replay meet closes folded away above it.
+                    if s.resume > p.resume {
+                        p.resume = s.resume;
+                        if let (Some(now), Some(then)) = (c.states.get_mut(tp), self.args.stored_states.get(tp)) {
+                            now.max_t = then.max_t;
+                        }
+                    }
                 }
             }
         }

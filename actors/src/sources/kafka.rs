@@ -85,6 +85,11 @@ pub struct KafkaSourceArgs {
     pub config: KafkaSourceConfig,
     /// Where to start each partition (from the sinks' stored progress).
     pub resume: HashMap<TopicPartition, u64>,
+    /// The group's committed offsets as this engine's Kafka sink read them at start (`None`
+    /// without exactly one Kafka sink): an assigned partition whose committed offset moved since
+    /// (another process committed in between) restarts the engine, so that a partition resumes
+    /// from the progress as it stands at its assignment.
+    pub group_committed: Option<HashMap<TopicPartition, u64>>,
     /// Decoding limits.
     pub limits: DecodeLimits,
     /// Partition names for the sinks.
@@ -228,6 +233,7 @@ impl Reader {
             source_index: args.source_index,
             topics: c.topics.clone(),
             resume: args.resume.clone(),
+            group_committed: args.group_committed.clone(),
             board: args.board.clone(),
             watermarks: args.watermarks.clone(),
             assigned,

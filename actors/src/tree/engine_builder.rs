@@ -173,6 +173,12 @@ impl EngineBuilder {
         }
         let stored: Vec<StoredProgress> = writers.iter().filter_map(|w| w.2.clone()).collect();
         let resume = resume_offsets(&stored);
+        // The group's committed offsets as the one Kafka sink read them (see KafkaSourceArgs).
+        let kafka_stored: Vec<&StoredProgress> = t.sinks.iter().zip(&writers).filter(|(s, _)| matches!(s.kind, SinkKind::Kafka(_))).filter_map(|(_, w)| w.2.as_ref()).collect();
+        let group_committed: Option<HashMap<_, u64>> = match kafka_stored[..] {
+            [one] => Some(one.iter().map(|(tp, p)| (tp.clone(), p.resume)).collect()),
+            _ => None,
+        };
         let with_states: Vec<(&StoredProgress, &StoredStates)> = writers.iter().zip(&states).filter_map(|(w, st)| w.2.as_ref().map(|p| (p, st))).collect();
         board.restore(replay_states(&with_states, &resume));
         let replayable = t.sources.iter().any(|s| matches!(s.kind, SourceKind::Kafka(_)));
@@ -192,7 +198,7 @@ impl EngineBuilder {
             .await
             .map_err(|e| start_err("commit coordinator", e))?;
         let mut sinks = Vec::new();
-        for (s, (writer, flush_ms, stored, written)) in t.sinks.iter().zip(writers) {
+        for ((s, (writer, flush_ms, stored, written)), stored_states) in t.sinks.iter().zip(writers).zip(states) {
             let args = SinkArgs {
                 name: s.name.clone(),
                 writer,
@@ -202,6 +208,7 @@ impl EngineBuilder {
                 board: board.clone(),
                 stored,
                 written,
+                stored_states,
             };
             let (actor, _) = Actor::spawn_linked(None, SinkActor, args, sup_cell.clone())
                 .await
@@ -282,6 +289,7 @@ impl EngineBuilder {
                         source_index: i,
                         config,
                         resume: resume.clone(),
+                        group_committed: group_committed.clone(),
                         limits,
                         board: board.clone(),
                         watermarks: watermarks.clone(),

@@ -60,9 +60,10 @@ pub struct BuildPipeline {
     /// Per-rule exceedances of the block in progress (reused: no allocation per block).
     rule_hits: Vec<u64>,
     finished: bool,
-    /// In the batch in progress: the next layer event to apply, and the step of its
-    /// `max_t_before` last looked up.
+    /// In the batch in progress: the next layer event and log record to apply, and the step of
+    /// its `max_t_before` last looked up.
     next_event: usize,
+    next_log: usize,
     step: usize,
 }
 
@@ -88,7 +89,7 @@ impl BuildPipeline {
     /// A new build with the operators `ops`, in chain order.
     pub fn with_chain(build: BuildId, s: Arc<BuildSettings>, ops: Vec<Box<dyn Operator>>) -> BuildPipeline {
         let n_rules = s.rules.len();
-        BuildPipeline { book: BuildBook::new(build, s), ops, rule_hits: vec![0; n_rules], finished: false, next_event: 0, step: 0 }
+        BuildPipeline { book: BuildBook::new(build, s), ops, rule_hits: vec![0; n_rules], finished: false, next_event: 0, next_log: 0, step: 0 }
     }
 
     /// Appends `op` to the chain: it sees everything after the operators already there.
@@ -170,6 +171,7 @@ impl BuildPipeline {
     /// [`BuildPipeline::finish_batch`]).
     pub fn process_events(&mut self, batch: &RecordBatch, ctx: &Ctx, out: &mut Vec<Emitted>) {
         self.next_event = 0;
+        self.next_log = 0;
         self.step = 0;
         let book = &mut self.book;
         for op in &mut self.ops {
@@ -216,7 +218,7 @@ impl BuildPipeline {
     /// After the blocks of a batch: moves the partition position to the batch's end and closes
     /// what an earlier run closed there (a replay follows the recorded decisions).
     pub fn finish_batch(&mut self, batch: &RecordBatch, ctx: &Ctx, out: &mut Vec<Emitted>) {
-        let last_event = batch.layers.last().map_or(0, |ev| ev.source_offset + 1);
+        let last_event = batch.layers.last().map_or(0, |ev| ev.source_offset + 1).max(batch.logs.last().map_or(0, |l| l.source_offset + 1));
         self.catch_up(batch, batch.span.next_offset.max(last_event), ctx, out);
     }
 
@@ -226,14 +228,39 @@ impl BuildPipeline {
     /// samples are late, thus depends on the partition's order alone, never on where its
     /// batches end.
     fn catch_up(&mut self, batch: &RecordBatch, offset: u64, ctx: &Ctx, out: &mut Vec<Emitted>) {
-        while let Some(ev) = batch.layers.get(self.next_event).filter(|ev| ev.source_offset < offset) {
-            let at = ev.source_offset;
-            self.before_record(batch, at, ctx, out);
-            let ev = &batch.layers[self.next_event];
-            self.book.apply_layer_event(batch, ev, ctx.hold, ctx.origin_wall_ns, out);
-            self.next_event += 1;
+        loop {
+            let ev = batch.layers.get(self.next_event).map(|e| e.source_offset).filter(|o| *o < offset);
+            let log = batch.logs.get(self.next_log).map(|l| l.source_offset).filter(|o| *o < offset);
+            match (ev, log) {
+                (Some(e), l) if l.is_none_or(|l| e <= l) => {
+                    self.before_record(batch, e, ctx, out);
+                    let ev = &batch.layers[self.next_event];
+                    self.book.apply_layer_event(batch, ev, ctx.hold, ctx.origin_wall_ns, out);
+                    self.next_event += 1;
+                }
+                (_, Some(l)) => {
+                    self.before_record(batch, l, ctx, out);
+                    self.apply_log(batch, ctx, out);
+                    self.next_log += 1;
+                }
+                _ => break,
+            }
         }
         self.before_record(batch, offset, ctx, out);
+    }
+
+    /// Hands log record `next_log` to the operators.
+    fn apply_log(&mut self, batch: &RecordBatch, ctx: &Ctx, out: &mut Vec<Emitted>) {
+        let i = self.next_log;
+        let book = &mut self.book;
+        for op in &mut self.ops {
+            let res = catch_unwind(AssertUnwindSafe(|| op.on_log(batch, i, book, ctx, out)));
+            if let Err(p) = res {
+                let o = batch.logs[i].source_offset;
+                let at = Where { input: batch.span.input, offset: o, position: ctx.position(o), hold: ctx.hold_set(), origin_wall_ns: ctx.origin_wall_ns };
+                out.push(panicked(op.name(), &book.build, &format!("the log record at offset {o}"), at, p.as_ref()));
+            }
+        }
     }
 
     /// The partition position moves to `offset` (every record before it processed): the

@@ -79,12 +79,16 @@ impl LayerResult {
 
 /// A stage of a build's chain.
 pub trait Operator: Send + std::fmt::Debug {
-    /// Takes the non-sample part of a batch (layer events, already applied to `book`, and
-    /// machine-log records), before its blocks.
+    /// Takes a batch as a whole, before any of its records (layer events, logs and blocks
+    /// come one by one, in offset order, through the other hooks).
     fn process(&mut self, batch: &RecordBatch, book: &mut BuildBook, ctx: &Ctx, out: &mut Vec<Emitted>);
 
     /// Takes one block of samples. Called once per block: no allocation here.
     fn on_block(&mut self, _block: &mut Block<'_>, _book: &mut BuildBook, _ctx: &Ctx, _out: &mut Vec<Emitted>) {}
+
+    /// Machine-log record `i` of `batch`, in offset order with the batch's blocks and layer
+    /// events (after the watermark as it stood before it).
+    fn on_log(&mut self, _batch: &RecordBatch, _i: usize, _book: &mut BuildBook, _ctx: &Ctx, _out: &mut Vec<Emitted>) {}
 
     /// A layer window's result is due: emit this operator's part of it. The window is
     /// `book.window(r.layer)`.

@@ -68,9 +68,12 @@ pub fn op_str(rule: &Rule) -> String {
 }
 
 impl Operator for ThresholdRules {
+    fn process(&mut self, _batch: &RecordBatch, _book: &mut BuildBook, _ctx: &Ctx, _out: &mut Vec<Emitted>) {}
+
     /// Machine-log rules.
-    fn process(&mut self, batch: &RecordBatch, book: &mut BuildBook, ctx: &Ctx, out: &mut Vec<Emitted>) {
-        for rec in &batch.logs {
+    fn on_log(&mut self, batch: &RecordBatch, i: usize, book: &mut BuildBook, ctx: &Ctx, out: &mut Vec<Emitted>) {
+        {
+            let rec = &batch.logs[i];
             for (ri, rule) in book.settings.rules.iter().enumerate() {
                 let RuleTarget::Log(name) = &rule.target else { continue };
                 for (k, v) in rec.values.iter().filter(|(k, _)| &**k == name.as_str()) {

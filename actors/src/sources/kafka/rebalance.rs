@@ -26,6 +26,7 @@ pub(super) struct Hooks {
     pub(super) source_index: usize,
     pub(super) topics: Vec<String>,
     pub(super) resume: HashMap<TopicPartition, u64>,
+    pub(super) group_committed: Option<HashMap<TopicPartition, u64>>,
     pub(super) board: ProgressBoard,
     pub(super) watermarks: ActorRef<WatermarkMsg>,
     pub(super) assigned: Arc<Mutex<BTreeMap<TopicPartition, InputId>>>,
@@ -63,6 +64,41 @@ impl ClientContext for Hooks {
     }
 }
 
+impl Hooks {
+    /// The engine read its stored progress when it started, before this assignment: if another
+    /// process committed progress of an assigned partition in between, a replay from what was
+    /// read would write again what that process wrote. Restart, to read it as it now stands.
+    fn check_progress_is_current(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let Some(read) = &self.group_committed else { return };
+        let now = match consumer.committed_offsets(tpl.clone(), std::time::Duration::from_secs(10)) {
+            Ok(now) => now,
+            Err(e) => {
+                tracing::warn!(source = %self.name, error = %e, "could not read the committed offsets at assignment");
+                return;
+            }
+        };
+        let moved: Vec<String> = now
+            .elements()
+            .iter()
+            .filter_map(|e| {
+                let committed = match e.offset() {
+                    Offset::Offset(o) => Some(o.max(0) as u64),
+                    _ => None,
+                };
+                let tp = (e.topic().to_owned(), e.partition());
+                (committed != read.get(&tp).copied()).then(|| format!("{}:{} ({:?} → {:?})", tp.0, tp.1, read.get(&tp), committed))
+            })
+            .collect();
+        if !moved.is_empty() {
+            let _ = self.supervisor.cast(SupervisorMsg::Restart(format!(
+                "source {}: the stored progress of assigned partitions moved since this engine read it: {}",
+                self.name,
+                moved.join(", ")
+            )));
+        }
+    }
+}
+
 impl ConsumerContext for Hooks {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         match err {
@@ -93,6 +129,7 @@ impl ConsumerContext for Hooks {
                 if let Err(e) = consumer.assign(&positioned) {
                     tracing::error!(source = %self.name, error = %e, "assigning partitions failed");
                 }
+                self.check_progress_is_current(consumer, tpl);
                 // This assignment's generation: what the Kafka sinks send their offsets with.
                 if let Some(md) = consumer.group_metadata() {
                     self.board.set_group_metadata(&self.group, md);
@@ -103,13 +140,11 @@ impl ConsumerContext for Hooks {
                 let stopping = self.stopping.load(Ordering::SeqCst);
                 let mut revoked = Vec::new();
                 for el in tpl.elements() {
-                    if let Some(input) = assigned.remove(&(el.topic().to_owned(), el.partition())) {
-                        // While stopping, a revoked partition simply ends. While running, it must
-                        // not: finishing every input would let the watermark run to the end of
-                        // time and close half-read windows as final.
-                        if stopping {
-                            let _ = self.watermarks.cast(WatermarkMsg::Finish(input));
-                        }
+                    if assigned.remove(&(el.topic().to_owned(), el.partition())).is_some() {
+                        // Never finished: that would move its builds' watermark to the end of
+                        // time and close half-read windows as final (their results, and the
+                        // recorded closes, would then be durable). Its open windows are read
+                        // again by its next owner.
                         tracing::info!(source = %self.name, topic = el.topic(), partition = el.partition(), "partition revoked");
                         revoked.push(format!("{}:{}", el.topic(), el.partition()));
                     }

@@ -8,14 +8,13 @@
 //! finished input no longer counts; when every input has finished the watermark is `MAX`.
 //!
 //! Builds do not follow that combined watermark but their own input's
-//! ([`WatermarkTracker::advance_inputs`]): `max_event_time − bound` of the input alone, `MAX`
-//! once the input finished, and nothing else: no wall-clock idleness moves it. A build lives in
-//! one input (a Kafka partition), so what its windows close, and which of its samples are late,
-//! is a function of that input's records alone: never of how fast other partitions are read,
-//! which other partitions the process owns, nor of pauses in the arrival of its own (a broker
-//! restart, backpressure, a producer that writes in bursts). The last, end-less layer of a
-//! stream that goes quiet is emitted by the idle build flush (`build_idle_timeout_ms`, a
-//! recorded decision; see `pipeline::decisions`). The combined
+//! ([`WatermarkTracker::advance_inputs`]): `max_event_time − bound` of the input alone, its
+//! maximum once the input is idle, `MAX` once it finished. A build lives in one input (a Kafka
+//! partition), so what its windows close, and which of its samples are late, depends on the
+//! order of that input's records, never on how fast other partitions are read, nor on which
+//! other partitions the process owns, as long as data flows. When every live input has been
+//! idle for the timeout, all of them move to the largest event time seen anywhere (the stream
+//! is quiet; this closes the last, end-less layer of a stream that goes quiet). The combined
 //! watermark remains the engine's headline (metrics, admin API).
 
 use crate::input::event::{InputId, TimeNs};
@@ -118,13 +117,25 @@ impl WatermarkTracker {
 
     /// Recomputes every input's own watermark at wall time `now_wall` (see the module docs) and
     /// returns those that advanced since the last call.
-    pub fn advance_inputs(&mut self, _now_wall: i64) -> Vec<(InputId, TimeNs)> {
+    pub fn advance_inputs(&mut self, now_wall: i64) -> Vec<(InputId, TimeNs)> {
+        let idle_ns = self.idle_ns;
+        let live = self.inputs.iter().filter(|s| !s.finished);
+        let all_idle = live.clone().all(|s| now_wall - s.last_data_wall >= idle_ns);
+        // Every live input quiet: the whole stream is, and everything seen anywhere is complete
+        // (what closes the last, end-less layer of a stream that goes quiet, as the seed's
+        // example does). While any input has data, each follows its own.
+        let quiet_to = if all_idle { live.map(|s| s.max_t).max() } else { None };
         let mut out = Vec::new();
         for s in &mut self.inputs {
             let wm = if s.finished {
                 END_OF_TIME
+            } else if let Some(q) = quiet_to.filter(|q| *q > TimeNs::MIN) {
+                q
             } else if s.max_t == TimeNs::MIN {
                 TimeNs::MIN
+            } else if now_wall - s.last_data_wall >= self.idle_ns {
+                // Quiet for the idle timeout: the stragglers the bound waits for are not coming.
+                s.max_t
             } else {
                 s.max_t.saturating_sub(self.bound_ns)
             };
@@ -229,11 +240,10 @@ mod tests {
         assert_eq!(w.advance_inputs(0), vec![], "nothing new");
         w.observe(0, 95, 500);
         assert_eq!(w.advance_inputs(500), vec![], "never backwards");
-        assert_eq!(w.advance_inputs(5_000), vec![], "quiet inputs keep their bound: a wall-clock pause changes nothing");
-        w.observe(1, 110, 5_000);
-        assert_eq!(w.advance_inputs(5_000), vec![(1, 100)]);
-        w.finish(0, 5_100);
-        assert_eq!(w.advance_inputs(5_100), vec![(0, END_OF_TIME)]);
+        assert_eq!(w.advance_inputs(1_200), vec![(1, 50)], "input 1 idle: its maximum; input 0 still active");
+        assert_eq!(w.advance_inputs(2_000), vec![(0, 100), (1, 100)], "all quiet: everything seen anywhere is complete");
+        w.finish(0, 2_100);
+        assert_eq!(w.advance_inputs(2_100), vec![(0, END_OF_TIME)]);
         assert_eq!(w.input_watermark(1), 100);
     }
 }

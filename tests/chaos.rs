@@ -159,13 +159,13 @@ impl Fixture {
     /// The topology of a pipeline: the same for the reference and the chaos run but for names.
     fn topology_text(&self, p: &Pipeline, policy: &str) -> String {
         let lateness = if policy == "update" { format!("allowed_lateness_ms = {}", self.timing.allowed_lateness_ms) } else { String::new() };
-        let pg_records = if policy == "late_sink" { r#"["layer_summary", "grid", "anomaly", "dead_letter", "late"]"# } else { r#"["layer_summary", "grid", "anomaly", "dead_letter"]"# };
+        let pg_records = if policy == "late_sink" { r#"["layer_summary", "grid", "window", "anomaly", "dead_letter", "late"]"# } else { r#"["layer_summary", "grid", "window", "anomaly", "dead_letter"]"# };
         format!(
             r#"name = "{name}"
 [engine]
 summary_interval_ms = 0
 watermark_bound_ms = {bound}
-input_idle_timeout_ms = 1000
+input_idle_timeout_ms = 120000
 max_record_bytes = 16384
 late_policy = "{policy}"
 {lateness}
@@ -184,6 +184,12 @@ batch_records = 200
 
 [windows]
 grid_cell_mm = 20.0
+
+[[windows.time]]
+name = "pd_10ms"
+kind = "tumbling"
+channel = "photodiode_on_axis"
+size_ms = 10
 
 [[rules]]
 name = "hot_spot"

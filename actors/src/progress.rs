@@ -44,6 +44,10 @@ pub type StoredProgress = BTreeMap<TopicPartition, Progress>;
 /// The replay state per partition as one sink stored it.
 pub type StoredStates = BTreeMap<TopicPartition, PartitionState>;
 
+/// A consumer group's committed offsets with their metadata, per partition, as one sink read
+/// them when the engine started.
+pub type GroupCommitted = HashMap<TopicPartition, (u64, String)>;
+
 /// Source offsets per partition whose positioned records a sink already holds.
 pub type Written = BTreeMap<TopicPartition, std::collections::BTreeSet<u64>>;
 

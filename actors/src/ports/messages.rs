@@ -27,6 +27,9 @@ pub struct StampedWatermark {
     /// Wall clock when the watermark coordinator computed it (for coalesced advances, the
     /// earliest of them), ns: window-close latency starts here.
     pub computed_wall_ns: i64,
+    /// Ahead of what the input's records routed so far give (`max_t − bound`): taken on the
+    /// wall clock (the input went idle), so a build records it for a replay.
+    pub ahead_of_data: bool,
 }
 
 /// Messages of the router.

@@ -57,7 +57,7 @@ use meltstream_engine::records::Emitted;
 use meltstream_engine::topology::KafkaSinkConfig;
 
 use crate::ports::clock::now_wall_ns;
-use crate::progress::{Checkpoint, Progress, ProgressBoard, StoredProgress, StoredStates, TopicPartition, Written};
+use crate::progress::{Checkpoint, GroupCommitted, Progress, ProgressBoard, StoredProgress, StoredStates, TopicPartition, Written};
 use meltstream_engine::pipeline::decisions::PartitionState;
 use crate::retry::{retry, Backoff};
 use crate::sinks::writer::{unwritable, SinkError, SinkWriter};
@@ -111,6 +111,8 @@ pub struct KafkaSink {
     /// The progress stored before this run.
     stored: StoredProgress,
     stored_states: StoredStates,
+    /// The group's offsets and metadata as read at start.
+    group_committed: GroupCommitted,
     /// Transactions committed with records, for the fault hook.
     txs_with_records: u64,
     /// The largest message the producer takes (`message.max.bytes`, librdkafka's default
@@ -149,6 +151,7 @@ impl KafkaSink {
             written: Written::new(),
             stored: StoredProgress::new(),
             stored_states: StoredStates::new(),
+            group_committed: GroupCommitted::new(),
             txs_with_records: 0,
             max_message_bytes: config.properties.get("message.max.bytes").and_then(|v| v.parse().ok()).unwrap_or(1_000_000),
             config,
@@ -363,28 +366,29 @@ impl KafkaSink {
                 Err(_) => return Err(self.classify("delivery", KafkaError::Canceled, &tx)),
             }
         }
-        // Transactions this checkpoint does not cover, this one included: where a restart
-        // reads the topic back from.
-        let mut ahead: Vec<&TxSpan> = self.uncovered.iter().filter(|s| !s.covered_by(checkpoint)).collect();
-        if !tx.1.covered_by(checkpoint) {
-            ahead.push(&tx.1);
-        }
-        let out = out_field(&ahead);
-        // A partition that has no progress on the board yet but records in the topic still
-        // needs the metadata, or a restart would not know where to read back from: it keeps
-        // the progress stored before this run (or, without one, from the beginning).
+        // Per source partition, the committed transactions (this one included) whose records
+        // of it this checkpoint does not cover: where a restart reads the topic back from.
+        // Only partitions assigned to this process get offsets: the spans read back at start
+        // hold every partition's records, and another process owns the rest (writing its
+        // partitions' offsets from here would move them back to what this run read at start).
+        // An assigned partition with records but no progress on the board yet keeps the
+        // progress read at start (checked current at assignment), or, without one, 0.
+        let spans: Vec<&TxSpan> = self.uncovered.iter().chain(std::iter::once(&tx.1)).collect();
         let mut entries = checkpoint.entries.clone();
-        for tp in ahead.iter().flat_map(|s| s.max_pos.keys()) {
-            if !entries.iter().any(|(t, _)| t == tp) {
+        for tp in spans.iter().flat_map(|s| s.max_pos.keys()) {
+            if checkpoint.assignments.contains_key(tp) && !entries.iter().any(|(t, _)| t == tp) {
                 let p = self.stored.get(tp).copied().unwrap_or(Progress { resume: 0, emitted_through: 0 });
                 entries.push((tp.clone(), p));
             }
         }
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), p) in &entries {
+            let tp = (topic.clone(), *partition);
+            let ahead: Vec<&TxSpan> = spans.iter().copied().filter(|s| !s.covers(&tp, checkpoint)).collect();
+            let out = out_field(&ahead);
             let mut e = tpl.add_partition(topic, *partition);
             let _ = e.set_offset(Offset::Offset(p.resume as i64));
-            let state = checkpoint.states.get(&(topic.clone(), *partition));
+            let state = checkpoint.states.get(&tp);
             let (md, fits) = format_metadata(p.emitted_through, &tx.0, &out, state);
             if !fits {
                 // PostgreSQL, when it is a sink too, keeps the whole state; alone, a replay of
@@ -462,8 +466,10 @@ impl SinkWriter for KafkaSink {
         let committed = self.committed().map_err(|e| retryable(&self.name, format!("reading offsets of group {}", self.group_id).as_str(), e))?;
         let mut out = BTreeMap::new();
         let mut from: BTreeMap<i32, i64> = BTreeMap::new();
+        self.group_committed.clear();
         for (topic, partition, resume, md) in committed {
             let resume = resume.max(0) as u64;
+            self.group_committed.insert((topic.clone(), partition), (resume, md.clone()));
             let m = parse_metadata(&md);
             for (p, o) in m.out {
                 from.entry(p).and_modify(|x| *x = (*x).min(o)).or_insert(o);
@@ -496,5 +502,9 @@ impl SinkWriter for KafkaSink {
 
     fn take_stored_states(&mut self) -> StoredStates {
         std::mem::take(&mut self.stored_states)
+    }
+
+    fn take_group_committed(&mut self) -> Option<GroupCommitted> {
+        Some(std::mem::take(&mut self.group_committed))
     }
 }

@@ -5,7 +5,7 @@
 use meltstream_engine::input::reject::{DeadLetter, RejectReason};
 use meltstream_engine::records::{DeadLetterRecord, Emitted, OutputRecord};
 
-use crate::progress::{Checkpoint, StoredProgress, StoredStates, Written};
+use crate::progress::{Checkpoint, GroupCommitted, StoredProgress, StoredStates, Written};
 
 type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
@@ -31,6 +31,11 @@ pub trait SinkWriter: Send + 'static {
     fn take_stored_states(&mut self) -> StoredStates {
         StoredStates::new()
     }
+    /// After [`SinkWriter::stored_progress`]: for a sink that stores progress as a consumer
+    /// group's offsets, the offsets and metadata it read.
+    fn take_group_committed(&mut self) -> Option<GroupCommitted> {
+        None
+    }
 }
 
 /// An object-safe wrapper so that a topology can hold sinks of different types.
@@ -48,6 +53,8 @@ pub trait DynWriter: Send + 'static {
     fn take_written(&mut self) -> Written;
     /// See [`SinkWriter::take_stored_states`].
     fn take_stored_states(&mut self) -> StoredStates;
+    /// See [`SinkWriter::take_group_committed`].
+    fn take_group_committed(&mut self) -> Option<GroupCommitted>;
 }
 
 impl<W: SinkWriter> DynWriter for W {
@@ -65,6 +72,9 @@ impl<W: SinkWriter> DynWriter for W {
     }
     fn take_stored_states(&mut self) -> StoredStates {
         SinkWriter::take_stored_states(self)
+    }
+    fn take_group_committed(&mut self) -> Option<GroupCommitted> {
+        SinkWriter::take_group_committed(self)
     }
 }
 

@@ -60,7 +60,7 @@ use crate::ports::messages::WatermarkMsg;
 use crate::memory_budget::Stage;
 use crate::ports::credits::SourceCredit;
 use crate::ports::source_ctx::SourceCtx;
-use crate::progress::{ProgressBoard, TopicPartition};
+use crate::progress::{GroupCommitted, ProgressBoard, TopicPartition};
 
 use rebalance::Hooks;
 
@@ -89,7 +89,7 @@ pub struct KafkaSourceArgs {
     /// without exactly one Kafka sink): an assigned partition whose committed offset moved since
     /// (another process committed in between) restarts the engine, so that a partition resumes
     /// from the progress as it stands at its assignment.
-    pub group_committed: Option<HashMap<TopicPartition, u64>>,
+    pub group_committed: Option<GroupCommitted>,
     /// Decoding limits.
     pub limits: DecodeLimits,
     /// Partition names for the sinks.

@@ -195,7 +195,11 @@ impl BuildState {
         let mut slot = lock(&self.args.slot);
         let ctx = Ctx { hold: None, now_wall_ns: now_wall_ns(), origin_wall_ns: w.computed_wall_ns };
         let mut out = Vec::new();
-        slot.processor.on_watermark(w.wm, &ctx, &mut out);
+        if w.ahead_of_data {
+            slot.processor.on_input_watermark(w.wm, &ctx, &mut out);
+        } else {
+            slot.processor.on_watermark(w.wm, &ctx, &mut out);
+        }
         self.args.dead_letters.file_all(&mut out);
         self.out.append(&mut out);
     }

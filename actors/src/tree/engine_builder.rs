@@ -23,7 +23,7 @@ use crate::engine_stats::EngineStats;
 use crate::memory_budget::MemoryBudget;
 use crate::ports::messages::{CommitMsg, RouterMsg, Started, SupervisorMsg, WatermarkMsg};
 use crate::ports::source_ctx::SourceCtx;
-use crate::progress::{replay_states, resume_offsets, ProgressBoard, StoredProgress, StoredStates, Written};
+use crate::progress::{replay_states, resume_offsets, GroupCommitted, ProgressBoard, StoredProgress, StoredStates, Written};
 use crate::sinks::file::{FileSink, NullSink, NULL_SINK_FLUSH_MS};
 use crate::sinks::kafka::KafkaSink;
 use crate::sinks::postgres::PgSink;
@@ -161,6 +161,7 @@ impl EngineBuilder {
         // Writers first: the transactional ones tell where the sources resume.
         let mut writers: Vec<(BoxedWriter, u64, Option<StoredProgress>, Written)> = Vec::new();
         let mut states: Vec<StoredStates> = Vec::new();
+        let mut group_read: Vec<GroupCommitted> = Vec::new();
         for s in &t.sinks {
             let (mut writer, flush_ms): (BoxedWriter, u64) = match self.writers.remove(&s.name) {
                 Some(w) => (w, 50),
@@ -169,14 +170,14 @@ impl EngineBuilder {
             let stored = stored_progress(&s.name, &mut writer).await?;
             let written = writer.take_written();
             states.push(writer.take_stored_states());
+            group_read.extend(writer.take_group_committed());
             writers.push((writer, flush_ms, stored, written));
         }
         let stored: Vec<StoredProgress> = writers.iter().filter_map(|w| w.2.clone()).collect();
         let resume = resume_offsets(&stored);
         // The group's committed offsets as the one Kafka sink read them (see KafkaSourceArgs).
-        let kafka_stored: Vec<&StoredProgress> = t.sinks.iter().zip(&writers).filter(|(s, _)| matches!(s.kind, SinkKind::Kafka(_))).filter_map(|(_, w)| w.2.as_ref()).collect();
-        let group_committed: Option<HashMap<_, u64>> = match kafka_stored[..] {
-            [one] => Some(one.iter().map(|(tp, p)| (tp.clone(), p.resume)).collect()),
+        let group_committed: Option<GroupCommitted> = match &mut group_read[..] {
+            [one] => Some(std::mem::take(one)),
             _ => None,
         };
         let with_states: Vec<(&StoredProgress, &StoredStates)> = writers.iter().zip(&states).filter_map(|(w, st)| w.2.as_ref().map(|p| (p, st))).collect();

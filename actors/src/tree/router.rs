@@ -126,8 +126,9 @@ impl RouterState {
         Ok(actor)
     }
 
-    /// The build's actor, started on its first records (from `input`).
-    async fn build_actor(&mut self, myself: &ActorRef<RouterMsg>, build: &BuildId, input: InputId) -> Result<ActorRef<BuildMsg>, ActorProcessingErr> {
+    /// The actor of `build`, started (or unparked) on its first batch from `input`, whose
+    /// records before that batch had `data_max_t` as their largest event time.
+    async fn build_actor(&mut self, myself: &ActorRef<RouterMsg>, build: &BuildId, input: InputId, data_max_t: TimeNs) -> Result<ActorRef<BuildMsg>, ActorProcessingErr> {
         if let Some(e) = self.builds.get_mut(build) {
             e.last_batch = Instant::now();
             if !e.inputs.contains(&input) {
@@ -147,7 +148,13 @@ impl RouterState {
         let w = self.watermarks.get(&input).copied().unwrap_or(TimeNs::MIN);
         if w > TimeNs::MIN {
             let ctx = meltstream_engine::pipeline::operator::Ctx { hold: None, now_wall_ns: now_wall_ns(), origin_wall_ns: now_wall_ns() };
-            processor.on_watermark(w, &ctx, &mut Vec::new());
+            // Beyond what the records before give, the input's watermark moved on the wall
+            // clock: the build records it for a replay.
+            if w > data_max_t.saturating_sub(self.args.settings.watermark_bound_ns) {
+                processor.on_input_watermark(w, &ctx, &mut Vec::new());
+            } else {
+                processor.on_watermark(w, &ctx, &mut Vec::new());
+            }
         }
         let (queue, rx) = build_queue(self.args.build_queue_batches);
         let slot: SharedSlot = Arc::new(std::sync::Mutex::new(BuildSlot::new(processor, rx)));
@@ -179,7 +186,7 @@ impl RouterState {
         for (build, part) in parts {
             let samples = part.sample_count();
             let permit = self.args.budget.acquire(Stage::Builds, batch_bytes(&part)).await.ok_or("the memory budget was closed")?;
-            self.build_actor(myself, &build, span.input).await?;
+            self.build_actor(myself, &build, span.input, base).await?;
             EngineStats::add(&self.args.stats.samples, samples);
             metrics::counter!("meltstream_samples_total").increment(samples);
             let Some(e) = self.builds.get(&build) else { continue };
@@ -221,6 +228,8 @@ impl RouterState {
                 continue;
             }
             *w = wm.wm;
+            let data = self.max_t_seen.get(&input).map_or(TimeNs::MIN, |t| t.saturating_sub(self.args.settings.watermark_bound_ns));
+            let ahead_of_data = wm.wm > data;
             let Some(builds) = self.by_input.get(&input) else { continue };
             let mut woken = Vec::new();
             for b in builds {
@@ -228,7 +237,7 @@ impl RouterState {
                 let of_build = e.inputs.iter().map(|i| self.watermarks.get(i).copied().unwrap_or(TimeNs::MIN)).min().unwrap_or(TimeNs::MIN);
                 if of_build > e.watermark {
                     e.watermark = of_build;
-                    e.queue.advance(StampedWatermark { wm: of_build, computed_wall_ns: wm.computed_wall_ns });
+                    e.queue.advance(StampedWatermark { wm: of_build, computed_wall_ns: wm.computed_wall_ns, ahead_of_data });
                     woken.push(b.clone());
                 }
             }

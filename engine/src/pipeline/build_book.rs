@@ -193,6 +193,18 @@ impl BuildBook {
         }
     }
 
+    /// Records a watermark advance taken on the wall clock at the current position.
+    pub fn record_advance(&mut self, wm: TimeNs) {
+        let before = self.decisions.advances.len();
+        self.decisions.record_advance(self.position, wm);
+        self.decisions_changed |= self.decisions.advances.len() != before;
+    }
+
+    /// The highest watermark an earlier run recorded at or before the current position.
+    pub fn recorded_watermark(&self) -> Option<TimeNs> {
+        self.decisions.watermark_due(self.position)
+    }
+
     /// Open layers whose recorded close is at or before the current position: a replay closes
     /// them there, as the run it replaces did.
     pub fn recorded_due(&self) -> Vec<u32> {
@@ -280,7 +292,7 @@ impl BuildBook {
 
     /// Applies a layer event of `batch`; dead-letters (into `out`) an `end` that matches no
     /// window.
-    pub fn apply_layer_event(&mut self, batch: &RecordBatch, ev: &LayerEvent, hold: Option<Hold>, origin_wall_ns: i64, out: &mut Vec<Emitted>) {
+    pub fn apply_layer_event(&mut self, ev: &LayerEvent, hold: Option<Hold>, origin_wall_ns: i64, out: &mut Vec<Emitted>) {
         if ev.phase == LayerPhase::BuildEnd {
             self.build_end_ns = Some(self.build_end_ns.map_or(ev.t_ns, |e| e.max(ev.t_ns)));
             return;
@@ -292,8 +304,8 @@ impl BuildBook {
             // Part of a result already durable.
             return;
         }
-        if ev.phase == LayerPhase::End && !self.layers.contains_key(&ev.layer) && !self.opened_before(batch, ev.source_offset, Some(ev.layer)) {
-            self.reject_unmatched_end(batch, ev, hold, origin_wall_ns, out);
+        if ev.phase == LayerPhase::End && !self.layers.contains_key(&ev.layer) {
+            self.reject_unmatched_end(ev, hold, origin_wall_ns, out);
             return;
         }
         let Some(w) = self.window_for(ev.layer, ev.source_offset) else {
@@ -326,9 +338,9 @@ impl BuildBook {
     /// replay decides the same way:
     /// `unknown_build` when nothing of the build is open (its first record, or a build whose
     /// layers are all closed), else `unknown_layer`.
-    fn reject_unmatched_end(&mut self, batch: &RecordBatch, ev: &LayerEvent, hold: Option<Hold>, origin_wall_ns: i64, out: &mut Vec<Emitted>) {
+    fn reject_unmatched_end(&mut self, ev: &LayerEvent, hold: Option<Hold>, origin_wall_ns: i64, out: &mut Vec<Emitted>) {
         let what = format!("layer {} `end` of build {}", ev.layer, self.build);
-        let reason = if self.layers.values().any(|w| w.emitted == 0) || self.opened_before(batch, ev.source_offset, None) {
+        let reason = if self.layers.values().any(|w| w.emitted == 0) {
             RejectReason::UnknownLayer(format!("{what}: that layer has no open window"))
         } else {
             RejectReason::UnknownBuild(format!("{what}, which has no open layer"))
@@ -349,18 +361,6 @@ impl BuildBook {
             origin_wall_ns,
             position: hold.map(|(input, _)| (input, ev.source_offset)),
         });
-    }
-
-    /// True when a block of `batch` read before `offset` opens or feeds a window (of `layer`, or
-    /// of any layer). Layer events are handled before the batch's blocks; this keeps a decision
-    /// about an event the one that reading in offset order gives, whatever the batch boundaries.
-    fn opened_before(&self, batch: &RecordBatch, offset: u64, layer: Option<u32>) -> bool {
-        batch.blocks.iter().any(|h| {
-            h.source_offset < offset
-                && h.layer != NO_LAYER
-                && layer.is_none_or(|l| l == h.layer)
-                && self.slot(h.layer, h.source_offset) == Slot::Window
-        })
     }
 
     /// The window a record of `layer` at `offset` goes to: open or kept for updates, or a new

@@ -235,7 +235,7 @@ impl BuildPipeline {
                 (Some(e), l) if l.is_none_or(|l| e <= l) => {
                     self.before_record(batch, e, ctx, out);
                     let ev = &batch.layers[self.next_event];
-                    self.book.apply_layer_event(batch, ev, ctx.hold, ctx.origin_wall_ns, out);
+                    self.book.apply_layer_event(ev, ctx.hold, ctx.origin_wall_ns, out);
                     self.next_event += 1;
                 }
                 (_, Some(l)) => {
@@ -272,6 +272,9 @@ impl BuildPipeline {
         if max_t > TimeNs::MIN {
             self.on_watermark(max_t.saturating_sub(self.book.settings.watermark_bound_ns), ctx, out);
         }
+        if let Some(wm) = self.book.recorded_watermark() {
+            self.on_watermark(wm, ctx, out);
+        }
         for layer in self.book.recorded_due() {
             let hold = self.book.window(layer).map(|w| w.hold.clone()).unwrap_or_default();
             self.emit_layer(layer, hold, ctx.origin_wall_ns, out);
@@ -288,6 +291,17 @@ impl BuildPipeline {
     /// layers are late.
     pub fn flush_open_layers(&mut self, ctx: &Ctx, out: &mut Vec<Emitted>) {
         self.close_layers(self.book.watermark(), true, ctx, out);
+    }
+
+    /// The input's watermark, as the engine tracks it, reached `wm` between two records of the
+    /// build. Up to `max_t − bound` of the records before, a replay derives the same value; one
+    /// beyond it was taken on the wall clock (the input went idle) and is recorded at the
+    /// current position, so that a replay applies it there too.
+    pub fn on_input_watermark(&mut self, wm: TimeNs, ctx: &Ctx, out: &mut Vec<Emitted>) {
+        if wm > self.book.watermark() && !self.finished {
+            self.book.record_advance(wm);
+        }
+        self.on_watermark(wm, ctx, out);
     }
 
     /// The watermark advanced to `wm`: closes what it completes, and everything once the

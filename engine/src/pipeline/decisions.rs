@@ -21,6 +21,14 @@
 //! Decisions whose `at` is at or below every sink's stored resume offset can no longer meet a
 //! replayed record before `at`: they are folded into `final_through` (every layer up to it is
 //! final for a replay) to keep the stored state small.
+//!
+//! The watermark of a build is a function of its partition's records (`max_t − bound` before
+//! each record), except when its input goes quiet: after the idle timeout (wall clock) the
+//! watermark jumps ahead of the data. Such an advance is recorded as a [`WatermarkAdvance`] at
+//! the build's partition position, and a replay applies it before its first record at or after
+//! that position, so time windows, cooldowns and lateness follow the same watermark as the run
+//! it replaces. Folded advances leave their highest value (`folded_watermark`), applied from the
+//! start of a replay.
 
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +48,18 @@ pub struct LayerClose {
     pub at: u64,
 }
 
+/// One recorded watermark advance taken on the wall clock (an idle input).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatermarkAdvance {
+    /// Partition position at which it was applied (every record of the build before it
+    /// processed, none after).
+    #[serde(rename = "a")]
+    pub at: u64,
+    /// The watermark, ns.
+    #[serde(rename = "w")]
+    pub wm: TimeNs,
+}
+
 /// The recorded decisions of one build.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuildDecisions {
@@ -52,12 +72,30 @@ pub struct BuildDecisions {
     /// Closes not folded yet, in the order they happened.
     #[serde(rename = "c", default, skip_serializing_if = "Vec::is_empty")]
     pub closes: Vec<LayerClose>,
+    /// Wall-clock watermark advances not folded yet, in the order they happened.
+    #[serde(rename = "w", default, skip_serializing_if = "Vec::is_empty")]
+    pub advances: Vec<WatermarkAdvance>,
+    /// The highest folded advance: a replay starts with at least this watermark.
+    #[serde(rename = "wf", default, skip_serializing_if = "Option::is_none")]
+    pub folded_watermark: Option<TimeNs>,
 }
 
 impl BuildDecisions {
     /// True when nothing is recorded.
     pub fn is_empty(&self) -> bool {
-        self.final_through.is_none() && self.ended_at.is_none() && self.closes.is_empty()
+        self.final_through.is_none() && self.ended_at.is_none() && self.closes.is_empty() && self.advances.is_empty() && self.folded_watermark.is_none()
+    }
+
+    /// Records a wall-clock watermark advance to `wm` at partition position `at`.
+    pub fn record_advance(&mut self, at: u64, wm: TimeNs) {
+        if self.watermark_due(u64::MAX).is_none_or(|w| wm > w) {
+            self.advances.push(WatermarkAdvance { at, wm });
+        }
+    }
+
+    /// The highest recorded advance at or before partition position `position`.
+    pub fn watermark_due(&self, position: u64) -> Option<TimeNs> {
+        self.advances.iter().filter(|a| a.at <= position).map(|a| a.wm).chain(self.folded_watermark).max()
     }
 
     /// The recorded close of `layer`.
@@ -90,6 +128,16 @@ impl BuildDecisions {
             }
         });
         self.final_through = top;
+        let mut wf = self.folded_watermark;
+        self.advances.retain(|a| {
+            if a.at <= through {
+                wf = Some(wf.map_or(a.wm, |w| w.max(a.wm)));
+                false
+            } else {
+                true
+            }
+        });
+        self.folded_watermark = wf;
     }
 
     /// Adds what `other` recorded (a union: every recorded decision is one the run took).
@@ -102,6 +150,13 @@ impl BuildDecisions {
         for c in &other.closes {
             self.record(*c);
         }
+        for a in &other.advances {
+            if !self.advances.contains(a) {
+                self.advances.push(*a);
+            }
+        }
+        self.advances.sort_by_key(|a| (a.at, a.wm));
+        self.folded_watermark = self.folded_watermark.max(other.folded_watermark);
     }
 }
 
@@ -167,5 +222,23 @@ mod tests {
         m.merge(&d);
         assert_eq!((m.final_through, m.ended_at, m.closes.len()), (Some(0), Some(50), 1));
         assert!(m.final_at(7, 50));
+    }
+
+    #[test]
+    fn watermark_advances_apply_from_their_position_and_fold_to_their_maximum() {
+        let mut d = BuildDecisions::default();
+        d.record_advance(10, 100);
+        d.record_advance(12, 90);
+        d.record_advance(20, 200);
+        assert_eq!(d.advances.len(), 2, "an advance below a recorded one is no advance");
+        assert_eq!((d.watermark_due(9), d.watermark_due(10), d.watermark_due(25)), (None, Some(100), Some(200)));
+        d.fold(15);
+        assert_eq!((d.folded_watermark, d.advances.len(), d.watermark_due(0)), (Some(100), 1, Some(100)));
+        let back = PartitionState { max_t: 1, builds: [("b".to_owned(), d.clone())].into() };
+        assert_eq!(PartitionState::from_json(&back.to_json()).unwrap(), back);
+        let mut m = BuildDecisions::default();
+        m.merge(&d);
+        m.merge(&d);
+        assert_eq!(m, d);
     }
 }

@@ -40,17 +40,30 @@ fn lines() -> Vec<String> {
 }
 
 fn settings(policy: LatePolicy) -> Arc<BuildSettings> {
+    settings_with_gap(policy, None)
+}
+
+fn settings_with_gap(policy: LatePolicy, layer_gap_ns: Option<i64>) -> Arc<BuildSettings> {
     let topo = crate::topology::load(crate::topology::DEMO_TOML, "demo.toml", std::path::Path::new(".")).expect("demo topology");
     let mut s = BuildSettings::from_topology(&topo);
     s.late_policy = policy;
     s.allowed_lateness_ns = 35_000_000;
     s.watermark_bound_ns = 0;
+    if let Some(g) = layer_gap_ns {
+        s.layer_gap_ns = g;
+    }
     Arc::new(s)
 }
 
 /// Runs `p` over `lines[from..to]` cut every `step` records, the input's watermark (bound 0)
 /// starting from `max_t`, record by record; returns what it emitted.
 fn feed(p: &mut BuildPipeline, from: usize, to: usize, step: usize, max_t: &mut TimeNs, out: &mut Vec<OutputRecord>) {
+    feed_idle(p, from, to, step, max_t, None, out)
+}
+
+/// [`feed`], with the input going idle once the records before offset `idle.0` are processed:
+/// its watermark then moves to `idle.1` on the wall clock.
+fn feed_idle(p: &mut BuildPipeline, from: usize, to: usize, step: usize, max_t: &mut TimeNs, idle: Option<(usize, TimeNs)>, out: &mut Vec<OutputRecord>) {
     let lines = lines();
     let mut d = Decoder::new(0, DecodeLimits::default());
     let mut start = from;
@@ -67,6 +80,9 @@ fn feed(p: &mut BuildPipeline, from: usize, to: usize, step: usize, max_t: &mut 
         let ctx = Ctx { hold: Some((0, start as u64)), now_wall_ns: NOW, origin_wall_ns: NOW };
         let mut em = Vec::new();
         p.process(&batch, &ctx, &mut em);
+        if let Some((_, wm)) = idle.filter(|i| i.0 == end) {
+            p.on_input_watermark(wm, &ctx, &mut em);
+        }
         out.extend(em.into_iter().map(|e| e.record));
         start = end;
     }
@@ -103,6 +119,47 @@ fn a_replay_from_the_stored_state_emits_what_the_uninterrupted_run_did() {
             for step in [1, 2, 3, n] {
                 let mut replay = Vec::new();
                 let mut q = BuildPipeline::new(BuildId::from("b"), settings(policy));
+                q.resume(decisions.clone(), resume as u64);
+                let mut m = max_t_at_resume;
+                feed(&mut q, resume, n, step, &mut m, &mut replay);
+                let mut all = before.clone();
+                all.extend(replay);
+                assert_eq!(sorted(all), reference, "{policy:?}: crash after offset {crash}, resume at {resume}, replay in batches of {step}");
+            }
+        }
+    }
+}
+
+/// An idle input's watermark advance is a wall-clock decision: recorded at its position, a
+/// replay applies it there (here it closes layer 1 by its gap timeout before its later samples,
+/// which are then late), though the replay's own input never goes idle.
+#[test]
+fn a_replay_repeats_an_idle_advance_of_the_watermark() {
+    let n = lines().len();
+    let ms = |m: i64| 1_705_314_600_000_000_000 + m * 1_000_000;
+    // After offset 3 (layer 1's first sample at 40 ms), idle: the watermark moves to 56 ms,
+    // past layer 1's last sample plus the 15 ms gap.
+    let idle = Some((4, ms(56)));
+    for policy in [LatePolicy::Drop, LatePolicy::LateSink, LatePolicy::Update] {
+        let s = settings_with_gap(policy, Some(15_000_000));
+        let mut reference = Vec::new();
+        feed_idle(&mut BuildPipeline::new(BuildId::from("b"), s.clone()), 0, n, 1, &mut TimeNs::MIN.clone(), idle, &mut reference);
+        let reference = sorted(reference);
+        let mut without = Vec::new();
+        feed(&mut BuildPipeline::new(BuildId::from("b"), s.clone()), 0, n, 1, &mut TimeNs::MIN.clone(), &mut without);
+        assert_ne!(sorted(without), reference, "{policy:?}: the idle advance changes the output");
+        for crash in 5..n {
+            let mut before = Vec::new();
+            let mut p = BuildPipeline::new(BuildId::from("b"), s.clone());
+            let mut max_t = TimeNs::MIN;
+            feed_idle(&mut p, 0, crash, 1, &mut max_t, idle, &mut before);
+            let resume = p.holds().iter().map(|h| h.1 as usize).min().unwrap_or(crash);
+            let decisions = p.take_changed_decisions().unwrap_or_default();
+            let mut max_t_at_resume = TimeNs::MIN;
+            feed(&mut BuildPipeline::new(BuildId::from("b"), s.clone()), 0, resume, n, &mut max_t_at_resume, &mut Vec::new());
+            for step in [1, 2, n] {
+                let mut replay = Vec::new();
+                let mut q = BuildPipeline::new(BuildId::from("b"), s.clone());
                 q.resume(decisions.clone(), resume as u64);
                 let mut m = max_t_at_resume;
                 feed(&mut q, resume, n, step, &mut m, &mut replay);

@@ -23,9 +23,15 @@ pub(super) struct TxSpan {
 }
 
 impl TxSpan {
-    /// True when `c` covers every position of the span: a replay drops them by emitted-through.
+    /// True when `c` covers the span's positions of source partition `tp` (or it has none): a
+    /// replay of `tp` drops them by emitted-through.
+    pub(super) fn covers(&self, tp: &TopicPartition, c: &Checkpoint) -> bool {
+        self.max_pos.get(tp).is_none_or(|&o| c.entries.iter().any(|(t, p)| t == tp && o < p.emitted_through))
+    }
+
+    /// True when `c` covers every position of the span.
     pub(super) fn covered_by(&self, c: &Checkpoint) -> bool {
-        self.max_pos.iter().all(|(tp, &o)| c.entries.iter().any(|(t, p)| t == tp && o < p.emitted_through))
+        self.max_pos.keys().all(|tp| self.covers(tp, c))
     }
 }
 

@@ -19,14 +19,14 @@ use meltstream_engine::input::event::InputId;
 
 use crate::ports::inputs::kafka_input;
 use crate::ports::messages::{SupervisorMsg, WatermarkMsg};
-use crate::progress::{ProgressBoard, TopicPartition};
+use crate::progress::{GroupCommitted, ProgressBoard, TopicPartition};
 
 /// Rebalance hook: positions assigned partitions at the stored progress and registers them.
 pub(super) struct Hooks {
     pub(super) source_index: usize,
     pub(super) topics: Vec<String>,
     pub(super) resume: HashMap<TopicPartition, u64>,
-    pub(super) group_committed: Option<HashMap<TopicPartition, u64>>,
+    pub(super) group_committed: Option<GroupCommitted>,
     pub(super) board: ProgressBoard,
     pub(super) watermarks: ActorRef<WatermarkMsg>,
     pub(super) assigned: Arc<Mutex<BTreeMap<TopicPartition, InputId>>>,
@@ -81,12 +81,15 @@ impl Hooks {
             .elements()
             .iter()
             .filter_map(|e| {
+                // The offset and its metadata: a transaction of the previous owner that held
+                // records but moved no offset still changed the metadata (its id, `out`).
                 let committed = match e.offset() {
-                    Offset::Offset(o) => Some(o.max(0) as u64),
+                    Offset::Offset(o) => Some((o.max(0) as u64, e.metadata().to_owned())),
                     _ => None,
                 };
                 let tp = (e.topic().to_owned(), e.partition());
-                (committed != read.get(&tp).copied()).then(|| format!("{}:{} ({:?} → {:?})", tp.0, tp.1, read.get(&tp), committed))
+                let was = read.get(&tp);
+                (committed.as_ref() != was).then(|| format!("{}:{} ({:?} → {:?})", tp.0, tp.1, was.map(|w| w.0), committed.as_ref().map(|c| c.0)))
             })
             .collect();
         if !moved.is_empty() {

@@ -560,7 +560,6 @@ fn check_reference(policy: &str, scale: &Scale, r: &Snapshot) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not passing yet (the alert topic still gets a few records twice or from a stale replay, and the Kafka group offsets can stall; PostgreSQL matches): run it with scripts/chaos or --ignored; see docs/operations.md, The fault harness"]
 async fn chaos_runs_equal_the_uninterrupted_reference() {
     let cfg = Config::from_env();
     let started = Instant::now();

@@ -12,12 +12,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::support::services::end_offsets;
+use crate::support::services::{end_offsets, read_committed_with};
 
 /// The result tables and their keys (without `pipeline`), in the order they are reported.
 /// `progress` and `schema_version` are the engine's own bookkeeping, not results.
@@ -127,45 +124,19 @@ fn ends_of(brokers: &str, topic: &str) -> BTreeMap<i32, i64> {
 /// Every committed record of the alert topic with its source position, read with
 /// `read_committed`.
 fn read_alerts(brokers: &str, topic: &str) -> Vec<String> {
-    let ends = ends_of(brokers, topic);
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "meltstream-chaos-reader")
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in ends.keys() {
-        tpl.add_partition_offset(topic, *p, Offset::Beginning).expect("tpl");
-    }
-    c.assign(&tpl).expect("assign");
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let done = ends.iter().all(|(p, hi)| match c.position().ok().and_then(|pos| pos.find_partition(topic, *p).map(|e| e.offset())) {
-            Some(Offset::Offset(o)) => o >= *hi,
-            _ => *hi == 0,
-        });
-        if done {
-            break;
+    let mut out = read_committed_with(brokers, topic, &ends_of(brokers, topic), Duration::from_secs(120), |m| {
+        let position = m
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "meltstream-position").and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned())))
+            .unwrap_or_else(|| "no-position".to_owned());
+        // `<topic>:<partition>:<offset>`: the topic names the run.
+        let position = position.rsplitn(3, ':').take(2).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(":");
+        let mut v: serde_json::Value = serde_json::from_str(&String::from_utf8_lossy(m.payload().unwrap_or_default())).unwrap_or(serde_json::Value::Null);
+        if let Some(o) = v.as_object_mut() {
+            o.remove("topic");
         }
-        assert!(Instant::now() < deadline, "reading {topic} did not reach its end offsets {ends:?}");
-        if let Some(m) = c.poll(Duration::from_millis(200)) {
-            let m = m.expect("consume");
-            let position = m
-                .headers()
-                .and_then(|h| h.iter().find(|h| h.key == "meltstream-position").and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned())))
-                .unwrap_or_else(|| "no-position".to_owned());
-            // `<topic>:<partition>:<offset>`: the topic names the run.
-            let position = position.rsplitn(3, ':').take(2).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(":");
-            let mut v: serde_json::Value = serde_json::from_str(&String::from_utf8_lossy(m.payload().unwrap_or_default())).unwrap_or(serde_json::Value::Null);
-            if let Some(o) = v.as_object_mut() {
-                o.remove("topic");
-            }
-            out.push(format!("{position} {v}"));
-        }
-    }
+        format!("{position} {v}")
+    });
     out.sort();
     out
 }

@@ -51,7 +51,14 @@ pub fn end_offsets(brokers: &str, topic: &str) -> BTreeMap<i32, i64> {
 
 /// Every committed record of `topic`, read with `read_committed`, sorted.
 pub fn read_committed(brokers: &str, topic: &str) -> Vec<String> {
-    let ends = end_offsets(brokers, topic);
+    let mut out = read_committed_with(brokers, topic, &end_offsets(brokers, topic), Duration::from_secs(60), |m| String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+    out.sort();
+    out
+}
+
+/// `f` of every committed record of `topic` up to `ends` (per partition), read with
+/// `read_committed`, in the order read; fails after `patience`.
+pub fn read_committed_with<T>(brokers: &str, topic: &str, ends: &BTreeMap<i32, i64>, patience: Duration, mut f: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> T) -> Vec<T> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "meltstream-test-reader")
@@ -65,7 +72,7 @@ pub fn read_committed(brokers: &str, topic: &str) -> Vec<String> {
     }
     c.assign(&tpl).expect("assign");
     let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + patience;
     loop {
         let done = ends.iter().all(|(p, hi)| match c.position().ok().and_then(|pos| pos.find_partition(topic, *p).map(|e| e.offset())) {
             Some(Offset::Offset(o)) => o >= *hi,
@@ -76,11 +83,9 @@ pub fn read_committed(brokers: &str, topic: &str) -> Vec<String> {
         }
         assert!(Instant::now() < deadline, "reading {topic} did not reach its end offsets {ends:?}");
         if let Some(m) = c.poll(Duration::from_millis(200)) {
-            let m = m.expect("consume");
-            out.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+            out.push(f(&m.expect("consume")));
         }
     }
-    out.sort();
     out
 }
 

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::input::batch::{BlockHeader, RecordBatch};
+use crate::input::batch::BlockHeader;
 use crate::input::event::NO_LAYER;
 use crate::input::reject::{DeadLetter, RejectReason};
 use crate::input::event::{BuildId, Channel, LayerEvent, LayerPhase, TimeNs};

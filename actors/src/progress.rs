@@ -239,14 +239,17 @@ impl ProgressBoard {
     pub fn checkpoint(&self) -> Checkpoint {
         let mut b = self.lock();
         let entries = b.latest.iter().filter_map(|(i, p)| b.names.get(i).map(|tp| (tp.clone(), *p))).collect();
-        let thresholds: Vec<(InputId, TopicPartition, u64)> = b.names.iter().map(|(i, tp)| (*i, tp.clone(), b.fold_threshold(tp))).collect();
+        let thresholds: Vec<(InputId, TopicPartition, u64, Option<u64>)> = b.names.iter().map(|(i, tp)| (*i, tp.clone(), b.fold_threshold(tp), b.latest.get(i).map(|p| p.resume))).collect();
         let mut states = BTreeMap::new();
-        for (input, tp, through) in thresholds {
+        for (input, tp, through, resume) in thresholds {
             let Some(l) = b.live.get_mut(&input) else { continue };
             for d in l.builds.values_mut() {
                 d.fold(through);
             }
-            states.insert(tp, PartitionState { max_t: l.max_t_at_resume, builds: l.builds.clone() });
+            // What a replay from the stored resume offset needs (the cooldowns running there).
+            let r = resume.unwrap_or(l.replay_from);
+            let builds = l.builds.iter().map(|(id, d)| (id.clone(), d.for_replay_from(r))).collect();
+            states.insert(tp, PartitionState { max_t: l.max_t_at_resume, builds });
         }
         Checkpoint { version: b.version, entries, assignments: b.assignments.clone(), states }
     }

@@ -13,11 +13,14 @@
 //! A transaction's checkpoint covers only what was durable *before* it, so its own records lie
 //! at or above the `emitted_through` it stores; the next transaction's checkpoint covers them.
 //! A crash between the two would let a replay write them again. So every record carries its
-//! source position in a header (`meltstream-position: <topic>:<partition>:<offset>`), and `out`
-//! names, per output partition, the first record of the oldest committed transaction that the
-//! checkpoint does not cover yet. After a restart the sink settles its last transaction
-//! (`init_transactions`), reads its topic from `out` to the end with `read_committed`, and drops
-//! replayed records at the positions it finds there too.
+//! source position in a header (`meltstream-position: <topic>:<partition>:<offset>`), and the
+//! `out` field of a source partition's metadata names, per output partition, the first record of
+//! the oldest committed transaction holding records of that source partition that the checkpoint
+//! does not cover yet. After a restart the sink settles its last transaction
+//! (`init_transactions`), reads its topic from the lowest `out` to the end with `read_committed`,
+//! and drops replayed records at the positions it finds there too. A transaction carries offsets
+//! only for the source partitions assigned to this process: several processes share the group,
+//! and each partition's offsets are its owner's to move.
 //!
 //! # Fencing
 //! The offsets go with the source consumer's group membership as of its latest assignment

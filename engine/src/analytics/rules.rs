@@ -144,6 +144,11 @@ impl Cooldown {
         self.last_ns
     }
 
+    /// A cooldown running since an alert at `last_ns` in `scope` (a replay resumes it).
+    pub fn running(last_ns: TimeNs, scope: u32) -> Cooldown {
+        Cooldown { last_ns: Some(last_ns), scope }
+    }
+
     /// Ends the cooldown: the next exceedance is admitted.
     pub fn reset(&mut self) {
         *self = Cooldown::default();

@@ -21,7 +21,7 @@ use crate::windows::layer_window::LayerWindow;
 use crate::offset_ledger::{Hold, HoldSet};
 use crate::records::{DeadLetterRecord, Emitted, OutputRecord};
 use crate::analytics::rules::Rule;
-use crate::pipeline::decisions::{BuildDecisions, LayerClose};
+use crate::pipeline::decisions::{BuildDecisions, CooldownRun, LayerClose};
 use crate::windows::time_window::TimeWindowSpec;
 use crate::topology::{LatePolicy, Topology};
 
@@ -191,6 +191,24 @@ impl BuildBook {
             self.decisions.ended_at = Some(self.position);
             self.decisions_changed = true;
         }
+    }
+
+    /// Records a rule cooldown started by the alert of the record at `from`.
+    pub fn record_cooldown_start(&mut self, slot: u32, alert_ns: TimeNs, scope: u32, from: u64) {
+        self.decisions.start_cooldown(slot, alert_ns, scope, from);
+        self.decisions_changed = true;
+    }
+
+    /// Records that the running cooldown of `slot` ended at the current position.
+    pub fn record_cooldown_end(&mut self, slot: u32) {
+        self.decisions.end_cooldown(slot, self.position);
+        self.decisions_changed = true;
+    }
+
+    /// The recorded cooldowns a replay starts with: begun before this run's first offset and
+    /// still running there.
+    pub fn resumed_cooldowns(&self) -> Vec<CooldownRun> {
+        self.decisions.cooldowns.iter().filter(|c| c.spans(self.replay_from)).copied().collect()
     }
 
     /// Records a watermark advance taken on the wall clock at the current position.

@@ -107,6 +107,9 @@ impl BuildPipeline {
     /// this run reads the build's partition from `replay_from` on.
     pub fn resume(&mut self, decisions: BuildDecisions, replay_from: u64) {
         self.book.resume(decisions, replay_from);
+        for op in &mut self.ops {
+            op.resume(&self.book);
+        }
     }
 
     /// The close decisions recorded so far, when they changed since the last call: the caller

@@ -60,6 +60,39 @@ pub struct WatermarkAdvance {
     pub wm: TimeNs,
 }
 
+/// A rule cooldown, recorded from the alert that started it until the watermark ended it.
+///
+/// A running cooldown holds the batch of its alert, so a replay from before that batch derives
+/// it again from the input. Once it ended, the resume offset may pass the alert while records
+/// it suppressed are not durable yet; a replay from between the two meets them without the
+/// cooldown. So a replay from `R` starts with every recorded cooldown that began before `R` and
+/// ended after it (at most one per rule and laser; the progress board stores only those).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CooldownRun {
+    /// Rule and laser slot (the rules operator's numbering).
+    #[serde(rename = "s")]
+    pub slot: u32,
+    /// Event time of the alert, ns.
+    #[serde(rename = "t")]
+    pub alert_ns: TimeNs,
+    /// The alert's scope (its layer: a cooldown does not cross layers).
+    #[serde(rename = "l")]
+    pub scope: u32,
+    /// Source offset of the alert's record.
+    #[serde(rename = "f")]
+    pub from: u64,
+    /// Partition position at which it ended, once it did.
+    #[serde(rename = "u", default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<u64>,
+}
+
+impl CooldownRun {
+    /// True when a replay from `r` must start with it.
+    pub fn spans(&self, r: u64) -> bool {
+        self.from < r && self.until.is_none_or(|u| u > r)
+    }
+}
+
 /// The recorded decisions of one build.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuildDecisions {
@@ -78,12 +111,15 @@ pub struct BuildDecisions {
     /// The highest folded advance: a replay starts with at least this watermark.
     #[serde(rename = "wf", default, skip_serializing_if = "Option::is_none")]
     pub folded_watermark: Option<TimeNs>,
+    /// Rule cooldowns not folded yet.
+    #[serde(rename = "cd", default, skip_serializing_if = "Vec::is_empty")]
+    pub cooldowns: Vec<CooldownRun>,
 }
 
 impl BuildDecisions {
     /// True when nothing is recorded.
     pub fn is_empty(&self) -> bool {
-        self.final_through.is_none() && self.ended_at.is_none() && self.closes.is_empty() && self.advances.is_empty() && self.folded_watermark.is_none()
+        self.final_through.is_none() && self.ended_at.is_none() && self.closes.is_empty() && self.advances.is_empty() && self.folded_watermark.is_none() && self.cooldowns.is_empty()
     }
 
     /// Records a wall-clock watermark advance to `wm` at partition position `at`.
@@ -91,6 +127,28 @@ impl BuildDecisions {
         if self.watermark_due(u64::MAX).is_none_or(|w| wm > w) {
             self.advances.push(WatermarkAdvance { at, wm });
         }
+    }
+
+    /// Records a cooldown started by the alert at `from`; the slot's earlier one, if still
+    /// running, ends there.
+    pub fn start_cooldown(&mut self, slot: u32, alert_ns: TimeNs, scope: u32, from: u64) {
+        self.end_cooldown(slot, from);
+        self.cooldowns.push(CooldownRun { slot, alert_ns, scope, from, until: None });
+    }
+
+    /// Records that the running cooldown of `slot` ended at partition position `at`.
+    pub fn end_cooldown(&mut self, slot: u32, at: u64) {
+        for c in self.cooldowns.iter_mut().filter(|c| c.slot == slot && c.until.is_none()) {
+            c.until = Some(at.max(c.from + 1));
+        }
+    }
+
+    /// The decisions a replay from `r` needs: the cooldowns running at `r` and started before
+    /// it, the rest as recorded.
+    pub fn for_replay_from(&self, r: u64) -> BuildDecisions {
+        let mut d = self.clone();
+        d.cooldowns.retain(|c| c.spans(r));
+        d
     }
 
     /// The highest recorded advance at or before partition position `position`.
@@ -138,6 +196,7 @@ impl BuildDecisions {
             }
         });
         self.folded_watermark = wf;
+        self.cooldowns.retain(|c| c.until.is_none_or(|u| u > through));
     }
 
     /// Adds what `other` recorded (a union: every recorded decision is one the run took).
@@ -157,6 +216,12 @@ impl BuildDecisions {
         }
         self.advances.sort_by_key(|a| (a.at, a.wm));
         self.folded_watermark = self.folded_watermark.max(other.folded_watermark);
+        for c in &other.cooldowns {
+            match self.cooldowns.iter_mut().find(|m| m.slot == c.slot && m.from == c.from) {
+                Some(m) => m.until = m.until.or(c.until),
+                None => self.cooldowns.push(*c),
+            }
+        }
     }
 }
 
@@ -240,5 +305,22 @@ mod tests {
         m.merge(&d);
         m.merge(&d);
         assert_eq!(m, d);
+    }
+
+    #[test]
+    fn cooldowns_spanning_the_resume_offset_are_kept_for_a_replay() {
+        let mut d = BuildDecisions::default();
+        d.start_cooldown(3, 1_000, 7, 10);
+        d.end_cooldown(3, 40);
+        d.start_cooldown(3, 9_000, 7, 50);
+        d.start_cooldown(4, 9_500, 7, 55);
+        assert_eq!((d.cooldowns[0].until, d.cooldowns[1].until), (Some(40), None), "slot 3's second one still runs");
+        assert_eq!(d.cooldowns.len(), 3);
+        let at = |r: u64| d.for_replay_from(r).cooldowns.iter().map(|c| c.from).collect::<Vec<_>>();
+        assert_eq!((at(10), at(20), at(40), at(60)), (vec![], vec![10], vec![], vec![50, 55]));
+        d.fold(40);
+        assert_eq!(d.cooldowns.iter().map(|c| c.from).collect::<Vec<_>>(), vec![50, 55], "ended at or below the fold");
+        let back = PartitionState { max_t: 1, builds: [("b".to_owned(), d.clone())].into() };
+        assert_eq!(PartitionState::from_json(&back.to_json()).unwrap(), back);
     }
 }

@@ -101,6 +101,10 @@ pub trait Operator: Send + std::fmt::Debug {
     /// The input ended or the build is being stopped: emit everything still open.
     fn on_close(&mut self, _book: &mut BuildBook, _ctx: &Ctx, _out: &mut Vec<Emitted>) {}
 
+    /// A replay starts: take up the state the book's recorded decisions give (see
+    /// `crate::pipeline::decisions`).
+    fn resume(&mut self, _book: &BuildBook) {}
+
     /// Adds the lowest batch per input that feeds a window of this operator still open.
     fn holds_into(&self, _acc: &mut HoldSet) {}
 

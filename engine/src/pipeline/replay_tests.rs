@@ -16,7 +16,8 @@ use crate::topology::LatePolicy;
 const NOW: TimeNs = 1_800_000_000_000_000_000;
 
 /// One build: layers 0 to 2 with their ends, late samples of closed layers (and of one still
-/// kept for updates), an alert-worthy sample, and samples without a layer.
+/// kept for updates), alert-worthy samples (two within a cooldown, while layer 3 opened
+/// between them), and samples without a layer.
 fn lines() -> Vec<String> {
     let t = |ms: u32| format!("2024-01-15T10:30:00.{ms:03}Z");
     let s = |layer: u32, ms: u32, temp: f64| format!(r#"{{"build_id": "b", "layer": {layer}, "timestamp": "{}", "temperature": {temp}}}"#, t(ms));
@@ -28,14 +29,19 @@ fn lines() -> Vec<String> {
         s(1, 40, 1610.0),
         s(0, 25, 1620.0), // late for layer 0 once 40 moved the watermark past its end
         s(1, 50, 1760.0),
+        s(1, 52, 1765.0), // within a cooldown of the alert at 50, when the rule has one
+        s(0, 27, 1630.0), // late for layer 0
         end(1, 60),
         s(2, 70, 1630.0),
         s(1, 55, 1640.0), // late for layer 1
         s(0, 28, 1650.0), // late for layer 0
         s(2, 80, 1770.0),
+        s(3, 100, 1670.0),
+        s(2, 82, 1775.0), // within a cooldown of the alert at 80, when the rule has one
         end(2, 90),
         s(2, 85, 1660.0), // late for layer 2
-        s(3, 100, 1670.0),
+        s(3, 120, 1600.0), // the watermark passes the end of that cooldown
+        s(3, 125, 1610.0),
     ]
 }
 
@@ -97,6 +103,25 @@ fn sorted(mut v: Vec<OutputRecord>) -> Vec<String> {
 
 #[test]
 fn a_replay_from_the_stored_state_emits_what_the_uninterrupted_run_did() {
+    crash_after_every_record(settings);
+}
+
+/// With a cooldown on the overheat rule: a replay from after the alert that started it, while
+/// records it suppressed are not durable yet, starts with the recorded cooldown.
+#[test]
+fn a_replay_meets_the_cooldowns_of_the_run_it_replaces() {
+    crash_after_every_record(|policy| {
+        let mut s = (*settings(policy)).clone();
+        for r in s.rules.iter_mut().filter(|r| r.name == "overheat") {
+            r.cooldown_ns = 35_000_000;
+        }
+        Arc::new(s)
+    });
+}
+
+/// Crashes after every record under each late policy and replays from the resume offset with
+/// the recorded decisions, cutting the replay's batches differently.
+fn crash_after_every_record(settings: impl Fn(LatePolicy) -> Arc<BuildSettings>) {
     let n = lines().len();
     for policy in [LatePolicy::Drop, LatePolicy::LateSink, LatePolicy::Update] {
         let mut reference = Vec::new();

@@ -5,11 +5,12 @@
 //! cooldown. Energy-density rules judge closed layers in their own operator.
 //!
 //! A cooldown is state that decides what is emitted, so a replay must meet it as the run it
-//! replaces did. It is re-derived from the input rather than stored: a running cooldown holds
-//! the batch of the alert that started it (the resume offset cannot pass it, so a replay reads
-//! that alert again and starts the same cooldown), and it ends when the watermark passes its
-//! end, at which point it no longer decides anything for a record in order and is released.
-//! Log rules and samples without a layer thus no longer keep one cooldown for ever.
+//! replaces did. While it runs it holds the batch of the alert that started it (the resume
+//! offset cannot pass it, so a replay reads that alert again and starts the same cooldown); it
+//! ends when the watermark passes its end. It is also recorded (`CooldownRun`): once it ended,
+//! the resume offset may pass its alert while records it suppressed are not durable yet, and a
+//! replay from between the two starts with it. Log rules and samples without a layer thus no
+//! longer keep one cooldown for ever.
 //!
 //! It must never allocate per sample, nor raise an alert for a value that does not exceed its
 //! rule's limit.
@@ -42,17 +43,23 @@ impl ThresholdRules {
         ThresholdRules { cooldowns: vec![Cooldown::default(); s.rules.len() * MAX_LASERS], running: Vec::new() }
     }
 
-    /// Admits an alert at `t` in `slot` when its cooldown allows; a new cooldown holds `hold`.
-    fn admit(&mut self, slot: usize, t: TimeNs, cooldown_ns: i64, scope: u32, hold: Option<Hold>) -> bool {
+    /// Admits an alert at `t` (of the record at `offset`) in `slot` when its cooldown allows; a
+    /// new cooldown holds `hold` and is recorded.
+    fn admit(&mut self, slot: usize, t: TimeNs, cooldown_ns: i64, scope: u32, at: (u64, Option<Hold>), book: &mut BuildBook) -> bool {
         if !self.cooldowns[slot].admit(t, cooldown_ns, scope) {
             return false;
         }
+        self.start(slot, t, cooldown_ns, at.1);
+        book.record_cooldown_start(slot as u32, t, scope, at.0);
+        true
+    }
+
+    fn start(&mut self, slot: usize, t: TimeNs, cooldown_ns: i64, hold: Option<Hold>) {
         let end = t.saturating_add(cooldown_ns.max(1));
         match self.running.iter_mut().find(|r| r.0 == slot) {
             Some(r) => *r = (slot, end, hold),
             None => self.running.push((slot, end, hold)),
         }
-        true
     }
 }
 
@@ -74,10 +81,11 @@ impl Operator for ThresholdRules {
     fn on_log(&mut self, batch: &RecordBatch, i: usize, book: &mut BuildBook, ctx: &Ctx, out: &mut Vec<Emitted>) {
         {
             let rec = &batch.logs[i];
-            for (ri, rule) in book.settings.rules.iter().enumerate() {
+            let settings = book.settings.clone();
+            for (ri, rule) in settings.rules.iter().enumerate() {
                 let RuleTarget::Log(name) = &rule.target else { continue };
                 for (k, v) in rec.values.iter().filter(|(k, _)| &**k == name.as_str()) {
-                    if rule.op.fires(*v, rule.limit) && self.admit(ri * MAX_LASERS, rec.t_ns, rule.cooldown_ns, NO_LAYER, ctx.hold) {
+                    if rule.op.fires(*v, rule.limit) && self.admit(ri * MAX_LASERS, rec.t_ns, rule.cooldown_ns, NO_LAYER, (rec.source_offset, ctx.hold), book) {
                         book.counters.anomalies += 1;
                         let a = Anomaly {
                             build_id: book.build.to_string(),
@@ -103,7 +111,8 @@ impl Operator for ThresholdRules {
     /// Sample rules: alerts first, and the block's exceedance counts.
     fn on_block(&mut self, block: &mut Block<'_>, book: &mut BuildBook, ctx: &Ctx, out: &mut Vec<Emitted>) {
         let (batch, h) = (block.batch, block.h);
-        for (ri, rule) in book.settings.rules.iter().enumerate() {
+        let settings = book.settings.clone();
+        for (ri, rule) in settings.rules.iter().enumerate() {
             let RuleTarget::Sample(ch) = rule.target else { continue };
             let Some(vs) = batch.column(&h, ch.index()) else { continue };
             let (first, count) = rule.scan(vs);
@@ -111,7 +120,7 @@ impl Operator for ThresholdRules {
             let Some(j) = first else { continue };
             let t = h.t0_ns + h.dt_ns * j as i64;
             let slot = ri * MAX_LASERS + usize::from(h.laser).min(MAX_LASERS - 1);
-            if self.admit(slot, t, rule.cooldown_ns, h.layer, ctx.hold) {
+            if self.admit(slot, t, rule.cooldown_ns, h.layer, (h.source_offset, ctx.hold), book) {
                 book.counters.anomalies += 1;
                 let xy = |c: usize| batch.column(&h, c).map(|v| f64::from(v[j]));
                 let a = Anomaly {
@@ -134,16 +143,29 @@ impl Operator for ThresholdRules {
     }
 
     /// Ends the cooldowns the watermark has passed.
-    fn on_watermark(&mut self, wm: TimeNs, _book: &mut BuildBook, _ctx: &Ctx, _out: &mut Vec<Emitted>) {
+    fn on_watermark(&mut self, wm: TimeNs, book: &mut BuildBook, _ctx: &Ctx, _out: &mut Vec<Emitted>) {
         let cooldowns = &mut self.cooldowns;
         self.running.retain(|&(slot, end, _)| {
             if end <= wm {
                 cooldowns[slot].reset();
+                book.record_cooldown_end(slot as u32);
                 false
             } else {
                 true
             }
         });
+    }
+
+    /// Starts the cooldowns an earlier run recorded as running where this one starts reading.
+    fn resume(&mut self, book: &BuildBook) {
+        for c in book.resumed_cooldowns() {
+            let slot = c.slot as usize;
+            let Some(rule) = book.settings.rules.get(slot / MAX_LASERS) else { continue };
+            if slot < self.cooldowns.len() {
+                self.cooldowns[slot] = Cooldown::running(c.alert_ns, c.scope);
+                self.start(slot, c.alert_ns, rule.cooldown_ns, None);
+            }
+        }
     }
 
     fn holds_into(&self, acc: &mut HoldSet) {

@@ -65,7 +65,7 @@ use meltstream_engine::pipeline::decisions::PartitionState;
 use crate::retry::{retry, Backoff};
 use crate::sinks::writer::{unwritable, SinkError, SinkWriter};
 
-use metadata::{format_metadata, out_field, parse_metadata, parse_position, TxSpan, POSITION_HEADER};
+use metadata::{format_metadata, offset_entries, parse_metadata, parse_position, TxSpan, POSITION_HEADER};
 
 mod metadata;
 
@@ -369,27 +369,11 @@ impl KafkaSink {
                 Err(_) => return Err(self.classify("delivery", KafkaError::Canceled, &tx)),
             }
         }
-        // Per source partition, the committed transactions (this one included) whose records
-        // of it this checkpoint does not cover: where a restart reads the topic back from.
-        // Only partitions assigned to this process get offsets: the spans read back at start
-        // hold every partition's records, and another process owns the rest (writing its
-        // partitions' offsets from here would move them back to what this run read at start).
-        // An assigned partition with records but no progress on the board yet keeps the
-        // progress read at start (checked current at assignment), or, without one, 0.
         let spans: Vec<&TxSpan> = self.uncovered.iter().chain(std::iter::once(&tx.1)).collect();
-        let mut entries = checkpoint.entries.clone();
-        for tp in spans.iter().flat_map(|s| s.max_pos.keys()) {
-            if checkpoint.assignments.contains_key(tp) && !entries.iter().any(|(t, _)| t == tp) {
-                let p = self.stored.get(tp).copied().unwrap_or(Progress { resume: 0, emitted_through: 0 });
-                entries.push((tp.clone(), p));
-            }
-        }
         let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), p) in &entries {
-            let tp = (topic.clone(), *partition);
-            let ahead: Vec<&TxSpan> = spans.iter().copied().filter(|s| !s.covers(&tp, checkpoint)).collect();
-            let out = out_field(&ahead);
-            let mut e = tpl.add_partition(topic, *partition);
+        for (tp, p, out) in offset_entries(checkpoint, &spans, &self.stored) {
+            let (topic, partition) = (&tp.0, tp.1);
+            let mut e = tpl.add_partition(topic, partition);
             let _ = e.set_offset(Offset::Offset(p.resume as i64));
             let state = checkpoint.states.get(&tp);
             let (md, fits) = format_metadata(p.emitted_through, &tx.0, &out, state);

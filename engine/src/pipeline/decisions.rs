@@ -176,26 +176,8 @@ impl BuildDecisions {
 
     /// Folds the closes at or below `through` (every sink's stored resume offset).
     pub fn fold(&mut self, through: u64) {
-        let mut top = self.final_through;
-        self.closes.retain(|c| {
-            if c.at <= through {
-                top = Some(top.map_or(c.layer, |t| t.max(c.layer)));
-                false
-            } else {
-                true
-            }
-        });
-        self.final_through = top;
-        let mut wf = self.folded_watermark;
-        self.advances.retain(|a| {
-            if a.at <= through {
-                wf = Some(wf.map_or(a.wm, |w| w.max(a.wm)));
-                false
-            } else {
-                true
-            }
-        });
-        self.folded_watermark = wf;
+        fold_max(&mut self.closes, &mut self.final_through, |c| (c.at <= through).then_some(c.layer));
+        fold_max(&mut self.advances, &mut self.folded_watermark, |a| (a.at <= through).then_some(a.wm));
         self.cooldowns.retain(|c| c.until.is_none_or(|u| u > through));
     }
 
@@ -223,6 +205,17 @@ impl BuildDecisions {
             }
         }
     }
+}
+
+/// Removes the items of `v` that `folded` gives a value for, keeping the highest in `top`.
+fn fold_max<T, V: Ord + Copy>(v: &mut Vec<T>, top: &mut Option<V>, folded: impl Fn(&T) -> Option<V>) {
+    v.retain(|x| match folded(x) {
+        Some(val) => {
+            *top = Some(top.map_or(val, |t| t.max(val)));
+            false
+        }
+        None => true,
+    });
 }
 
 /// What a partition's replay needs besides its offsets, as stored with the progress.

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use meltstream_engine::pipeline::decisions::PartitionState;
 
-use crate::progress::{Checkpoint, TopicPartition};
+use crate::progress::{Checkpoint, Progress, StoredProgress, TopicPartition};
 
 /// The header that carries a record's source position.
 pub(super) const POSITION_HEADER: &str = "meltstream-position";
@@ -36,12 +36,38 @@ impl TxSpan {
 }
 
 /// The `out` field: the lowest first offset per output partition over `spans`.
-pub(super) fn out_field(spans: &[&TxSpan]) -> String {
+fn out_field(spans: &[&TxSpan]) -> String {
     let mut low: BTreeMap<i32, i64> = BTreeMap::new();
     for (p, o) in spans.iter().flat_map(|s| s.first_out.iter()) {
         low.entry(*p).and_modify(|x| *x = (*x).min(*o)).or_insert(*o);
     }
     low.iter().map(|(p, o)| format!("{p}@{o}")).collect::<Vec<_>>().join(",")
+}
+
+/// The offsets a transaction commits: per source partition, its progress and its `out` field
+/// (where a restart reads the topic back from: the committed transactions in `spans`, this one
+/// included, whose records of that partition `checkpoint` does not cover).
+///
+/// Only partitions assigned to this process get offsets: the spans read back at start hold
+/// every partition's records, and another process owns the rest (writing its partitions'
+/// offsets from here would move them back to what this run read at start). An assigned
+/// partition with records but no progress on the board yet keeps the progress read at start
+/// (`stored`, checked current at assignment), or, without one, 0.
+pub(super) fn offset_entries(checkpoint: &Checkpoint, spans: &[&TxSpan], stored: &StoredProgress) -> Vec<(TopicPartition, Progress, String)> {
+    let mut entries = checkpoint.entries.clone();
+    for tp in spans.iter().flat_map(|s| s.max_pos.keys()) {
+        if checkpoint.assignments.contains_key(tp) && !entries.iter().any(|(t, _)| t == tp) {
+            entries.push((tp.clone(), stored.get(tp).copied().unwrap_or(Progress { resume: 0, emitted_through: 0 })));
+        }
+    }
+    entries
+        .into_iter()
+        .map(|(tp, p)| {
+            let ahead: Vec<&TxSpan> = spans.iter().copied().filter(|s| !s.covers(&tp, checkpoint)).collect();
+            let out = out_field(&ahead);
+            (tp, p, out)
+        })
+        .collect()
 }
 
 /// Parses an `out` field.
@@ -111,8 +137,34 @@ pub(super) fn parse_metadata(s: &str) -> Metadata<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_metadata, parse_position};
+    use super::{offset_entries, parse_metadata, parse_position, TxSpan};
+    use crate::progress::{Checkpoint, Progress, StoredProgress};
     use std::collections::BTreeMap;
+
+    /// The spans read back at start hold other processes' partitions: they get no offsets from
+    /// here (that moved their offsets back to what this run read at start), and each assigned
+    /// partition's `out` names only the transactions with records of it not covered yet.
+    #[test]
+    fn offsets_only_for_assigned_partitions_each_with_its_own_read_back_anchor() {
+        let tp = |p: i32| ("in".to_owned(), p);
+        let at_start = TxSpan { first_out: [(0, 100)].into(), max_pos: [(tp(0), 50), (tp(1), 70), (tp(7), 9)].into() };
+        let this_tx = TxSpan { first_out: [(0, 300)].into(), max_pos: [(tp(1), 90)].into() };
+        let checkpoint = Checkpoint {
+            entries: vec![(tp(0), Progress { resume: 40, emitted_through: 60 })],
+            assignments: [(tp(0), 1), (tp(1), 1)].into(),
+            ..Default::default()
+        };
+        let stored: StoredProgress = [(tp(1), Progress { resume: 65, emitted_through: 66 }), (tp(7), Progress { resume: 1, emitted_through: 1 })].into();
+        let got = offset_entries(&checkpoint, &[&at_start, &this_tx], &stored);
+        assert_eq!(
+            got,
+            vec![
+                (tp(0), Progress { resume: 40, emitted_through: 60 }, String::new()),
+                (tp(1), Progress { resume: 65, emitted_through: 66 }, "0@100".to_owned()),
+            ],
+            "partition 7 is another process's; 0 is covered (50 < 60); 1 has records from offset 100 of the output on"
+        );
+    }
 
     #[test]
     fn metadata_round_trip() {

@@ -43,8 +43,8 @@ impl ThresholdRules {
         ThresholdRules { cooldowns: vec![Cooldown::default(); s.rules.len() * MAX_LASERS], running: Vec::new() }
     }
 
-    /// Admits an alert at `t` (of the record at `offset`) in `slot` when its cooldown allows; a
-    /// new cooldown holds `hold` and is recorded.
+    /// Admits an alert at `t` in `slot` when its cooldown allows; `at` is the alert record's
+    /// offset and batch. A new cooldown holds that batch and is recorded.
     fn admit(&mut self, slot: usize, t: TimeNs, cooldown_ns: i64, scope: u32, at: (u64, Option<Hold>), book: &mut BuildBook) -> bool {
         if !self.cooldowns[slot].admit(t, cooldown_ns, scope) {
             return false;

@@ -2,7 +2,7 @@
 //! Allocated on a layer's first sample with x/y, freed when the layer's window is dropped.
 
 use crate::records::{GridCell, GridMap};
-use crate::analytics::stats::SCALE;
+use crate::analytics::stats::{quantize, SCALE};
 
 /// Geometry of the grid.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -50,7 +50,7 @@ impl Grid {
             }
             let i = (iy * n + ix) as usize;
             self.counts[i] += 1;
-            self.sums[i] += (f64::from(v) * SCALE) as i64;
+            self.sums[i] += quantize(v);
         }
     }
 

@@ -35,23 +35,34 @@ pub struct ThresholdRules {
     cooldowns: Vec<Cooldown>,
     /// Running cooldowns: slot, end (event time) and the batch of the alert that started it.
     running: Vec<(usize, TimeNs, Option<Hold>)>,
+    /// Cooldowns started by the record in progress (slot, alert time, scope, offset), recorded
+    /// in the book once its rules are done (reused: no allocation per record).
+    started: Vec<(u32, TimeNs, u32, u64)>,
 }
 
 impl ThresholdRules {
     /// No alert raised yet.
     pub fn new(s: &BuildSettings) -> ThresholdRules {
-        ThresholdRules { cooldowns: vec![Cooldown::default(); s.rules.len() * MAX_LASERS], running: Vec::new() }
+        ThresholdRules { cooldowns: vec![Cooldown::default(); s.rules.len() * MAX_LASERS], running: Vec::new(), started: Vec::new() }
     }
 
     /// Admits an alert at `t` in `slot` when its cooldown allows; `at` is the alert record's
-    /// offset and batch. A new cooldown holds that batch and is recorded.
-    fn admit(&mut self, slot: usize, t: TimeNs, cooldown_ns: i64, scope: u32, at: (u64, Option<Hold>), book: &mut BuildBook) -> bool {
+    /// offset and batch. A new cooldown holds that batch and is recorded
+    /// ([`ThresholdRules::record_started`]).
+    fn admit(&mut self, slot: usize, t: TimeNs, cooldown_ns: i64, scope: u32, at: (u64, Option<Hold>)) -> bool {
         if !self.cooldowns[slot].admit(t, cooldown_ns, scope) {
             return false;
         }
         self.start(slot, t, cooldown_ns, at.1);
-        book.record_cooldown_start(slot as u32, t, scope, at.0);
+        self.started.push((slot as u32, t, scope, at.0));
         true
+    }
+
+    /// Records in the book the cooldowns the record in progress started.
+    fn record_started(&mut self, book: &mut BuildBook) {
+        for (slot, t, scope, from) in self.started.drain(..) {
+            book.record_cooldown_start(slot, t, scope, from);
+        }
     }
 
     fn start(&mut self, slot: usize, t: TimeNs, cooldown_ns: i64, hold: Option<Hold>) {
@@ -81,11 +92,10 @@ impl Operator for ThresholdRules {
     fn on_log(&mut self, batch: &RecordBatch, i: usize, book: &mut BuildBook, ctx: &Ctx, out: &mut Vec<Emitted>) {
         {
             let rec = &batch.logs[i];
-            let settings = book.settings.clone();
-            for (ri, rule) in settings.rules.iter().enumerate() {
+            for (ri, rule) in book.settings.rules.iter().enumerate() {
                 let RuleTarget::Log(name) = &rule.target else { continue };
                 for (k, v) in rec.values.iter().filter(|(k, _)| &**k == name.as_str()) {
-                    if rule.op.fires(*v, rule.limit) && self.admit(ri * MAX_LASERS, rec.t_ns, rule.cooldown_ns, NO_LAYER, (rec.source_offset, ctx.hold), book) {
+                    if rule.op.fires(*v, rule.limit) && self.admit(ri * MAX_LASERS, rec.t_ns, rule.cooldown_ns, NO_LAYER, (rec.source_offset, ctx.hold)) {
                         book.counters.anomalies += 1;
                         let a = Anomaly {
                             build_id: book.build.to_string(),
@@ -106,13 +116,13 @@ impl Operator for ThresholdRules {
                 }
             }
         }
+        self.record_started(book);
     }
 
     /// Sample rules: alerts first, and the block's exceedance counts.
     fn on_block(&mut self, block: &mut Block<'_>, book: &mut BuildBook, ctx: &Ctx, out: &mut Vec<Emitted>) {
         let (batch, h) = (block.batch, block.h);
-        let settings = book.settings.clone();
-        for (ri, rule) in settings.rules.iter().enumerate() {
+        for (ri, rule) in book.settings.rules.iter().enumerate() {
             let RuleTarget::Sample(ch) = rule.target else { continue };
             let Some(vs) = batch.column(&h, ch.index()) else { continue };
             let (first, count) = rule.scan(vs);
@@ -120,7 +130,7 @@ impl Operator for ThresholdRules {
             let Some(j) = first else { continue };
             let t = h.t0_ns + h.dt_ns * j as i64;
             let slot = ri * MAX_LASERS + usize::from(h.laser).min(MAX_LASERS - 1);
-            if self.admit(slot, t, rule.cooldown_ns, h.layer, (h.source_offset, ctx.hold), book) {
+            if self.admit(slot, t, rule.cooldown_ns, h.layer, (h.source_offset, ctx.hold)) {
                 book.counters.anomalies += 1;
                 let xy = |c: usize| batch.column(&h, c).map(|v| f64::from(v[j]));
                 let a = Anomaly {
@@ -140,6 +150,7 @@ impl Operator for ThresholdRules {
                 out.push(Emitted { record: OutputRecord::Anomaly(a), hold: ctx.hold_set(), origin_wall_ns: ctx.origin_wall_ns, position: ctx.position(h.source_offset) });
             }
         }
+        self.record_started(book);
     }
 
     /// Ends the cooldowns the watermark has passed.

@@ -137,6 +137,7 @@ fn checkpoint(version: u64, entries: &[(&str, i32, u64, u64)]) -> Checkpoint {
         entries: entries.iter().map(|&(t, p, resume, emitted_through)| ((t.to_owned(), p), Progress { resume, emitted_through })).collect(),
         assignments: entries.iter().map(|&(t, p, _, _)| ((t.to_owned(), p), 1)).collect(),
         states: Default::default(),
+        fenced: false,
     }
 }
 

@@ -64,6 +64,10 @@ pub struct Checkpoint {
     pub assignments: BTreeMap<TopicPartition, u64>,
     /// Per partition, what a replay from its `resume` needs to decide as this run did.
     pub states: BTreeMap<TopicPartition, PartitionState>,
+    /// This run lost partitions (or found their stored progress moved by another process) and
+    /// stops to start again from the stored progress: from now on it must store nothing, since
+    /// what it computed may already be another owner's to write (see [`ProgressBoard::fence`]).
+    pub fenced: bool,
 }
 
 /// Replay state of one input, live.
@@ -96,6 +100,8 @@ struct Board {
     restored: HashMap<TopicPartition, (PartitionState, u64)>,
     /// Per transactional sink, the resume offset per partition it stored last.
     stored_by: BTreeMap<String, HashMap<TopicPartition, u64>>,
+    /// Why this run may store nothing more (see [`ProgressBoard::fence`]).
+    fenced: Option<String>,
 }
 
 impl Board {
@@ -145,7 +151,28 @@ impl ProgressBoard {
     /// latest assignment: a Kafka sink sends offsets with it, so that the broker refuses a
     /// transaction of a member that lost its partitions (a zombie).
     pub fn set_group_metadata(&self, group: &str, md: ConsumerGroupMetadata) {
-        self.lock().groups.insert(group.to_owned(), Arc::new(md));
+        let mut b = self.lock();
+        if b.fenced.is_none() {
+            b.groups.insert(group.to_owned(), Arc::new(md));
+        }
+    }
+
+    /// This run lost partitions, or another process moved their stored progress after this run
+    /// read it; it stops and starts again from the stored progress. Sticky: from now on the
+    /// checkpoint says `fenced`, transactional sinks drop what they buffered and store nothing,
+    /// and the group membership is no longer updated (a later assignment is a new run's). What
+    /// this run computed and did not store yet is read again by whoever owns the partitions.
+    pub fn fence(&self, reason: &str) {
+        let mut b = self.lock();
+        if b.fenced.is_none() {
+            b.fenced = Some(reason.to_owned());
+            b.version += 1;
+        }
+    }
+
+    /// True once [`ProgressBoard::fence`] was called.
+    pub fn is_fenced(&self) -> bool {
+        self.lock().fenced.is_some()
     }
 
     /// See [`ProgressBoard::set_group_metadata`].
@@ -251,7 +278,7 @@ impl ProgressBoard {
             let builds = l.builds.iter().map(|(id, d)| (id.clone(), d.for_replay_from(r))).collect();
             states.insert(tp, PartitionState { max_t: l.max_t_at_resume, builds });
         }
-        Checkpoint { version: b.version, entries, assignments: b.assignments.clone(), states }
+        Checkpoint { version: b.version, entries, assignments: b.assignments.clone(), states, fenced: b.fenced.is_some() }
     }
 }
 
@@ -315,5 +342,19 @@ mod tests {
         assert_eq!(c.version, 2, "the assignment, then the progress");
         assert_eq!(c.assignments, [(("t".to_owned(), 3), 1)].into());
         assert_eq!(c.entries, vec![(("t".to_owned(), 3), Progress { resume: 2, emitted_through: 5 })]);
+    }
+
+    #[test]
+    fn a_fenced_board_stays_fenced_and_takes_no_newer_membership() {
+        let b = ProgressBoard::default();
+        b.register(1, ("t".into(), 0));
+        assert!(!b.checkpoint().fenced);
+        let v = b.version();
+        b.fence("partitions revoked");
+        assert!(b.checkpoint().fenced && b.is_fenced());
+        assert!(b.version() > v, "the sinks flush (and drop what they hold) at once");
+        b.fence("again");
+        b.register(2, ("t".into(), 1));
+        assert!(b.checkpoint().fenced, "a later assignment does not lift it");
     }
 }

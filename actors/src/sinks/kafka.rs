@@ -133,7 +133,10 @@ impl KafkaSink {
     /// A sink named `name` committing offsets of `group_id` over `source_topics`.
     pub fn new(name: &str, config: KafkaSinkConfig, source_topics: Vec<String>, group_id: String, board: ProgressBoard) -> Result<KafkaSink, SinkError> {
         let mut cc = ClientConfig::new();
-        cc.set("bootstrap.servers", &config.brokers).set("group.id", &group_id).set("enable.auto.commit", "false");
+        // read_committed: a read of the committed offsets waits for a transaction that carries
+        // offsets of these partitions to settle (librdkafka asks for stable offsets), instead of
+        // answering with the offsets from before it.
+        cc.set("bootstrap.servers", &config.brokers).set("group.id", &group_id).set("enable.auto.commit", "false").set("isolation.level", "read_committed");
         for (k, v) in &config.properties {
             cc.set(k, v);
         }
@@ -418,6 +421,10 @@ impl KafkaSink {
 }
 
 impl SinkWriter for KafkaSink {
+    fn discard(&mut self) {
+        self.buffered.clear();
+    }
+
     async fn write(&mut self, records: &[Emitted]) -> Result<(), SinkError> {
         for r in records {
             if r.position.is_none() {

@@ -254,6 +254,10 @@ impl PgSink {
 }
 
 impl SinkWriter for PgSink {
+    fn discard(&mut self) {
+        self.buffers.clear();
+    }
+
     async fn write(&mut self, records: &[Emitted]) -> Result<(), SinkError> {
         // Stage first, so that a record that cannot be stored leaves the buffers as they were.
         let mut staged = Buffers::default();

@@ -126,6 +126,23 @@ impl SinkState {
         c
     }
 
+    /// The run was fenced (see [`ProgressBoard::fence`]): drop what is buffered, store nothing,
+    /// and let the producers go on so that the tree can stop. The holds are never acknowledged:
+    /// the offsets behind them stay where the stores have them, and whoever owns the partitions
+    /// next reads those records again.
+    fn discard(&mut self) {
+        if self.buffered > 0 {
+            tracing::info!(sink = %self.args.name, records = self.buffered, "fenced: dropping buffered records; they are read again from the stored progress");
+            metrics::counter!("meltstream_sink_fenced_dropped_total", "sink" => self.args.name.clone()).increment(self.buffered as u64);
+        }
+        self.args.writer.discard();
+        self.buffered = 0;
+        self.pending.clear();
+        self.origins.clear();
+        self.permits.clear();
+        self.stored_version = self.args.board.version();
+    }
+
     /// True when `e` is already durable in this sink from before a restart.
     fn already_stored(&self, e: &Emitted) -> bool {
         let (Some(stored), Some((input, offset))) = (&self.args.stored, e.position) else { return false };
@@ -139,6 +156,9 @@ impl SinkState {
             return Ok(());
         }
         let checkpoint = if self.transactional() { self.checkpoint() } else { Checkpoint::default() };
+        if checkpoint.fenced {
+            return Ok(self.discard());
+        }
         with_retries(&self.args.name, &mut self.args.writer, None, &checkpoint).await?;
         self.stored_version = checkpoint.version;
         if self.transactional() {

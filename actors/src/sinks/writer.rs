@@ -31,6 +31,9 @@ pub trait SinkWriter: Send + 'static {
     fn take_stored_states(&mut self) -> StoredStates {
         StoredStates::new()
     }
+    /// Drops everything buffered and not yet flushed (the run was fenced: another process may
+    /// own what it was computed from). Nothing to do for a sink that buffers nothing.
+    fn discard(&mut self) {}
     /// After [`SinkWriter::stored_progress`]: for a sink that stores progress as a consumer
     /// group's offsets, the offsets and metadata it read.
     fn take_group_committed(&mut self) -> Option<GroupCommitted> {
@@ -55,6 +58,8 @@ pub trait DynWriter: Send + 'static {
     fn take_stored_states(&mut self) -> StoredStates;
     /// See [`SinkWriter::take_group_committed`].
     fn take_group_committed(&mut self) -> Option<GroupCommitted>;
+    /// See [`SinkWriter::discard`].
+    fn discard(&mut self);
 }
 
 impl<W: SinkWriter> DynWriter for W {
@@ -75,6 +80,9 @@ impl<W: SinkWriter> DynWriter for W {
     }
     fn take_group_committed(&mut self) -> Option<GroupCommitted> {
         SinkWriter::take_group_committed(self)
+    }
+    fn discard(&mut self) {
+        SinkWriter::discard(self)
     }
 }
 

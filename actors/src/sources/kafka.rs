@@ -240,6 +240,7 @@ impl Reader {
             name: args.ctx.name.clone(),
             supervisor: args.ctx.supervisor.clone(),
             stopping: AtomicBool::new(false),
+            fenced: AtomicBool::new(false),
             group: c.group_id.clone(),
         };
         let consumer: StreamConsumer<Hooks> = cfg.create_with_context(hooks)?;

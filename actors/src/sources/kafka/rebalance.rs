@@ -35,6 +35,9 @@ pub(super) struct Hooks {
     pub(super) supervisor: ActorRef<SupervisorMsg>,
     /// Set once the reader stops (closing the consumer revokes everything: that is no news).
     pub(super) stopping: AtomicBool,
+    /// Set once this run was fenced (partitions revoked while running, or their stored progress
+    /// moved): later assignments are the next run's.
+    pub(super) fenced: AtomicBool,
     /// The consumer group (its membership goes on the board for the Kafka sinks).
     pub(super) group: String,
 }
@@ -68,13 +71,14 @@ impl Hooks {
     /// The engine read its stored progress when it started, before this assignment: if another
     /// process committed progress of an assigned partition in between, a replay from what was
     /// read would write again what that process wrote. Restart, to read it as it now stands.
-    fn check_progress_is_current(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
-        let Some(read) = &self.group_committed else { return };
+    /// False (after fencing the run and asking for a restart) when it moved.
+    fn check_progress_is_current(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) -> bool {
+        let Some(read) = &self.group_committed else { return true };
         let now = match consumer.committed_offsets(tpl.clone(), std::time::Duration::from_secs(10)) {
             Ok(now) => now,
             Err(e) => {
                 tracing::warn!(source = %self.name, error = %e, "could not read the committed offsets at assignment");
-                return;
+                return true;
             }
         };
         let moved: Vec<String> = now
@@ -92,13 +96,22 @@ impl Hooks {
                 (committed.as_ref() != was).then(|| format!("{}:{} ({:?} → {:?})", tp.0, tp.1, was.map(|w| w.0), committed.as_ref().map(|c| c.0)))
             })
             .collect();
-        if !moved.is_empty() {
-            let _ = self.supervisor.cast(SupervisorMsg::Restart(format!(
-                "source {}: the stored progress of assigned partitions moved since this engine read it: {}",
-                self.name,
-                moved.join(", ")
-            )));
+        if moved.is_empty() {
+            return true;
         }
+        self.fence(format!("source {}: the stored progress of assigned partitions moved since this engine read it: {}", self.name, moved.join(", ")));
+        false
+    }
+
+    /// This run must store nothing more (its sinks drop what they hold; see
+    /// [`ProgressBoard::fence`]) and starts again from the stored progress. The board is fenced
+    /// here, on librdkafka's thread, before the rebalance goes on: a sink transaction that
+    /// starts after it carries nothing, and one already under way carries this generation's
+    /// membership, which the broker refuses once the group has moved on.
+    fn fence(&self, reason: String) {
+        self.fenced.store(true, Ordering::SeqCst);
+        self.board.fence(&reason);
+        let _ = self.supervisor.cast(SupervisorMsg::Restart(reason));
     }
 }
 
@@ -110,7 +123,8 @@ impl ConsumerContext for Hooks {
                 // rebalance pending): taking it would block for ever (`rd_kafka_assign` waits on
                 // a consumer that is shutting down; seen with several processes joining a
                 // group). The partitions are not ours to read any more: leave them.
-                if self.stopping.load(Ordering::SeqCst) {
+                // Nor one after this run was fenced: it stops, and the next run takes them.
+                if self.stopping.load(Ordering::SeqCst) || self.fenced.load(Ordering::SeqCst) {
                     tracing::info!(source = %self.name, partitions = tpl.count(), "assignment while stopping; not taken");
                     return;
                 }
@@ -132,10 +146,12 @@ impl ConsumerContext for Hooks {
                 if let Err(e) = consumer.assign(&positioned) {
                     tracing::error!(source = %self.name, error = %e, "assigning partitions failed");
                 }
-                self.check_progress_is_current(consumer, tpl);
-                // This assignment's generation: what the Kafka sinks send their offsets with.
-                if let Some(md) = consumer.group_metadata() {
-                    self.board.set_group_metadata(&self.group, md);
+                // This assignment's generation: what the Kafka sinks send their offsets with
+                // (never after a fence: the board refuses it).
+                if self.check_progress_is_current(consumer, tpl) {
+                    if let Some(md) = consumer.group_metadata() {
+                        self.board.set_group_metadata(&self.group, md);
+                    }
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -157,11 +173,11 @@ impl ConsumerContext for Hooks {
                 // the stores would be past them. Stop without emitting them instead; the next
                 // start resumes from the stored progress, as after a crash.
                 if !stopping && !revoked.is_empty() {
-                    let _ = self.supervisor.cast(SupervisorMsg::Restart(format!(
+                    self.fence(format!(
                         "source {}: partitions {} revoked while running (the consumer group session was lost, e.g. the broker was away longer than session.timeout.ms, or the group rebalanced)",
                         self.name,
                         revoked.join(", ")
-                    )));
+                    ));
                 }
                 if let Err(e) = consumer.unassign() {
                     tracing::error!(source = %self.name, error = %e, "unassigning partitions failed");

@@ -43,7 +43,7 @@ where
     dropped.expect("drop the test schema");
 }
 
-fn emitted(record: OutputRecord, position: Option<(u32, u64)>) -> Emitted {
+fn emitted(record: OutputRecord, position: Option<(u64, u64)>) -> Emitted {
     Emitted { record, hold: HoldSet::default(), origin_wall_ns: 0, position }
 }
 

@@ -58,7 +58,7 @@ pub struct EngineStats {
     pub watermark_ns: AtomicI64,
     builds: Mutex<BTreeMap<String, BuildCounters>>,
     latency_us: Mutex<BTreeMap<(LatencyKind, LatencyStage), hdrhistogram::Histogram<u64>>>,
-    committed: Mutex<BTreeMap<u32, u64>>,
+    committed: Mutex<BTreeMap<u64, u64>>,
 }
 
 impl EngineStats {
@@ -79,12 +79,12 @@ impl EngineStats {
     }
 
     /// Records a committed offset.
-    pub fn set_committed(&self, input: u32, offset: u64) {
+    pub fn set_committed(&self, input: u64, offset: u64) {
         self.committed.lock().unwrap_or_else(|e| e.into_inner()).insert(input, offset);
     }
 
     /// Committed offset per input.
-    pub fn committed(&self) -> BTreeMap<u32, u64> {
+    pub fn committed(&self) -> BTreeMap<u64, u64> {
         self.committed.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 

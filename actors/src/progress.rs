@@ -18,7 +18,7 @@
 //! the build actors before the results they decide leave them) and the largest event time
 //! before the resume offset (the replay's watermark starts there).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::consumer::ConsumerGroupMetadata;
@@ -43,10 +43,6 @@ pub type StoredProgress = BTreeMap<TopicPartition, Progress>;
 
 /// The replay state per partition as one sink stored it.
 pub type StoredStates = BTreeMap<TopicPartition, PartitionState>;
-
-/// A consumer group's committed offsets with their metadata, per partition, as one sink read
-/// them when the engine started.
-pub type GroupCommitted = HashMap<TopicPartition, (u64, String)>;
 
 /// Source offsets per partition whose positioned records a sink already holds.
 pub type Written = BTreeMap<TopicPartition, std::collections::BTreeSet<u64>>;
@@ -102,6 +98,10 @@ struct Board {
     stored_by: BTreeMap<String, HashMap<TopicPartition, u64>>,
     /// Why this run may store nothing more (see [`ProgressBoard::fence`]).
     fenced: Option<String>,
+    /// Inputs whose partition was revoked (ids are never reused: each assignment has its own).
+    revoked: HashSet<InputId>,
+    /// How many revocations so far.
+    revocations: u64,
 }
 
 impl Board {
@@ -147,6 +147,61 @@ impl ProgressBoard {
         b.version += 1;
     }
 
+    /// `input`'s partition was revoked: it is no longer this process's. Its progress, replay
+    /// state and assignment leave the board at once (no later checkpoint carries them), and
+    /// records of it still in flight are dropped wherever they meet [`ProgressBoard::is_revoked`].
+    pub fn revoke(&self, input: InputId) {
+        let mut b = self.lock();
+        if let Some(tp) = b.names.remove(&input) {
+            b.assignments.remove(&tp);
+        }
+        b.latest.remove(&input);
+        b.live.remove(&input);
+        b.revoked.insert(input);
+        b.revocations += 1;
+        b.version += 1;
+    }
+
+    /// True for the input of a partition revoked from this process.
+    pub fn is_revoked(&self, input: InputId) -> bool {
+        self.lock().revoked.contains(&input)
+    }
+
+    /// Keeps the records whose inputs (position and holds) were not revoked; returns how many it
+    /// dropped.
+    pub fn retain_live(&self, records: &mut Vec<meltstream_engine::records::Emitted>) -> usize {
+        let b = self.lock();
+        if b.revoked.is_empty() {
+            return 0;
+        }
+        let before = records.len();
+        records.retain(|r| !r.position.is_some_and(|(i, _)| b.revoked.contains(&i)) && !r.hold.iter().any(|h| b.revoked.contains(&h.0)));
+        before - records.len()
+    }
+
+    /// How many partitions were revoked from this process so far.
+    pub fn revocations(&self) -> u64 {
+        self.lock().revocations
+    }
+
+    /// The membership of `group` and the partitions assigned to this process, read together: a
+    /// transaction carries only these partitions' records and offsets, with this membership.
+    /// The rebalance hook revokes partitions before it publishes the next generation, so a
+    /// newer membership never comes with a partition this process has lost.
+    pub fn membership(&self, group: &str) -> (Option<Arc<ConsumerGroupMetadata>>, HashSet<TopicPartition>) {
+        let b = self.lock();
+        (b.groups.get(group).cloned(), b.assignments.keys().cloned().collect())
+    }
+
+    /// What the sinks stored for partitions assigned to this process (read at their
+    /// assignment): per partition, its replay state and the offset it resumes at.
+    pub fn restore_partitions(&self, restored: HashMap<TopicPartition, (PartitionState, u64)>) {
+        let mut b = self.lock();
+        for (tp, v) in restored {
+            b.restored.insert(tp, v);
+        }
+    }
+
     /// The consumer group membership of `group` (its generation and member id) as of the
     /// latest assignment: a Kafka sink sends offsets with it, so that the broker refuses a
     /// transaction of a member that lost its partitions (a zombie).
@@ -185,6 +240,11 @@ impl ProgressBoard {
         self.lock().names.get(&input).cloned()
     }
 
+    /// The partition an input of this run is named by (`name`: the low 32 bits of its id).
+    pub fn partition_named(&self, name: u32) -> Option<TopicPartition> {
+        self.lock().names.iter().find(|(i, _)| **i as u32 == name).map(|(_, tp)| tp.clone())
+    }
+
     /// Publishes new progress of `input`.
     pub fn publish(&self, input: InputId, p: Progress) {
         let mut b = self.lock();
@@ -202,11 +262,6 @@ impl ProgressBoard {
         b.version += 1;
     }
 
-    /// What the sinks stored when this run started: per partition, its replay state and the
-    /// offset it resumes at.
-    pub fn restore(&self, restored: HashMap<TopicPartition, (PartitionState, u64)>) {
-        self.lock().restored = restored;
-    }
 
     /// A batch of `input` ending at `next_offset` was routed; `max_t` is its largest event time.
     pub fn observe_batch(&self, input: InputId, next_offset: u64, max_t: TimeNs) {
@@ -246,6 +301,15 @@ impl ProgressBoard {
     pub fn expect_sink(&self, sink: &str, stored: &StoredProgress) {
         let m = stored.iter().map(|(tp, p)| (tp.clone(), p.resume)).collect();
         self.lock().stored_by.insert(sink.to_owned(), m);
+    }
+
+    /// What transactional sink `sink` stored for `tps`, read at their assignment.
+    pub fn expect_partitions(&self, sink: &str, tps: &[TopicPartition], stored: &StoredProgress) {
+        let mut b = self.lock();
+        let m = b.stored_by.entry(sink.to_owned()).or_default();
+        for tp in tps {
+            m.insert(tp.clone(), stored.get(tp).map_or(0, |p| p.resume));
+        }
     }
 
     /// Transactional sink `sink` stored checkpoint `c`.

@@ -66,6 +66,12 @@ impl OffsetLedger {
         l.batches.insert(span.seq, (span.next_offset, parts));
     }
 
+    /// Forgets `input` (its partition went to another process): its batches and holds no
+    /// longer count, and nothing of it is committed from here.
+    pub fn forget(&mut self, input: InputId) {
+        self.inputs.remove(&input);
+    }
+
     /// One consumer is done processing batch `hold`.
     pub fn release(&mut self, hold: Hold) {
         if let Some(l) = self.inputs.get_mut(&hold.0) {

@@ -172,7 +172,7 @@ impl DeadLetterRecord {
         let (topic, partition) = partition.map_or((None, None), |(t, p)| (Some(t), Some(p)));
         DeadLetterRecord {
             source,
-            input: d.input,
+            input: crate::input::event::input_name(d.input),
             topic,
             partition,
             offset: d.offset,

@@ -18,6 +18,7 @@ use meltstream_engine::offset_ledger::{Hold, HoldSet, HolderId};
 use meltstream_engine::records::Emitted;
 
 use crate::ports::credits::{SinkCredit, SourceCredit};
+use crate::progress::{StoredProgress, StoredStates, TopicPartition};
 
 /// A watermark and the wall time (ns) at which it was computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +50,9 @@ pub enum RouterMsg {
     Drain(RpcReplyPort<()>, bool),
     /// Set the watermark coordinator (it is started after the router).
     SetCoordinator(ActorRef<WatermarkMsg>),
+    /// The partitions of these inputs were revoked: drop their builds without emitting anything
+    /// (their next owner reads them again from the stored progress) and forget the inputs.
+    DropInputs(Vec<InputId>),
 }
 
 /// Messages of the watermark coordinator.
@@ -62,6 +66,8 @@ pub enum WatermarkMsg {
     Backlog(InputId),
     /// The input ended.
     Finish(InputId),
+    /// The input's partition was revoked: it no longer counts.
+    Unregister(InputId),
     /// Periodic: idleness and publication.
     Tick,
     /// The current watermark.
@@ -99,6 +105,8 @@ pub enum CommitMsg {
     Listen(InputId, CommitListener),
     /// Recompute and publish committable offsets.
     Tick,
+    /// These inputs' partitions were revoked: their batches and holds no longer count.
+    Forget(Vec<InputId>),
     /// Committed offsets now.
     Committed(RpcReplyPort<HashMap<InputId, u64>>),
 }
@@ -111,8 +119,8 @@ pub enum SupervisorMsg {
     Shutdown,
     /// Stop as on a requested shutdown (open windows are not emitted where the sources are
     /// replayable) and report `EngineError::Restart`, so that the caller starts the
-    /// engine again, from the stored progress. Sent by a Kafka source whose partitions were
-    /// revoked while running.
+    /// engine again, from the stored progress. Sent by a Kafka source that could not read the
+    /// stored progress of partitions assigned to it (the run is fenced first).
     Restart(String),
     /// The parts it supervises, once started.
     Started(Box<Started>),
@@ -138,4 +146,7 @@ pub enum SinkMsg {
     Tick,
     /// Flush everything and reply when durable.
     Drain(RpcReplyPort<()>),
+    /// Partitions newly assigned while running: read what this (transactional) sink stored for
+    /// them, take it as this run's starting point for them, and reply with it.
+    ReadProgress(Vec<TopicPartition>, RpcReplyPort<Result<(StoredProgress, StoredStates), String>>),
 }

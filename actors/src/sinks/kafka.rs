@@ -60,7 +60,7 @@ use meltstream_engine::records::Emitted;
 use meltstream_engine::topology::KafkaSinkConfig;
 
 use crate::ports::clock::now_wall_ns;
-use crate::progress::{Checkpoint, GroupCommitted, Progress, ProgressBoard, StoredProgress, StoredStates, TopicPartition, Written};
+use crate::progress::{Checkpoint, Progress, ProgressBoard, StoredProgress, StoredStates, TopicPartition, Written};
 use meltstream_engine::pipeline::decisions::PartitionState;
 use crate::retry::{retry, Backoff};
 use crate::sinks::writer::{unwritable, SinkError, SinkWriter};
@@ -76,6 +76,8 @@ struct Buffered {
     key: String,
     payload: Vec<u8>,
     position: Option<(TopicPartition, u64)>,
+    /// The input it came from (a partition as assigned to this process).
+    input: meltstream_engine::input::event::InputId,
 }
 
 /// Test hook: with `MELTSTREAM_FAULT_ABORT_AFTER_KAFKA_TX=n`, the process aborts right after
@@ -114,8 +116,6 @@ pub struct KafkaSink {
     /// The progress stored before this run.
     stored: StoredProgress,
     stored_states: StoredStates,
-    /// The group's offsets and metadata as read at start.
-    group_committed: GroupCommitted,
     /// Transactions committed with records, for the fault hook.
     txs_with_records: u64,
     /// The largest message the producer takes (`message.max.bytes`, librdkafka's default
@@ -157,7 +157,6 @@ impl KafkaSink {
             written: Written::new(),
             stored: StoredProgress::new(),
             stored_states: StoredStates::new(),
-            group_committed: GroupCommitted::new(),
             txs_with_records: 0,
             max_message_bytes: config.properties.get("message.max.bytes").and_then(|v| v.parse().ok()).unwrap_or(1_000_000),
             config,
@@ -249,9 +248,11 @@ impl KafkaSink {
             self.uncertain = Some(tx.clone());
             self.reset_producer(&e.to_string());
         }
-        // The source consumer is no longer the member the offsets were sent for (its session
-        // was lost, or another process took the partitions): retrying cannot help, and must
-        // not hold up a stop. The sink fails; the engine starts again from the stored progress.
+        // The source consumer is no longer the member the offsets were sent for: the group
+        // moved on (a rebalance: the sink actor flushes again, with the partitions and the
+        // membership as they now stand), or this process lost its session (a zombie: it loses
+        // its partitions as soon as its consumer notices, and then writes nothing). Past a
+        // grace period the sink fails and the engine starts again from the stored progress.
         if matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::UnknownMemberId | RDKafkaErrorCode::IllegalGeneration | RDKafkaErrorCode::FencedInstanceId)) {
             metrics::counter!("meltstream_sink_fenced_total", "sink" => self.name.clone()).increment(1);
             return SinkError::Fenced { sink: self.name.clone(), message: format!("{what}: the group no longer knows this consumer as the partitions' owner: {e}") };
@@ -317,6 +318,16 @@ impl KafkaSink {
 
     async fn transact(&mut self, checkpoint: &Checkpoint) -> Result<(), SinkError> {
         let producer = self.producer().await?;
+        // This process's membership and partitions, read together (see
+        // `ProgressBoard::membership`): records and offsets of partitions revoked since they
+        // were buffered or since the checkpoint was taken stay out.
+        let (membership, assigned) = self.board.membership(&self.group_id);
+        let board = self.board.clone();
+        self.buffered.retain(|b| !board.is_revoked(b.input));
+        let mut checkpoint = checkpoint.clone();
+        checkpoint.entries.retain(|(tp, _)| assigned.contains(tp));
+        checkpoint.assignments.retain(|tp, _| assigned.contains(tp));
+        let checkpoint = &checkpoint;
         if let Some((tx, span)) = self.uncertain.clone() {
             let landed = self.landed(&tx).map_err(|e| retryable(&self.name, "reading the group's offsets", e))?;
             self.uncertain = None;
@@ -392,7 +403,7 @@ impl KafkaSink {
             // The source consumer's membership (generation, member id), so that the broker
             // refuses this transaction if this process lost the partitions (a zombie); before
             // any assignment, the group without a member.
-            let cgm = match self.board.group_metadata(&self.group_id) {
+            let cgm = match membership {
                 Some(m) => m,
                 None => Arc::new(self.consumer.group_metadata().ok_or_else(|| retryable(&self.name, "group metadata", "unavailable"))?),
             };
@@ -440,8 +451,10 @@ impl SinkWriter for KafkaSink {
                 let dead = unwritable(&self.name, r, &why);
                 payload = serde_json::to_vec(&dead.record).map_err(|e| SinkError::Fatal { sink: self.name.clone(), message: format!("encoding: {e}") })?;
             }
-            let position = r.position.and_then(|(input, o)| self.board.partition_of(input).map(|tp| (tp, o)));
-            self.buffered.push(Buffered { key, payload, position });
+            let Some((input, o)) = r.position else { continue };
+            // Its partition was revoked since: the next owner writes it.
+            let Some(tp) = self.board.partition_of(input) else { continue };
+            self.buffered.push(Buffered { key, payload, position: Some((tp, o)), input });
         }
         Ok(())
     }
@@ -460,10 +473,8 @@ impl SinkWriter for KafkaSink {
         let committed = self.committed().map_err(|e| retryable(&self.name, format!("reading offsets of group {}", self.group_id).as_str(), e))?;
         let mut out = BTreeMap::new();
         let mut from: BTreeMap<i32, i64> = BTreeMap::new();
-        self.group_committed.clear();
         for (topic, partition, resume, md) in committed {
             let resume = resume.max(0) as u64;
-            self.group_committed.insert((topic.clone(), partition), (resume, md.clone()));
             let m = parse_metadata(&md);
             for (p, o) in m.out {
                 from.entry(p).and_modify(|x| *x = (*x).min(o)).or_insert(o);
@@ -498,7 +509,4 @@ impl SinkWriter for KafkaSink {
         std::mem::take(&mut self.stored_states)
     }
 
-    fn take_group_committed(&mut self) -> Option<GroupCommitted> {
-        Some(std::mem::take(&mut self.group_committed))
-    }
 }

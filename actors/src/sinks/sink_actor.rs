@@ -31,10 +31,14 @@ use meltstream_engine::records::Emitted;
 use crate::engine_stats::{EngineStats, LatencyKind, LatencyStage};
 use crate::ports::clock::now_wall_ns;
 use crate::ports::messages::{CommitMsg, SinkMsg};
-use crate::progress::{Checkpoint, ProgressBoard, StoredProgress, StoredStates, Written};
+use crate::progress::{Checkpoint, ProgressBoard, StoredProgress, StoredStates, TopicPartition, Written};
 use crate::retry::{retry, Backoff};
 use crate::ports::credits::SinkCredit;
 use crate::sinks::writer::{BoxedWriter, SinkError};
+
+/// How long a sink retries a flush that another owner of a partition refused (see
+/// `SinkState::flush`) before it fails.
+const FENCED_GRACE: Duration = Duration::from_secs(30);
 
 /// Arguments of a sink actor.
 pub struct SinkArgs {
@@ -75,19 +79,15 @@ pub struct SinkActor;
 
 /// Writes `records` (or, with `None`, flushes), retrying a retryable failure with exponential
 /// backoff (50 ms doubling to 5 s); a fatal one fails the actor.
-async fn with_retries(name: &str, writer: &mut BoxedWriter, records: Option<&[Emitted]>, checkpoint: &Checkpoint) -> Result<(), ActorProcessingErr> {
-    let what = if records.is_some() { "write" } else { "flush" };
+async fn write_with_retries(name: &str, writer: &mut BoxedWriter, records: &[Emitted]) -> Result<(), ActorProcessingErr> {
     retry(
         Backoff::exponential(Duration::from_millis(50), Duration::from_secs(5)),
-        &mut (writer, records, checkpoint),
-        |(writer, records, checkpoint)| match records {
-            Some(r) => writer.write(r),
-            None => writer.flush(checkpoint),
-        },
+        &mut (writer, records),
+        |(writer, records)| writer.write(records),
         |e| matches!(e, SinkError::Retryable { .. }),
         |e, backoff| {
             if let SinkError::Retryable { sink, message } = e {
-                tracing::warn!(sink = %sink, error = %message, backoff_ms = backoff.as_millis() as u64, "sink {what} failed, retrying");
+                tracing::warn!(sink = %sink, error = %message, backoff_ms = backoff.as_millis() as u64, "sink write failed, retrying");
             }
             metrics::counter!("meltstream_sink_retries_total", "sink" => name.to_owned()).increment(1);
         },
@@ -96,7 +96,58 @@ async fn with_retries(name: &str, writer: &mut BoxedWriter, records: Option<&[Em
     .map_err(|e| Box::new(e) as ActorProcessingErr)
 }
 
+/// What a transactional sink stored, retrying while its service is unreachable (up to a minute,
+/// then the error).
+pub async fn read_stored_progress(name: &str, writer: &mut BoxedWriter) -> Result<Option<StoredProgress>, SinkError> {
+    let backoff = Backoff::exponential(Duration::from_millis(100), Duration::from_secs(5)).give_up_after(Duration::from_secs(60));
+    let stored = retry(
+        backoff,
+        writer,
+        |writer| writer.stored_progress(),
+        |e| matches!(e, SinkError::Retryable { .. }),
+        |e, backoff| {
+            if let SinkError::Retryable { message, .. } = e {
+                tracing::warn!(sink = name, error = %message, backoff_ms = backoff.as_millis() as u64, "cannot read stored progress yet; retrying");
+            }
+        },
+    )
+    .await?;
+    if let Some(p) = &stored {
+        tracing::info!(sink = name, partitions = p.len(), "read stored progress");
+    }
+    Ok(stored)
+}
+
 impl SinkState {
+    /// Partitions assigned while running: reads what this sink stored, takes it as this run's
+    /// starting point for `tps` (what it drops as already stored, where its progress may not go
+    /// back below) and returns it for `tps`.
+    async fn read_progress(&mut self, tps: &[TopicPartition]) -> Result<(StoredProgress, StoredStates), String> {
+        let stored = read_stored_progress(&self.args.name, &mut self.args.writer).await.map_err(|e| e.to_string())?.unwrap_or_default();
+        let written = self.args.writer.take_written();
+        let states = self.args.writer.take_stored_states();
+        let mine = self.args.stored.get_or_insert_with(StoredProgress::new);
+        let (mut got_p, mut got_s) = (StoredProgress::new(), StoredStates::new());
+        for tp in tps {
+            mine.remove(tp);
+            self.args.written.remove(tp);
+            self.args.stored_states.remove(tp);
+            if let Some(p) = stored.get(tp) {
+                mine.insert(tp.clone(), *p);
+                got_p.insert(tp.clone(), *p);
+            }
+            if let Some(w) = written.get(tp) {
+                self.args.written.insert(tp.clone(), w.clone());
+            }
+            if let Some(s) = states.get(tp) {
+                self.args.stored_states.insert(tp.clone(), s.clone());
+                got_s.insert(tp.clone(), s.clone());
+            }
+        }
+        self.args.board.expect_partitions(&self.args.name, tps, &got_p);
+        Ok((got_p, got_s))
+    }
+
     fn transactional(&self) -> bool {
         self.args.stored.is_some()
     }
@@ -155,11 +206,37 @@ impl SinkState {
         if self.buffered == 0 && self.pending.is_empty() && !progressed {
             return Ok(());
         }
-        let checkpoint = if self.transactional() { self.checkpoint() } else { Checkpoint::default() };
-        if checkpoint.fenced {
-            return Ok(self.discard());
-        }
-        with_retries(&self.args.name, &mut self.args.writer, None, &checkpoint).await?;
+        // The checkpoint is taken again for every attempt: partitions revoked in between drop
+        // out of it (a retry must never store progress of a partition another process owns).
+        // A sink fenced by another owner of a partition retries too, for a while: when the
+        // partition was just revoked, the next attempt no longer carries it; a real zombie loses
+        // its partitions within the session timeout and then writes nothing.
+        let started = std::time::Instant::now();
+        let name = self.args.name.clone();
+        let flushed = retry(
+            Backoff::exponential(Duration::from_millis(50), Duration::from_secs(5)),
+            self,
+            |st| {
+                Box::pin(async move {
+                    let checkpoint = if st.transactional() { st.checkpoint() } else { Checkpoint::default() };
+                    if checkpoint.fenced {
+                        return Ok(None);
+                    }
+                    st.args.writer.flush(&checkpoint).await.map(|()| Some(checkpoint))
+                })
+            },
+            |e| matches!(e, SinkError::Retryable { .. }) || (matches!(e, SinkError::Fenced { .. }) && started.elapsed() < FENCED_GRACE),
+            |e, backoff| {
+                tracing::warn!(sink = %name, error = %e, backoff_ms = backoff.as_millis() as u64, "sink flush failed, retrying");
+                metrics::counter!("meltstream_sink_retries_total", "sink" => name.clone()).increment(1);
+            },
+        )
+        .await
+        .map_err(|e| Box::new(e) as ActorProcessingErr)?;
+        let Some(checkpoint) = flushed else {
+            self.discard();
+            return Ok(());
+        };
         self.stored_version = checkpoint.version;
         if self.transactional() {
             self.args.board.stored_by(&self.args.name, &checkpoint);
@@ -213,6 +290,11 @@ impl Actor for SinkActor {
     async fn handle(&self, _myself: ActorRef<SinkMsg>, msg: SinkMsg, st: &mut SinkState) -> Result<(), ActorProcessingErr> {
         match msg {
             SinkMsg::Records(mut records, permit) => {
+                // Results of partitions revoked since: their next owner writes them.
+                let revoked = st.args.board.retain_live(&mut records);
+                if revoked > 0 {
+                    metrics::counter!("meltstream_sink_revoked_dropped_total", "sink" => st.args.name.clone()).increment(revoked as u64);
+                }
                 let mut replayed = Vec::new();
                 if st.args.stored.is_some() {
                     let (old, new): (Vec<Emitted>, Vec<Emitted>) = records.into_iter().partition(|r| st.already_stored(r));
@@ -228,7 +310,7 @@ impl Actor for SinkActor {
                     }
                 }
                 if !records.is_empty() {
-                    with_retries(&st.args.name, &mut st.args.writer, Some(&records), &Checkpoint::default()).await?;
+                    write_with_retries(&st.args.name, &mut st.args.writer, &records).await?;
                 }
                 let at_sink: Vec<(LatencyKind, i64)> = records.iter().map(|r| (LatencyKind::of(&r.record), r.origin_wall_ns)).collect();
                 record_latencies(&st.args.stats, &st.args.name, LatencyStage::AtSink, now_wall_ns(), &at_sink);
@@ -248,6 +330,10 @@ impl Actor for SinkActor {
                 }
             }
             SinkMsg::Tick => st.flush().await?,
+            SinkMsg::ReadProgress(tps, reply) => {
+                let got = st.read_progress(&tps).await;
+                let _ = reply.send(got);
+            }
             SinkMsg::Drain(reply) => {
                 st.flush().await?;
                 if st.transactional() {

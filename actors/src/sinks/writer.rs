@@ -5,7 +5,7 @@
 use meltstream_engine::input::reject::{DeadLetter, RejectReason};
 use meltstream_engine::records::{DeadLetterRecord, Emitted, OutputRecord};
 
-use crate::progress::{Checkpoint, GroupCommitted, StoredProgress, StoredStates, Written};
+use crate::progress::{Checkpoint, StoredProgress, StoredStates, Written};
 
 type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
@@ -34,11 +34,6 @@ pub trait SinkWriter: Send + 'static {
     /// Drops everything buffered and not yet flushed (the run was fenced: another process may
     /// own what it was computed from). Nothing to do for a sink that buffers nothing.
     fn discard(&mut self) {}
-    /// After [`SinkWriter::stored_progress`]: for a sink that stores progress as a consumer
-    /// group's offsets, the offsets and metadata it read.
-    fn take_group_committed(&mut self) -> Option<GroupCommitted> {
-        None
-    }
 }
 
 /// An object-safe wrapper so that a topology can hold sinks of different types.
@@ -56,8 +51,6 @@ pub trait DynWriter: Send + 'static {
     fn take_written(&mut self) -> Written;
     /// See [`SinkWriter::take_stored_states`].
     fn take_stored_states(&mut self) -> StoredStates;
-    /// See [`SinkWriter::take_group_committed`].
-    fn take_group_committed(&mut self) -> Option<GroupCommitted>;
     /// See [`SinkWriter::discard`].
     fn discard(&mut self);
 }
@@ -77,9 +70,6 @@ impl<W: SinkWriter> DynWriter for W {
     }
     fn take_stored_states(&mut self) -> StoredStates {
         SinkWriter::take_stored_states(self)
-    }
-    fn take_group_committed(&mut self) -> Option<GroupCommitted> {
-        SinkWriter::take_group_committed(self)
     }
     fn discard(&mut self) {
         SinkWriter::discard(self)

@@ -3,16 +3,18 @@
 //! router, each tagged with the partition's offsets.
 //!
 //! # Inputs
-//! Every partition is its own input (its own offsets, watermark and ledger entries):
-//! `input = (source index + 1) << 24 | topic index << 16 | partition`. The input is named on the
-//! [`ProgressBoard`] so that sinks can store its progress as (topic, partition).
+//! Every partition, each time it is assigned to this process, is its own input (its own
+//! offsets, watermark and ledger entries): `ports::inputs::kafka_input` packs the source, topic,
+//! partition and the assignment's number. The input is named on the [`ProgressBoard`] so that
+//! sinks can store its progress as (topic, partition).
 //!
 //! # Where reading starts
-//! On assignment, a partition is positioned at the offset the transactional sinks stored
-//! (`resume`, passed in by the engine); without one, at the group's committed offset or the
-//! beginning (`auto.offset.reset = earliest`). The group's own offsets are never committed by the
-//! source: a transactional Kafka sink commits them atomically with its records, and the
-//! PostgreSQL sink keeps them in its `progress` table.
+//! On assignment, the partition waits until every transactional sink has said what it stored for
+//! it (read at that moment, see `rebalance.rs`), then is positioned at the lowest offset stored;
+//! without one, at the group's committed offset or the beginning (`auto.offset.reset =
+//! earliest`). The group's own offsets are never committed by the source: a transactional Kafka
+//! sink commits them atomically with its records, and the PostgreSQL sink keeps them in its
+//! `progress` table.
 //!
 //! # Decoding
 //! The reading task only copies payloads into a per-partition raw batch. A full batch (or one
@@ -26,18 +28,15 @@
 //! librdkafka's read-ahead is bounded by `queued.max.messages.kbytes`, and nothing is read
 //! ahead beyond it. A message delivered while pausing joins its batch; it is never dropped.
 //!
-//! # Revocation
-//! Partitions revoked while running (the group session was lost, say the broker was away
-//! longer than `session.timeout.ms`, or the group rebalanced) stop the engine without emitting
-//! open windows (`SupervisorMsg::Restart`, then `EngineError::Restart`): their records will be
-//! read again from the stored progress, by a new owner or by this process, so the windows
-//! cannot be finished here. `meltstream run` starts the engine again at once, from the stored
-//! progress, as after a crash. Revocation while stopping (closing the consumer) just ends the
-//! partitions.
+//! # Rebalances
+//! Cooperative (`cooperative-sticky`): a revoked partition's builds are dropped without
+//! emitting, an assigned one is taken from its stored progress, and the others go on untouched;
+//! the engine never restarts for a rebalance (see `rebalance.rs`). Revocation while stopping
+//! (closing the consumer) just ends the partitions.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -45,7 +44,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use meltstream_engine::input::batch::{RecordBatch, SourceSpan};
@@ -56,13 +55,13 @@ use meltstream_engine::topology::KafkaSourceConfig;
 
 use crate::ports::clock::now_wall_ns;
 use crate::ports::inputs::kafka_input;
-use crate::ports::messages::WatermarkMsg;
+use crate::ports::messages::{SinkMsg, WatermarkMsg};
 use crate::memory_budget::Stage;
 use crate::ports::credits::SourceCredit;
 use crate::ports::source_ctx::SourceCtx;
-use crate::progress::{GroupCommitted, ProgressBoard, TopicPartition};
+use crate::progress::{replay_states, resume_offsets, ProgressBoard, StoredProgress, StoredStates, TopicPartition};
 
-use rebalance::Hooks;
+use rebalance::{Hooks, InputCache, Partitions};
 
 mod rebalance;
 
@@ -83,13 +82,9 @@ pub struct KafkaSourceArgs {
     pub source_index: usize,
     /// Its configuration.
     pub config: KafkaSourceConfig,
-    /// Where to start each partition (from the sinks' stored progress).
-    pub resume: HashMap<TopicPartition, u64>,
-    /// The group's committed offsets as this engine's Kafka sink read them at start (`None`
-    /// without exactly one Kafka sink): an assigned partition whose committed offset moved since
-    /// (another process committed in between) restarts the engine, so that a partition resumes
-    /// from the progress as it stands at its assignment.
-    pub group_committed: Option<GroupCommitted>,
+    /// The transactional sinks: what they stored for a partition decides where it resumes
+    /// (asked at its assignment).
+    pub sinks: Vec<ActorRef<SinkMsg>>,
     /// Decoding limits.
     pub limits: DecodeLimits,
     /// Partition names for the sinks.
@@ -197,7 +192,12 @@ fn decode_raw(decoder: &mut Decoder, input: InputId, raw: &RawBatch, seq: u64) -
 struct Reader {
     args: KafkaSourceArgs,
     consumer: StreamConsumer<Hooks>,
-    assigned: Arc<Mutex<BTreeMap<TopicPartition, InputId>>>,
+    partitions: Arc<Partitions>,
+    /// `partitions.assigned` by (topic index, partition), as of `inputs_version`.
+    inputs: InputCache,
+    inputs_version: u64,
+    /// Assignments of partitions so far (each one's input id carries its number).
+    assignments: u32,
     parts: HashMap<InputId, Pending>,
     paused: bool,
     /// The stop signal, for the decode tasks.
@@ -205,7 +205,7 @@ struct Reader {
 }
 
 impl Reader {
-    fn consumer(args: &KafkaSourceArgs, assigned: Arc<Mutex<BTreeMap<TopicPartition, InputId>>>) -> Result<StreamConsumer<Hooks>, KafkaError> {
+    fn consumer(args: &KafkaSourceArgs, partitions: Arc<Partitions>) -> Result<StreamConsumer<Hooks>, KafkaError> {
         let c = &args.config;
         let mut cfg = ClientConfig::new();
         cfg.set("bootstrap.servers", &c.brokers)
@@ -214,7 +214,6 @@ impl Reader {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
-            .set("partition.assignment.strategy", "range")
             // Static membership: a restarted engine takes its partitions back at once instead of
             // waiting for its killed predecessor's session to expire (a second process in the
             // same group sets its own `group.instance.id` in `properties`).
@@ -229,14 +228,14 @@ impl Reader {
         for (k, v) in &c.properties {
             cfg.set(k, v);
         }
+        // Partitions move between live processes one by one (see `rebalance.rs`); the hooks
+        // take them incrementally, so no other strategy will do.
+        cfg.set("partition.assignment.strategy", "cooperative-sticky");
         let hooks = Hooks {
-            source_index: args.source_index,
-            topics: c.topics.clone(),
-            resume: args.resume.clone(),
-            group_committed: args.group_committed.clone(),
             board: args.board.clone(),
             watermarks: args.watermarks.clone(),
-            assigned,
+            router: args.ctx.router.clone(),
+            partitions,
             name: args.ctx.name.clone(),
             supervisor: args.ctx.supervisor.clone(),
             stopping: AtomicBool::new(false),
@@ -251,21 +250,43 @@ impl Reader {
 
     fn assignment(&self) -> TopicPartitionList {
         let mut tpl = TopicPartitionList::new();
-        for (t, p) in self.assigned.lock().unwrap_or_else(|e| e.into_inner()).keys() {
+        for (t, p) in self.partitions.lock_assigned().keys() {
             tpl.add_partition(t, *p);
         }
         tpl
     }
 
+    /// Takes the partitions' assignment as it now stands: the input each is read as, and the
+    /// raw batches of partitions revoked since (dropped: their next owner reads them again).
+    fn refresh_inputs(&mut self) {
+        Self::refresh(&self.partitions, &self.args.config.topics, &mut self.inputs, &mut self.inputs_version, &mut self.parts);
+    }
+
+    /// See [`Reader::refresh_inputs`] (by field, for use while a message borrows the consumer).
+    fn refresh(partitions: &Partitions, topics: &[String], inputs: &mut InputCache, version: &mut u64, parts: &mut HashMap<InputId, Pending>) {
+        let v = partitions.version.load(Ordering::SeqCst);
+        if v == *version {
+            return;
+        }
+        *version = v;
+        *inputs = partitions.lock_assigned().iter().map(|((t, p), i)| ((topics.iter().position(|x| x == t).unwrap_or(0), *p), *i)).collect();
+        let live: std::collections::HashSet<InputId> = inputs.values().copied().collect();
+        // A dropped job queue ends its decode task; what it still decodes meets the router's
+        // check of revoked inputs.
+        parts.retain(|i, _| live.contains(i));
+    }
+
     /// Adds one message to its partition's raw batch; returns the input when the batch is full.
+    /// A message of a partition no longer assigned (fetched before its revocation) is dropped.
     fn add(
         args: &KafkaSourceArgs,
+        inputs: &InputCache,
         parts: &mut HashMap<InputId, Pending>,
         stop: &watch::Receiver<bool>,
         m: &rdkafka::message::BorrowedMessage<'_>,
     ) -> Option<InputId> {
         let ti = args.config.topics.iter().position(|t| t == m.topic()).unwrap_or(0);
-        let input = kafka_input(args.source_index, ti, m.partition());
+        let input = *inputs.get(&(ti, m.partition()))?;
         let offset = m.offset().max(0) as u64;
         let part = parts.entry(input).or_insert_with(|| Pending::new(args, input, stop));
         let raw = &mut part.raw;
@@ -323,7 +344,8 @@ impl Reader {
                 _ = stop.changed() => break None,
                 m = self.consumer.recv() => {
                     if let Ok(m) = m {
-                        Self::add(&self.args, &mut self.parts, &self.stop, &m);
+                        Self::refresh(&self.partitions, &self.args.config.topics, &mut self.inputs, &mut self.inputs_version, &mut self.parts);
+                        Self::add(&self.args, &self.inputs, &mut self.parts, &self.stop, &m);
                     }
                 }
             }
@@ -334,6 +356,60 @@ impl Reader {
         }
         self.paused = false;
         got
+    }
+
+    /// Takes the partitions the group assigned: asks every transactional sink what it stored
+    /// for them (as it stands now, after any transaction of their previous owner settled), puts
+    /// their replay state on the board, registers each as a new input (its own assignment
+    /// number) and starts reading each at the lowest offset any sink stored. If the progress
+    /// cannot be read, the run is fenced and the engine starts again.
+    async fn admit(&mut self) {
+        let tps: Vec<TopicPartition> = std::mem::take(&mut *self.partitions.lock_to_admit());
+        if tps.is_empty() {
+            return;
+        }
+        let mut stored: Vec<(StoredProgress, StoredStates)> = Vec::new();
+        for s in &self.args.sinks {
+            match ractor::call!(s, SinkMsg::ReadProgress, tps.clone()) {
+                Ok(Ok(got)) => stored.push(got),
+                Ok(Err(e)) => return self.consumer.context().fence(format!("source {}: cannot read the stored progress of assigned partitions {tps:?}: {e}", self.args.ctx.name)),
+                Err(e) => return self.consumer.context().fence(format!("source {}: a sink did not answer for the stored progress of {tps:?}: {e}", self.args.ctx.name)),
+            }
+        }
+        let progress: Vec<StoredProgress> = stored.iter().map(|(p, _)| p.clone()).collect();
+        let resume = resume_offsets(&progress);
+        let with_states: Vec<(&StoredProgress, &StoredStates)> = stored.iter().map(|(p, s)| (p, s)).collect();
+        let mut restored = replay_states(&with_states, &resume);
+        for tp in &tps {
+            restored.entry(tp.clone()).or_default();
+        }
+        self.args.board.restore_partitions(restored);
+        let mut tpl = TopicPartitionList::new();
+        {
+            let mut assigned = self.partitions.lock_assigned();
+            for (topic, p) in &tps {
+                self.assignments += 1;
+                let ti = self.args.config.topics.iter().position(|t| t == topic).unwrap_or(0);
+                let input = kafka_input(self.args.source_index, ti, *p, self.assignments);
+                self.args.board.register(input, (topic.clone(), *p));
+                let _ = self.args.watermarks.cast(WatermarkMsg::Register(input));
+                let start = resume.get(&(topic.clone(), *p)).copied();
+                match start {
+                    Some(o) => {
+                        let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(o as i64));
+                    }
+                    None => {
+                        tpl.add_partition(topic, *p);
+                    }
+                }
+                tracing::info!(source = %self.args.ctx.name, topic = %topic, partition = p, input, resume = ?start, "partition taken");
+                assigned.insert((topic.clone(), *p), input);
+            }
+            self.partitions.version.fetch_add(1, Ordering::SeqCst);
+        }
+        if let Err(e) = self.consumer.incremental_assign(&tpl) {
+            self.consumer.context().fence(format!("source {}: taking assigned partitions {tps:?} failed: {e}", self.args.ctx.name));
+        }
     }
 
     async fn flush_all(&mut self, stop: &mut watch::Receiver<bool>) -> bool {
@@ -354,12 +430,15 @@ impl Reader {
             tokio::select! {
                 _ = stop.changed() => break,
                 _ = tick.tick() => {
+                    self.refresh_inputs();
                     if !self.flush_all(&mut stop).await { break; }
                 }
+                _ = self.partitions.admit.notified() => self.admit().await,
                 m = self.consumer.recv() => match m {
                     Ok(m) => {
                         // A message that arrives while paused would be refetched; here we are not.
-                        let full = Self::add(&self.args, &mut self.parts, &self.stop, &m);
+                        Self::refresh(&self.partitions, &self.args.config.topics, &mut self.inputs, &mut self.inputs_version, &mut self.parts);
+                        let full = Self::add(&self.args, &self.inputs, &mut self.parts, &self.stop, &m);
                         drop(m);
                         if let Some(input) = full {
                             if !self.send(input, &mut stop).await { break; }
@@ -392,13 +471,13 @@ impl Actor for KafkaSource {
     type Arguments = KafkaSourceArgs;
 
     async fn pre_start(&self, _myself: ActorRef<KafkaSourceMsg>, args: KafkaSourceArgs) -> Result<KafkaSourceState, ActorProcessingErr> {
-        let assigned = Arc::new(Mutex::new(BTreeMap::new()));
-        let consumer = Reader::consumer(&args, assigned.clone())
+        let partitions = Arc::new(Partitions::default());
+        let consumer = Reader::consumer(&args, partitions.clone())
             .map_err(|e| format!("source {}: cannot create the Kafka consumer for {}: {e}", args.ctx.name, args.config.brokers))?;
         tracing::info!(source = %args.ctx.name, brokers = %args.config.brokers, topics = ?args.config.topics, group = %args.config.group_id, "kafka source subscribed");
         let ctx = args.ctx.clone();
         let (stop, stop_rx) = watch::channel(false);
-        let reader = Reader { args, consumer, assigned, parts: HashMap::new(), paused: false, stop: stop_rx.clone() };
+        let reader = Reader { args, consumer, partitions, inputs: InputCache::new(), inputs_version: 0, assignments: 0, parts: HashMap::new(), paused: false, stop: stop_rx.clone() };
         let task = tokio::spawn(reader.run(stop_rx));
         Ok(KafkaSourceState { stop, task: Some(task), ctx })
     }

@@ -162,7 +162,7 @@ impl BuildState {
 
     /// Hands emitted records to the sinks after reporting them, with the build's holds, to the
     /// commit coordinator; releases the batch `released`.
-    async fn deliver(&mut self, released: Option<(u32, u64)>) {
+    async fn deliver(&mut self, released: Option<(meltstream_engine::input::event::InputId, u64)>) {
         let (holds, counters, finished, decisions) = {
             let mut slot = lock(&self.args.slot);
             let d = slot.processor.take_changed_decisions().zip(slot.input);
@@ -277,7 +277,7 @@ impl Actor for BuildActor {
             let dl = DeadLetter::new(batch.span.input, offset, RejectReason::Poison(why), what.as_bytes());
             tracing::error!(build_id = %st.args.build, input = batch.span.input, offset, reason = %dl.reason, "dead-lettering the record that crashed the build actor");
             let mut r = DeadLetterRecord::from_dead_letter(String::new(), None, &dl);
-            st.args.dead_letters.file(&mut r);
+            st.args.dead_letters.file(&mut r, Some(batch.span.input));
             st.out.push(Emitted {
                 record: OutputRecord::DeadLetter(r),
                 hold: HoldSet::one((batch.span.input, batch.span.seq)),

@@ -41,7 +41,7 @@ impl CommitState {
         }
         for (input, offset) in advanced {
             self.stats.set_committed(input, offset);
-            metrics::gauge!("meltstream_committed_offset", "input" => input.to_string()).set(offset as f64);
+            metrics::gauge!("meltstream_committed_offset", "input" => meltstream_engine::input::event::input_name(input).to_string()).set(offset as f64);
             if let Some(ls) = self.listeners.get(&input) {
                 for l in ls {
                     l(input, offset);
@@ -99,6 +99,12 @@ impl Actor for CommitCoordinator {
             }
             CommitMsg::Listen(input, l) => st.listeners.entry(input).or_default().push(l),
             CommitMsg::Tick => st.publish(),
+            CommitMsg::Forget(inputs) => {
+                for i in inputs {
+                    st.ledger.forget(i);
+                    st.listeners.remove(&i);
+                }
+            }
             CommitMsg::Committed(reply) => {
                 st.publish();
                 let m = st.stats.committed().into_iter().collect();

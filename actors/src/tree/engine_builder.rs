@@ -23,13 +23,12 @@ use crate::engine_stats::EngineStats;
 use crate::memory_budget::MemoryBudget;
 use crate::ports::messages::{CommitMsg, RouterMsg, Started, SupervisorMsg, WatermarkMsg};
 use crate::ports::source_ctx::SourceCtx;
-use crate::progress::{replay_states, resume_offsets, GroupCommitted, ProgressBoard, StoredProgress, StoredStates, Written};
+use crate::progress::{ProgressBoard, StoredProgress, StoredStates, Written};
 use crate::sinks::file::{FileSink, NullSink, NULL_SINK_FLUSH_MS};
 use crate::sinks::kafka::KafkaSink;
 use crate::sinks::postgres::PgSink;
-use crate::sinks::sink_actor::{SinkActor, SinkArgs};
-use crate::retry::{retry, Backoff};
-use crate::sinks::writer::{BoxedWriter, SinkError};
+use crate::sinks::sink_actor::{read_stored_progress, SinkActor, SinkArgs};
+use crate::sinks::writer::BoxedWriter;
 use crate::sources::file::{FileSource, FileSourceArgs, FileSourceMsg};
 use crate::sources::kafka::{KafkaSource, KafkaSourceArgs, KafkaSourceMsg};
 use crate::sources::simulator::{GeneratorConfig, SimulatorArgs, SimulatorMsg, SimulatorSource};
@@ -161,7 +160,6 @@ impl EngineBuilder {
         // Writers first: the transactional ones tell where the sources resume.
         let mut writers: Vec<(BoxedWriter, u64, Option<StoredProgress>, Written)> = Vec::new();
         let mut states: Vec<StoredStates> = Vec::new();
-        let mut group_read: Vec<GroupCommitted> = Vec::new();
         for s in &t.sinks {
             let (mut writer, flush_ms): (BoxedWriter, u64) = match self.writers.remove(&s.name) {
                 Some(w) => (w, 50),
@@ -170,18 +168,10 @@ impl EngineBuilder {
             let stored = stored_progress(&s.name, &mut writer).await?;
             let written = writer.take_written();
             states.push(writer.take_stored_states());
-            group_read.extend(writer.take_group_committed());
             writers.push((writer, flush_ms, stored, written));
         }
-        let stored: Vec<StoredProgress> = writers.iter().filter_map(|w| w.2.clone()).collect();
-        let resume = resume_offsets(&stored);
-        // The group's committed offsets as the one Kafka sink read them (see KafkaSourceArgs).
-        let group_committed: Option<GroupCommitted> = match &mut group_read[..] {
-            [one] => Some(std::mem::take(one)),
-            _ => None,
-        };
-        let with_states: Vec<(&StoredProgress, &StoredStates)> = writers.iter().zip(&states).filter_map(|(w, st)| w.2.as_ref().map(|p| (p, st))).collect();
-        board.restore(replay_states(&with_states, &resume));
+        // Where each Kafka partition resumes, and with what replay state, is read again when the
+        // group assigns it (see `sources/kafka/rebalance.rs`).
         let replayable = t.sources.iter().any(|s| matches!(s.kind, SourceKind::Kafka(_)));
         let all_replayable = t.sources.iter().all(|s| matches!(s.kind, SourceKind::Kafka(_)));
         let crashed = Arc::new(AtomicBool::new(false));
@@ -199,7 +189,9 @@ impl EngineBuilder {
             .await
             .map_err(|e| start_err("commit coordinator", e))?;
         let mut sinks = Vec::new();
+        let mut transactional = Vec::new();
         for ((s, (writer, flush_ms, stored, written)), stored_states) in t.sinks.iter().zip(writers).zip(states) {
+            let is_transactional = stored.is_some();
             let args = SinkArgs {
                 name: s.name.clone(),
                 writer,
@@ -214,6 +206,9 @@ impl EngineBuilder {
             let (actor, _) = Actor::spawn_linked(None, SinkActor, args, sup_cell.clone())
                 .await
                 .map_err(|e| start_err(&format!("sink {}", s.name), e))?;
+            if is_transactional {
+                transactional.push(actor.clone());
+            }
             let cap = e.sink_queue_records as u32;
             sinks.push(SinkHandle { name: s.name.clone(), kinds: s.kind.records().to_vec(), actor, queue: Arc::new(Semaphore::new(cap as usize)), capacity: cap });
         }
@@ -248,7 +243,7 @@ impl EngineBuilder {
         let limits = DecodeLimits { max_record_bytes: e.max_record_bytes, max_future_ns: e.max_future_s as i64 * 1_000_000_000, ..DecodeLimits::default() };
         let mut sources: Vec<(ractor::ActorCell, Box<dyn Fn() + Send + Sync>)> = Vec::new();
         for (i, s) in t.sources.iter().enumerate() {
-            let input = i as u32;
+            let input = i as meltstream_engine::input::event::InputId;
             watermarks.cast(WatermarkMsg::Register(input)).map_err(|e| start_err("watermark coordinator", e))?;
             let ctx = SourceCtx {
                 input,
@@ -289,8 +284,7 @@ impl EngineBuilder {
                         ctx,
                         source_index: i,
                         config,
-                        resume: resume.clone(),
-                        group_committed: group_committed.clone(),
+                        sinks: transactional.clone(),
                         limits,
                         board: board.clone(),
                         watermarks: watermarks.clone(),
@@ -333,25 +327,7 @@ fn make_writer(t: &Topology, name: &str, kind: &SinkKind, board: &ProgressBoard)
     })
 }
 
-/// What a transactional sink stored, retrying while its service is unreachable (up to a
-/// minute, then the engine refuses to start with the reason).
+/// What a transactional sink stored (the engine refuses to start when it cannot be read).
 async fn stored_progress(name: &str, writer: &mut BoxedWriter) -> Result<Option<StoredProgress>, EngineError> {
-    let backoff = Backoff::exponential(Duration::from_millis(100), Duration::from_secs(5)).give_up_after(Duration::from_secs(60));
-    let stored = retry(
-        backoff,
-        writer,
-        |writer| writer.stored_progress(),
-        |e| matches!(e, SinkError::Retryable { .. }),
-        |e, backoff| {
-            if let SinkError::Retryable { message, .. } = e {
-                tracing::warn!(sink = name, error = %message, backoff_ms = backoff.as_millis() as u64, "cannot read stored progress yet; retrying");
-            }
-        },
-    )
-    .await
-    .map_err(|e| start_err(&format!("sink {name}"), e))?;
-    if let Some(p) = &stored {
-        tracing::info!(sink = name, partitions = p.len(), "read stored progress");
-    }
-    Ok(stored)
+    read_stored_progress(name, writer).await.map_err(|e| start_err(&format!("sink {name}"), e))
 }

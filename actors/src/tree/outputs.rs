@@ -7,6 +7,7 @@ use std::sync::Arc;
 use ractor::ActorRef;
 use tokio::sync::Semaphore;
 
+use meltstream_engine::input::event::InputId;
 use meltstream_engine::offset_ledger::Hold;
 use meltstream_engine::records::{DeadLetterRecord, Emitted, OutputRecord};
 use meltstream_engine::topology::RecordKind;
@@ -123,12 +124,17 @@ pub struct DeadLetterDesk {
 
 impl DeadLetterDesk {
     /// Fills in `r`'s source (unless it names another origin already: an operator that
-    /// panicked), topic and partition from its input; logs and counts it.
-    pub fn file(&self, r: &mut DeadLetterRecord) {
+    /// panicked), topic and partition from its input (`input`, the full id, when known; else
+    /// the name the record carries); logs and counts it.
+    pub fn file(&self, r: &mut DeadLetterRecord, input: Option<InputId>) {
         if r.source.is_empty() {
-            r.source = self.source_names.get(source_index(r.input)).cloned().unwrap_or_default();
+            r.source = self.source_names.get(source_index(r.input as InputId)).cloned().unwrap_or_default();
         }
-        let (topic, partition) = self.board.partition_of(r.input).map_or((None, None), |(t, p)| (Some(t), Some(p)));
+        let tp = match input {
+            Some(i) => self.board.partition_of(i),
+            None => self.board.partition_named(r.input),
+        };
+        let (topic, partition) = tp.map_or((None, None), |(t, p)| (Some(t), Some(p)));
         r.topic = topic;
         r.partition = partition;
         metrics::counter!("meltstream_dead_letters_total", "reason" => r.reason_kind.clone()).increment(1);
@@ -140,8 +146,9 @@ impl DeadLetterDesk {
     /// ends, operators that panicked).
     pub fn file_all(&self, out: &mut [Emitted]) {
         for e in out.iter_mut() {
+            let input = e.position.map(|(i, _)| i);
             if let OutputRecord::DeadLetter(r) = &mut e.record {
-                self.file(r);
+                self.file(r, input);
             }
         }
     }

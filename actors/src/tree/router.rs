@@ -170,6 +170,11 @@ impl RouterState {
 
     async fn route(&mut self, myself: &ActorRef<RouterMsg>, mut batch: RecordBatch, origin: i64) -> Result<(), ActorProcessingErr> {
         let span = batch.span;
+        // Read before its partition was revoked: its next owner reads it again.
+        if self.args.board.is_revoked(span.input) {
+            metrics::counter!("meltstream_revoked_batches_dropped_total").increment(1);
+            return Ok(());
+        }
         self.args.board.observe_batch(span.input, span.next_offset, batch.max_t_ns);
         // A replay's watermark starts where the run it replaces stood at the resume offset.
         let restored = self.args.board.take_restored_max_t(span.input).unwrap_or(TimeNs::MIN);
@@ -208,7 +213,7 @@ impl RouterState {
             let mut records = Vec::with_capacity(dead.len());
             for d in dead {
                 let mut r = DeadLetterRecord::from_dead_letter(String::new(), None, &d);
-                self.args.dead_letters.file(&mut r);
+                self.args.dead_letters.file(&mut r, Some(span.input));
                 records.push(Emitted { record: OutputRecord::DeadLetter(r), hold: HoldSet::one((span.input, span.seq)), origin_wall_ns: origin, position: Some((span.input, d.offset)) });
             }
             let plan = self.args.outputs.plan(records);
@@ -313,6 +318,35 @@ impl RouterState {
         e.last_batch = Instant::now();
     }
 
+    /// Drops the builds of revoked inputs without emitting anything: their actors stop, their
+    /// state goes, and the ledger forgets the inputs. What they had open or queued is read
+    /// again from the stored progress by the partitions' next owner.
+    fn drop_inputs(&mut self, inputs: &[InputId]) {
+        for input in inputs {
+            self.watermarks.remove(input);
+            self.max_t_seen.remove(input);
+            for build in self.by_input.remove(input).unwrap_or_default() {
+                let Some(e) = self.builds.remove(&build) else { continue };
+                for i in &e.inputs {
+                    if let Some(v) = self.by_input.get_mut(i) {
+                        v.retain(|b| *b != build);
+                    }
+                }
+                metrics::gauge!("meltstream_active_builds").decrement(1.0);
+                match &e.actor {
+                    Some(a) => {
+                        self.by_actor.remove(&a.get_id());
+                        a.stop(Some("its partition was revoked".into()));
+                    }
+                    None => metrics::gauge!("meltstream_parked_builds").decrement(1.0),
+                }
+                let _ = self.args.commit.cast(CommitMsg::HolderGone(e.holder));
+                tracing::info!(build_id = %build, input, "partition revoked; build dropped without emitting (its next owner replays it)");
+            }
+        }
+        let _ = self.args.commit.cast(CommitMsg::Forget(inputs.to_vec()));
+    }
+
     async fn close_build(&mut self, myself: &ActorRef<RouterMsg>, build: &BuildId) -> Result<(), ActorProcessingErr> {
         self.stop_build(myself, build, true).await
     }
@@ -388,6 +422,7 @@ impl Actor for Router {
                 }
             }
             RouterMsg::SetCoordinator(c) => st.coordinator = Some(c),
+            RouterMsg::DropInputs(inputs) => st.drop_inputs(&inputs),
             RouterMsg::Watermarks(adv) => st.advance(adv),
             RouterMsg::BuildFinished(build) => {
                 tracing::info!(build_id = %build, "build ended; flushing and stopping its actor");

@@ -73,6 +73,7 @@ impl Actor for WatermarkCoordinator {
     async fn handle(&self, _myself: ActorRef<WatermarkMsg>, msg: WatermarkMsg, st: &mut WatermarkState) -> Result<(), ActorProcessingErr> {
         match msg {
             WatermarkMsg::Register(i) => st.tracker.register(i, now_wall_ns()),
+            WatermarkMsg::Unregister(i) => st.tracker.remove(i),
             WatermarkMsg::Observe(i, t, reply) => {
                 let now = now_wall_ns();
                 st.tracker.observe(i, t, now);

@@ -13,7 +13,15 @@ pub type TimeNs = i64;
 pub type BuildId = Arc<str>;
 
 /// Identifies one input of a topology: one file, one simulator, one Kafka partition.
-pub type InputId = u32;
+pub type InputId = u64;
+
+/// The part of an input id that names the input itself (the low 32 bits). A Kafka partition's
+/// id carries, above it, which assignment of the partition to this process its records were
+/// read under, so that records of an earlier assignment still in flight are told apart after a
+/// rebalance; records name the input by this part.
+pub fn input_name(input: InputId) -> u32 {
+    input as u32
+}
 
 /// Layer index used for records that name no layer (the seed's sensor messages): they feed
 /// time windows and rules but no layer window.

@@ -167,7 +167,7 @@ fn a_panicking_operator_is_dead_lettered_and_loses_nothing_else() {
     let (dead, rest): (Vec<Emitted>, Vec<Emitted>) = with.into_iter().partition(|e| matches!(&e.record, OutputRecord::DeadLetter(r) if r.reason_kind == "poison"));
     let view = |v: &[Emitted]| v.iter().map(|e| (e.record.clone(), e.position, e.hold.clone())).collect::<Vec<_>>();
     assert_eq!(view(&rest), view(&plain), "every other record, in order");
-    let reasons: Vec<(u64, Option<(u32, u64)>, String)> = dead
+    let reasons: Vec<(u64, Option<(u64, u64)>, String)> = dead
         .iter()
         .map(|e| match &e.record {
             OutputRecord::DeadLetter(r) => (r.offset, e.position, r.source.clone()),

@@ -56,6 +56,11 @@ impl WatermarkTracker {
         }
     }
 
+    /// Forgets `input` (its partition went to another process).
+    pub fn remove(&mut self, input: InputId) {
+        self.inputs.retain(|s| s.id != input);
+    }
+
     /// Records data of `input` up to event time `max_t`.
     pub fn observe(&mut self, input: InputId, max_t: TimeNs, now_wall: i64) {
         self.register(input, now_wall);

@@ -1,42 +1,70 @@
-//! The Kafka source's consumer hooks (librdkafka calls them on its own thread): on assignment,
-//! position each partition at the stored progress and register it as an input; on revocation
-//! while running, ask the supervisor to restart from the stored progress; on statistics, tell
-//! the watermark coordinator which partitions have a backlog. They only send messages; they
-//! never block on the engine.
+//! The Kafka source's consumer hooks (librdkafka calls them on the reading task, inside its
+//! poll). The group rebalances cooperatively (`cooperative-sticky`): a rebalance moves only the
+//! partitions that change owner, and the others go on untouched.
+//!
+//! - **Revoked** partitions leave at once, before the group moves on: off the progress board
+//!   (no later checkpoint carries their offsets, and the Kafka sinks' transactions carry none of
+//!   their records), out of the watermark coordinator, and their builds are dropped without
+//!   emitting anything (`RouterMsg::DropInputs`). Their next owner reads them again from the
+//!   progress stored with the results.
+//! - **Assigned** partitions wait for their stored progress: the hook queues them for the
+//!   reading task, which asks every transactional sink what it stored for them (read at the
+//!   assignment, after any transaction of their previous owner settled) and only then takes
+//!   them (`incremental_assign`) at the lowest stored offset, with the replay state stored there.
+//!
+//! The hooks only send messages and take short locks; they never wait on the engine.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ractor::ActorRef;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 
 use meltstream_engine::input::event::InputId;
 
-use crate::ports::inputs::kafka_input;
-use crate::ports::messages::{SupervisorMsg, WatermarkMsg};
-use crate::progress::{GroupCommitted, ProgressBoard, TopicPartition};
+use crate::ports::messages::{RouterMsg, SupervisorMsg, WatermarkMsg};
+use crate::progress::{ProgressBoard, TopicPartition};
 
-/// Rebalance hook: positions assigned partitions at the stored progress and registers them.
+/// What the hooks and the reading task share about the partitions of this process.
+#[derive(Default)]
+pub(super) struct Partitions {
+    /// Partitions taken, with the input each is read as.
+    pub(super) assigned: Mutex<BTreeMap<TopicPartition, InputId>>,
+    /// Partitions the group assigned, waiting for their stored progress.
+    pub(super) to_admit: Mutex<Vec<TopicPartition>>,
+    /// Wakes the reading task when `to_admit` has partitions.
+    pub(super) admit: tokio::sync::Notify,
+    /// Moves whenever `assigned` changes (the reading task caches it).
+    pub(super) version: AtomicU64,
+}
+
+impl Partitions {
+    pub(super) fn lock_assigned(&self) -> std::sync::MutexGuard<'_, BTreeMap<TopicPartition, InputId>> {
+        self.assigned.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn lock_to_admit(&self) -> std::sync::MutexGuard<'_, Vec<TopicPartition>> {
+        self.to_admit.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The consumer's hooks.
 pub(super) struct Hooks {
-    pub(super) source_index: usize,
-    pub(super) topics: Vec<String>,
-    pub(super) resume: HashMap<TopicPartition, u64>,
-    pub(super) group_committed: Option<GroupCommitted>,
     pub(super) board: ProgressBoard,
     pub(super) watermarks: ActorRef<WatermarkMsg>,
-    pub(super) assigned: Arc<Mutex<BTreeMap<TopicPartition, InputId>>>,
+    pub(super) router: ActorRef<RouterMsg>,
+    pub(super) partitions: Arc<Partitions>,
     pub(super) name: String,
-    /// Told when partitions are revoked while running.
+    /// Told when the source cannot go on (its partitions' stored progress cannot be read).
     pub(super) supervisor: ActorRef<SupervisorMsg>,
     /// Set once the reader stops (closing the consumer revokes everything: that is no news).
     pub(super) stopping: AtomicBool,
-    /// Set once this run was fenced (partitions revoked while running, or their stored progress
-    /// moved): later assignments are the next run's.
+    /// Set once this run was fenced: later assignments are the next run's.
     pub(super) fenced: AtomicBool,
     /// The consumer group (its membership goes on the board for the Kafka sinks).
     pub(super) group: String,
@@ -47,7 +75,7 @@ impl ClientContext for Hooks {
     /// the engine has read has a backlog, and must not count as idle (or the watermark would run
     /// ahead of it under backpressure and make its records late).
     fn stats(&self, stats: rdkafka::Statistics) {
-        let assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
+        let assigned = self.partitions.lock_assigned();
         for ((topic, p), input) in assigned.iter() {
             let Some(part) = stats.topics.get(topic).and_then(|t| t.partitions.get(p)) else { continue };
             let end = if part.ls_offset >= 0 { part.ls_offset } else { part.hi_offset };
@@ -68,125 +96,97 @@ impl ClientContext for Hooks {
 }
 
 impl Hooks {
-    /// The engine read its stored progress when it started, before this assignment: if another
-    /// process committed progress of an assigned partition in between, a replay from what was
-    /// read would write again what that process wrote. Restart, to read it as it now stands.
-    /// False (after fencing the run and asking for a restart) when it moved.
-    fn check_progress_is_current(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) -> bool {
-        let Some(read) = &self.group_committed else { return true };
-        let now = match consumer.committed_offsets(tpl.clone(), std::time::Duration::from_secs(10)) {
-            Ok(now) => now,
-            Err(e) => {
-                tracing::warn!(source = %self.name, error = %e, "could not read the committed offsets at assignment");
-                return true;
-            }
-        };
-        let moved: Vec<String> = now
-            .elements()
-            .iter()
-            .filter_map(|e| {
-                // The offset and its metadata: a transaction of the previous owner that held
-                // records but moved no offset still changed the metadata (its id, `out`).
-                let committed = match e.offset() {
-                    Offset::Offset(o) => Some((o.max(0) as u64, e.metadata().to_owned())),
-                    _ => None,
-                };
-                let tp = (e.topic().to_owned(), e.partition());
-                let was = read.get(&tp);
-                (committed.as_ref() != was).then(|| format!("{}:{} ({:?} → {:?})", tp.0, tp.1, was.map(|w| w.0), committed.as_ref().map(|c| c.0)))
-            })
-            .collect();
-        if moved.is_empty() {
-            return true;
-        }
-        self.fence(format!("source {}: the stored progress of assigned partitions moved since this engine read it: {}", self.name, moved.join(", ")));
-        false
-    }
-
     /// This run must store nothing more (its sinks drop what they hold; see
-    /// [`ProgressBoard::fence`]) and starts again from the stored progress. The board is fenced
-    /// here, on librdkafka's thread, before the rebalance goes on: a sink transaction that
-    /// starts after it carries nothing, and one already under way carries this generation's
-    /// membership, which the broker refuses once the group has moved on.
-    fn fence(&self, reason: String) {
+    /// [`ProgressBoard::fence`]) and starts again from the stored progress.
+    pub(super) fn fence(&self, reason: String) {
         self.fenced.store(true, Ordering::SeqCst);
         self.board.fence(&reason);
         let _ = self.supervisor.cast(SupervisorMsg::Restart(reason));
+    }
+
+    /// The group's membership as of this rebalance, for the Kafka sinks' offsets (after the
+    /// revocations it brought: see `ProgressBoard::membership`).
+    fn publish_membership(&self, consumer: &BaseConsumer<Self>) {
+        if let Some(md) = consumer.group_metadata() {
+            self.board.set_group_metadata(&self.group, md);
+        }
+    }
+
+    fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        // An assignment that arrives while the consumer closes, or after a fence: the
+        // partitions are not this run's to read. Taking one while closing would block for
+        // ever (`rd_kafka_assign` waits on a consumer that is shutting down).
+        if self.stopping.load(Ordering::SeqCst) || self.fenced.load(Ordering::SeqCst) {
+            tracing::info!(source = %self.name, partitions = tpl.count(), "assignment while stopping; not taken");
+            return;
+        }
+        self.publish_membership(consumer);
+        let tps: Vec<TopicPartition> = tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
+        if tps.is_empty() {
+            // Nothing new, but the rebalance waits for the call (it is what lets the group
+            // go on to its next round, where revoked partitions reach their new owners).
+            if let Err(e) = consumer.incremental_assign(tpl) {
+                tracing::error!(source = %self.name, error = %e, "completing an empty assignment failed");
+            }
+            return;
+        }
+        tracing::info!(source = %self.name, partitions = ?tps, "partitions assigned; reading their stored progress before taking them");
+        self.partitions.lock_to_admit().extend(tps);
+        self.partitions.admit.notify_one();
+    }
+
+    fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let stopping = self.stopping.load(Ordering::SeqCst);
+        let lost = consumer.assignment_lost();
+        let mut revoked = Vec::new();
+        {
+            let mut assigned = self.partitions.lock_assigned();
+            for el in tpl.elements() {
+                let tp = (el.topic().to_owned(), el.partition());
+                if let Some(input) = assigned.remove(&tp) {
+                    tracing::info!(source = %self.name, topic = %tp.0, partition = tp.1, input, lost, "partition revoked");
+                    revoked.push(input);
+                }
+            }
+            self.partitions.lock_to_admit().retain(|tp| !tpl.elements().iter().any(|e| e.topic() == tp.0 && e.partition() == tp.1));
+            self.partitions.version.fetch_add(1, Ordering::SeqCst);
+        }
+        // Closing the consumer revokes everything: the engine is draining, and the partitions
+        // just end. Otherwise their builds go, before the group moves on.
+        if !stopping && !revoked.is_empty() {
+            for &input in &revoked {
+                self.board.revoke(input);
+                let _ = self.watermarks.cast(WatermarkMsg::Unregister(input));
+            }
+            metrics::counter!("meltstream_kafka_partitions_revoked_total", "source" => self.name.clone()).increment(revoked.len() as u64);
+            let _ = self.router.cast(RouterMsg::DropInputs(revoked));
+        }
+        if let Err(e) = consumer.incremental_unassign(tpl) {
+            tracing::error!(source = %self.name, error = %e, "unassigning partitions failed");
+        }
+        if !stopping && !self.fenced.load(Ordering::SeqCst) {
+            self.publish_membership(consumer);
+        }
     }
 }
 
 impl ConsumerContext for Hooks {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                // An assignment that arrives while the consumer closes (it is dropped with a
-                // rebalance pending): taking it would block for ever (`rd_kafka_assign` waits on
-                // a consumer that is shutting down; seen with several processes joining a
-                // group). The partitions are not ours to read any more: leave them.
-                // Nor one after this run was fenced: it stops, and the next run takes them.
-                if self.stopping.load(Ordering::SeqCst) || self.fenced.load(Ordering::SeqCst) {
-                    tracing::info!(source = %self.name, partitions = tpl.count(), "assignment while stopping; not taken");
-                    return;
-                }
-                let mut assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
-                let mut positioned = tpl.clone();
-                for el in tpl.elements() {
-                    let (topic, p) = (el.topic().to_owned(), el.partition());
-                    let ti = self.topics.iter().position(|t| *t == topic).unwrap_or(0);
-                    let input = kafka_input(self.source_index, ti, p);
-                    self.board.register(input, (topic.clone(), p));
-                    let _ = self.watermarks.cast(WatermarkMsg::Register(input));
-                    let start = self.resume.get(&(topic.clone(), p)).copied();
-                    if let Some(o) = start {
-                        let _ = positioned.set_partition_offset(&topic, p, Offset::Offset(o as i64));
-                    }
-                    tracing::info!(source = %self.name, topic = %topic, partition = p, input, resume = ?start, "partition assigned");
-                    assigned.insert((topic, p), input);
-                }
-                if let Err(e) = consumer.assign(&positioned) {
-                    tracing::error!(source = %self.name, error = %e, "assigning partitions failed");
-                }
-                // This assignment's generation: what the Kafka sinks send their offsets with
-                // (never after a fence: the board refuses it).
-                if self.check_progress_is_current(consumer, tpl) {
-                    if let Some(md) = consumer.group_metadata() {
-                        self.board.set_group_metadata(&self.group, md);
-                    }
-                }
-            }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                let mut assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
-                let stopping = self.stopping.load(Ordering::SeqCst);
-                let mut revoked = Vec::new();
-                for el in tpl.elements() {
-                    if assigned.remove(&(el.topic().to_owned(), el.partition())).is_some() {
-                        // Never finished: that would move its builds' watermark to the end of
-                        // time and close half-read windows as final (their results, and the
-                        // recorded closes, would then be durable). Its open windows are read
-                        // again by its next owner.
-                        tracing::info!(source = %self.name, topic = el.topic(), partition = el.partition(), "partition revoked");
-                        revoked.push(format!("{}:{}", el.topic(), el.partition()));
-                    }
-                }
-                // Running on: the partitions' open windows hold records that a new owner (or
-                // this process, when they come back) reads again from the stored progress, and
-                // the stores would be past them. Stop without emitting them instead; the next
-                // start resumes from the stored progress, as after a crash.
-                if !stopping && !revoked.is_empty() {
-                    self.fence(format!(
-                        "source {}: partitions {} revoked while running (the consumer group session was lost, e.g. the broker was away longer than session.timeout.ms, or the group rebalanced)",
-                        self.name,
-                        revoked.join(", ")
-                    ));
-                }
-                if let Err(e) = consumer.unassign() {
-                    tracing::error!(source = %self.name, error = %e, "unassigning partitions failed");
-                }
-            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(consumer, tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.revoke(consumer, tpl),
             other => {
                 tracing::error!(source = %self.name, error = ?other, "rebalance error");
-                let _ = consumer.unassign();
+                let all = self.partitions.lock_assigned().keys().fold(TopicPartitionList::new(), |mut l, (t, p)| {
+                    l.add_partition(t, *p);
+                    l
+                });
+                self.revoke(consumer, &all);
             }
         }
     }
 }
+
+/// The input each assigned partition is read as, keyed by (topic index, partition), as the
+/// reading task caches it.
+pub(super) type InputCache = HashMap<(usize, i32), InputId>;

@@ -409,6 +409,33 @@ mod tests {
     }
 
     #[test]
+    fn a_revoked_partition_leaves_the_checkpoint_and_its_records_are_dropped() {
+        use meltstream_engine::offset_ledger::HoldSet;
+        use meltstream_engine::records::{Emitted, LateRecord, OutputRecord};
+        let late = LateRecord { build_id: "b".into(), layer: None, laser: 0, t0_ns: 0, sample_count: 1, offset: 1, watermark_ns: 0 };
+        let b = ProgressBoard::default();
+        let (old, kept, again) = (1u64 << 32 | 7, 1u64 << 32 | 8, 2u64 << 32 | 7);
+        b.register(old, ("t".into(), 7));
+        b.register(kept, ("t".into(), 8));
+        b.publish(old, Progress { resume: 5, emitted_through: 5 });
+        b.publish(kept, Progress { resume: 9, emitted_through: 9 });
+        b.revoke(old);
+        let c = b.checkpoint();
+        assert_eq!(c.entries, vec![(("t".to_owned(), 8), Progress { resume: 9, emitted_through: 9 })]);
+        assert!(!c.assignments.contains_key(&("t".to_owned(), 7)));
+        assert!(b.is_revoked(old) && !b.is_revoked(kept));
+        assert_eq!(b.membership("g").1, [("t".to_owned(), 8)].into());
+        // The partition comes back as a new input; what was in flight of the old one is not its.
+        b.register(again, ("t".into(), 7));
+        let rec = |input: u64| Emitted { record: OutputRecord::Late(late.clone()), hold: HoldSet::one((input, 0)), origin_wall_ns: 0, position: Some((input, 1)) };
+        let mut records = vec![rec(old), rec(kept), rec(again)];
+        assert_eq!(b.retain_live(&mut records), 1);
+        assert_eq!(records.iter().map(|r| r.position.map(|p| p.0)).collect::<Vec<_>>(), [Some(kept), Some(again)]);
+        assert_eq!(b.membership("g").1.len(), 2);
+        assert_eq!(b.revocations(), 1);
+    }
+
+    #[test]
     fn a_fenced_board_stays_fenced_and_takes_no_newer_membership() {
         let b = ProgressBoard::default();
         b.register(1, ("t".into(), 0));

@@ -23,11 +23,14 @@
 //! and each partition's offsets are its owner's to move.
 //!
 //! # Fencing
-//! The offsets go with the source consumer's group membership as of its latest assignment
-//! (generation and member id, published on the progress board by the source's rebalance hook).
-//! A process that lost its partitions (paused past `session.timeout.ms`, then resumed: a zombie)
-//! still holds the old generation, so the broker refuses its `send_offsets_to_transaction` and
-//! the transaction aborts: it writes nothing. Each engine instance has its own transactional id
+//! The offsets go with the source consumer's group membership as of its latest rebalance
+//! (generation and member id, published on the progress board by the source's rebalance hook),
+//! read together with the partitions assigned to this process (`ProgressBoard::membership`): a
+//! transaction carries records and offsets of those partitions only, so a partition revoked
+//! since its records were buffered is left to its next owner. A process that lost its
+//! partitions (paused past `session.timeout.ms`, then resumed: a zombie) still holds the old
+//! generation, so the broker refuses its `send_offsets_to_transaction` and the transaction
+//! aborts: it writes nothing, and once its consumer notices, the partitions are revoked. Each engine instance has its own transactional id
 //! (`--instance`), so instances never fence each other's producers; a restart of the same
 //! instance fences its predecessor's.
 //!
@@ -51,7 +54,7 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
@@ -65,9 +68,10 @@ use meltstream_engine::pipeline::decisions::PartitionState;
 use crate::retry::{retry, Backoff};
 use crate::sinks::writer::{unwritable, SinkError, SinkWriter};
 
-use metadata::{format_metadata, offset_entries, parse_metadata, parse_position, TxSpan, POSITION_HEADER};
+use metadata::{format_metadata, offset_entries, parse_metadata, TxSpan, POSITION_HEADER};
 
 mod metadata;
+mod read_back;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -265,57 +269,6 @@ impl KafkaSink {
         Ok(self.committed()?.iter().any(|(_, _, _, md)| parse_metadata(md).tx == Some(tx)))
     }
 
-    /// Reads the sink's topic from `from` (per partition) to its end with `read_committed`;
-    /// returns the source positions of the records found.
-    fn read_back(&self, from: &BTreeMap<i32, i64>) -> Result<Written, KafkaError> {
-        let mut cc = ClientConfig::new();
-        cc.set("bootstrap.servers", &self.config.brokers)
-            .set("group.id", format!("{}-readback", self.group_id))
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
-            .set("auto.offset.reset", "earliest")
-            .set("isolation.level", "read_committed");
-        for (k, v) in &self.config.properties {
-            cc.set(k, v);
-        }
-        let c: BaseConsumer = cc.create()?;
-        let mut tpl = TopicPartitionList::new();
-        let mut ends = BTreeMap::new();
-        for (&p, &o) in from {
-            let (_, high) = c.fetch_watermarks(&self.config.topic, p, TIMEOUT)?;
-            if high > o {
-                tpl.add_partition_offset(&self.config.topic, p, Offset::Offset(o))?;
-                ends.insert(p, high);
-            }
-        }
-        let mut written = Written::new();
-        if ends.is_empty() {
-            return Ok(written);
-        }
-        c.assign(&tpl)?;
-        let deadline = std::time::Instant::now() + TIMEOUT;
-        // Transaction markers take offsets too, so the end is told by the partition's EOF
-        // event, not by the last record's offset.
-        while !ends.is_empty() {
-            if std::time::Instant::now() > deadline {
-                return Err(KafkaError::Canceled);
-            }
-            match c.poll(Duration::from_millis(100)) {
-                None => {}
-                Some(Err(KafkaError::PartitionEOF(p))) => {
-                    ends.remove(&p);
-                }
-                Some(Err(e)) => return Err(e),
-                Some(Ok(m)) => {
-                    if let Some(pos) = m.headers().and_then(|h| h.iter().find(|h| h.key == POSITION_HEADER).and_then(|h| h.value).and_then(parse_position)) {
-                        written.entry(pos.0).or_default().insert(pos.1);
-                    }
-                }
-            }
-        }
-        Ok(written)
-    }
-
     async fn transact(&mut self, checkpoint: &Checkpoint) -> Result<(), SinkError> {
         let producer = self.producer().await?;
         // This process's membership and partitions, read together (see
@@ -488,7 +441,7 @@ impl SinkWriter for KafkaSink {
             out.insert((topic, partition), Progress { resume, emitted_through: et });
         }
         self.stored = out.clone();
-        self.written = self.read_back(&from).map_err(|e| retryable(&self.name, format!("reading back topic {}", self.config.topic).as_str(), e))?;
+        self.written = read_back::read_back(&self.config, &self.group_id, &from).map_err(|e| retryable(&self.name, format!("reading back topic {}", self.config.topic).as_str(), e))?;
         // Until this run's progress covers them, they stay where a restart reads back from.
         let span = TxSpan { first_out: from, max_pos: self.written.iter().filter_map(|(tp, w)| Some((tp.clone(), *w.last()?))).collect() };
         if !span.max_pos.is_empty() {

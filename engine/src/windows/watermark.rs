@@ -219,7 +219,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn never_backwards(ops in proptest::collection::vec((0u32..3, 0i64..10_000, 0i64..100), 1..200)) {
+        fn never_backwards(ops in proptest::collection::vec((0u64..3, 0i64..10_000, 0i64..100), 1..200)) {
             let mut w = WatermarkTracker::new(5, 50);
             let mut wall = 0;
             let mut last = TimeNs::MIN;

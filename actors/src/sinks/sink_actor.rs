@@ -72,6 +72,8 @@ pub struct SinkState {
     origins: Vec<(LatencyKind, i64)>,
     buffered: usize,
     stored_version: u64,
+    /// Set by `Drain`: the last flushes of a stop.
+    draining: bool,
 }
 
 /// The sink actor.
@@ -213,6 +215,7 @@ impl SinkState {
         // its partitions within the session timeout and then writes nothing.
         let started = std::time::Instant::now();
         let name = self.args.name.clone();
+        let draining = self.draining;
         let flushed = retry(
             Backoff::exponential(Duration::from_millis(50), Duration::from_secs(5)),
             self,
@@ -225,14 +228,23 @@ impl SinkState {
                     st.args.writer.flush(&checkpoint).await.map(|()| Some(checkpoint))
                 })
             },
-            |e| matches!(e, SinkError::Retryable { .. }) || (matches!(e, SinkError::Fenced { .. }) && started.elapsed() < FENCED_GRACE),
+            |e| matches!(e, SinkError::Retryable { .. }) || (matches!(e, SinkError::Fenced { .. }) && !draining && started.elapsed() < FENCED_GRACE),
             |e, backoff| {
                 tracing::warn!(sink = %name, error = %e, backoff_ms = backoff.as_millis() as u64, "sink flush failed, retrying");
                 metrics::counter!("meltstream_sink_retries_total", "sink" => name.clone()).increment(1);
             },
         )
-        .await
-        .map_err(|e| Box::new(e) as ActorProcessingErr)?;
+        .await;
+        let flushed = match flushed {
+            Ok(f) => f,
+            // The last flush of a stop, after the consumer left the group: storing nothing is
+            // safe (whoever reads the partitions next starts from the stored progress).
+            Err(SinkError::Fenced { message, .. }) if draining => {
+                tracing::warn!(sink = %self.args.name, %message, "fenced while stopping: what is buffered is dropped and read again from the stored progress");
+                None
+            }
+            Err(e) => return Err(Box::new(e)),
+        };
         let Some(checkpoint) = flushed else {
             self.discard();
             return Ok(());
@@ -284,7 +296,7 @@ impl Actor for SinkActor {
         if let Some(stored) = &args.stored {
             args.board.expect_sink(&args.name, stored);
         }
-        Ok(SinkState { args, pending: Vec::new(), permits: Vec::new(), origins: Vec::new(), buffered: 0, stored_version: 0 })
+        Ok(SinkState { args, pending: Vec::new(), permits: Vec::new(), origins: Vec::new(), buffered: 0, stored_version: 0, draining: false })
     }
 
     async fn handle(&self, _myself: ActorRef<SinkMsg>, msg: SinkMsg, st: &mut SinkState) -> Result<(), ActorProcessingErr> {
@@ -335,6 +347,7 @@ impl Actor for SinkActor {
                 let _ = reply.send(got);
             }
             SinkMsg::Drain(reply) => {
+                st.draining = true;
                 st.flush().await?;
                 if st.transactional() {
                     // The coordinator sees our last acknowledgements first (one mailbox, in

@@ -100,8 +100,6 @@ struct Board {
     fenced: Option<String>,
     /// Inputs whose partition was revoked (ids are never reused: each assignment has its own).
     revoked: HashSet<InputId>,
-    /// How many revocations so far.
-    revocations: u64,
 }
 
 impl Board {
@@ -158,7 +156,6 @@ impl ProgressBoard {
         b.latest.remove(&input);
         b.live.remove(&input);
         b.revoked.insert(input);
-        b.revocations += 1;
         b.version += 1;
     }
 
@@ -177,11 +174,6 @@ impl ProgressBoard {
         let before = records.len();
         records.retain(|r| !r.position.is_some_and(|(i, _)| b.revoked.contains(&i)) && !r.hold.iter().any(|h| b.revoked.contains(&h.0)));
         before - records.len()
-    }
-
-    /// How many partitions were revoked from this process so far.
-    pub fn revocations(&self) -> u64 {
-        self.lock().revocations
     }
 
     /// The membership of `group` and the partitions assigned to this process, read together: a
@@ -223,16 +215,6 @@ impl ProgressBoard {
             b.fenced = Some(reason.to_owned());
             b.version += 1;
         }
-    }
-
-    /// True once [`ProgressBoard::fence`] was called.
-    pub fn is_fenced(&self) -> bool {
-        self.lock().fenced.is_some()
-    }
-
-    /// See [`ProgressBoard::set_group_metadata`].
-    pub fn group_metadata(&self, group: &str) -> Option<Arc<ConsumerGroupMetadata>> {
-        self.lock().groups.get(group).cloned()
     }
 
     /// The partition of `input`, if it is one.
@@ -432,7 +414,6 @@ mod tests {
         assert_eq!(b.retain_live(&mut records), 1);
         assert_eq!(records.iter().map(|r| r.position.map(|p| p.0)).collect::<Vec<_>>(), [Some(kept), Some(again)]);
         assert_eq!(b.membership("g").1.len(), 2);
-        assert_eq!(b.revocations(), 1);
     }
 
     #[test]
@@ -442,7 +423,7 @@ mod tests {
         assert!(!b.checkpoint().fenced);
         let v = b.version();
         b.fence("partitions revoked");
-        assert!(b.checkpoint().fenced && b.is_fenced());
+        assert!(b.checkpoint().fenced);
         assert!(b.version() > v, "the sinks flush (and drop what they hold) at once");
         b.fence("again");
         b.register(2, ("t".into(), 1));

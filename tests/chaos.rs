@@ -159,7 +159,7 @@ impl Fixture {
     /// The topology of a pipeline: the same for the reference and the chaos run but for names.
     fn topology_text(&self, p: &Pipeline, policy: &str) -> String {
         let lateness = if policy == "update" { format!("allowed_lateness_ms = {}", self.timing.allowed_lateness_ms) } else { String::new() };
-        let pg_records = if policy == "late_sink" { r#"["layer_summary", "grid", "window", "anomaly", "dead_letter", "late"]"# } else { r#"["layer_summary", "grid", "window", "anomaly", "dead_letter"]"# };
+        let pg_records = if policy == "late_sink" { r#"["layer_summary", "grid", "window", "anomaly", "dead_letter", "late", "spc_signal"]"# } else { r#"["layer_summary", "grid", "window", "anomaly", "dead_letter", "spc_signal"]"# };
         format!(
             r#"name = "{name}"
 [engine]
@@ -225,6 +225,32 @@ channel = "log:chamber_pressure_mbar"
 op = ">"
 limit = 1015.0
 cooldown_ms = 2000
+
+# SPC state spans the build: a tight given baseline makes CUSUM signal every few layers, and
+# phase I on the first layers gives the Shewhart and EWMA charts their own limits.
+[[spc]]
+name = "t_mean"
+channel = "temperature_c"
+chart = "cusum"
+baseline = "given"
+centre = 1625.0
+sigma = 0.2
+h = 3.0
+alert = true
+
+[[spc]]
+name = "t_spread"
+channel = "temperature_c"
+statistic = "std_dev"
+baseline_layers = 3
+
+[[spc]]
+name = "pd_mean"
+channel = "photodiode_on_axis"
+chart = "ewma"
+lambda = 0.5
+l = 2.0
+baseline_layers = 2
 
 [[sinks]]
 name = "pg"
@@ -541,6 +567,8 @@ fn check_reference(policy: &str, scale: &Scale, r: &Snapshot) -> Vec<String> {
         need(r.rows_where("dead_letters", |d| d["reason_kind"] == kind) > 0, &format!("no {kind} dead letter"));
     }
     need(!r.alerts.is_empty(), "no alert in the alert topic");
+    need(r.count("spc_signals") > 0, "no SPC signal");
+    need(r.rows_where("anomalies", |a| a["rule"].as_str().is_some_and(|x| x.starts_with("spc:"))) > 0, "no SPC alert");
     // Every late record is late: with `drop`, each layer holds exactly the samples sent in time.
     let per_layer = |b: &str| if b.starts_with("sim-") { u64::from(scale.sample_rate_hz) * scale.layer_ms / 1000 } else { scale.layer_ms * 1000 / scale.seed_period_us as u64 };
     let wrong = r.rows_where("layer_summaries", |s| s["sample_count"].as_u64() != s["build_id"].as_str().map(per_layer));

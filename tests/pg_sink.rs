@@ -11,7 +11,7 @@ use meltstream_actors::sinks::postgres::PgSink;
 use meltstream_actors::progress::{Checkpoint, Progress, StoredProgress};
 use meltstream_actors::sinks::writer::{SinkError, SinkWriter};
 use meltstream_engine::offset_ledger::HoldSet;
-use meltstream_engine::records::{Anomaly, DeadLetterRecord, Emitted, GridCell, GridMap, LateRecord, LayerSummary, OutputRecord, WindowResult};
+use meltstream_engine::records::{Anomaly, DeadLetterRecord, Emitted, GridCell, GridMap, LateRecord, LayerSummary, OutputRecord, SpcSignal, WindowResult};
 use meltstream_engine::analytics::stats::ChannelSummary;
 
 fn database_url() -> String {
@@ -119,6 +119,26 @@ fn records() -> Vec<Emitted> {
         raw_prefix: "{not json\0with a NUL".into(),
     };
     let late = LateRecord { build_id: "build_001".into(), layer: Some(44), laser: 2, t0_ns: T0 - 1_000_000_000, sample_count: 5, offset: 42, watermark_ns: T0 };
+    let spc = SpcSignal {
+        build_id: "build_001".into(),
+        spc: "pd_mean".into(),
+        chart: "cusum".into(),
+        channel: "photodiode_on_axis".into(),
+        statistic: "mean".into(),
+        laser: 3,
+        layer: 45,
+        time: "2024-01-15T10:30:00.123456Z".into(),
+        time_ns: T0,
+        rule: "cusum_lower".into(),
+        value: 1412.8,
+        charted: 61.25,
+        centre: 0.0,
+        lower: 0.0,
+        upper: 55.0,
+        baseline_centre: 1500.25,
+        baseline_sigma: 11.0,
+        layers: vec![43, 44, 45],
+    };
     vec![
         emitted(OutputRecord::LayerSummary(summary), None),
         emitted(OutputRecord::Grid(grid), None),
@@ -127,6 +147,7 @@ fn records() -> Vec<Emitted> {
         emitted(OutputRecord::Anomaly(anomaly(None)), Some((0, 41))),
         emitted(OutputRecord::DeadLetter(dead), Some((0, 17))),
         emitted(OutputRecord::Late(late), Some((0, 42))),
+        emitted(OutputRecord::SpcSignal(spc), None),
     ]
 }
 
@@ -172,6 +193,7 @@ async fn records_and_progress_are_written_once_and_read_back() {
             ("late_records", 1),
             ("layer_summaries", 1),
             ("progress", 2),
+            ("spc_signals", 1),
             ("window_results", 1),
         ]);
         assert_eq!(row_counts(&url, &schema, pipeline).await.expect("counts"), expected);
@@ -210,12 +232,14 @@ async fn records_and_progress_are_written_once_and_read_back() {
         assert_eq!(lasers, vec![vec![None, Some("-1".to_owned())], vec![Some("2".to_owned()), Some("2".to_owned())]]);
         let dead = query_text(&url, &format!("SELECT raw_prefix, topic, partition, kafka_offset FROM {s}.dead_letters WHERE pipeline = '{pipeline}'")).await.expect("dead letters");
         assert_eq!(dead, vec![vec![Some("{not json\u{FFFD}with a NUL".to_owned()), Some("ispm-monitoring".to_owned()), Some("3".to_owned()), Some("17".to_owned())]]);
+        let spc = query_text(&url, &format!("SELECT layers::text, rule, lower_limit, upper_limit FROM {s}.spc_signals WHERE pipeline = '{pipeline}'")).await.expect("spc signals");
+        assert_eq!(spc, vec![vec![Some("{43,44,45}".to_owned()), Some("cusum_lower".to_owned()), Some("0".to_owned()), Some("55".to_owned())]]);
 
         // Another pipeline in the same schema is kept apart, and reset empties only its own rows.
         let mut other = PgSink::new("pg-other", &url, "other", &schema).expect("sink");
         other.write(&batch[..1]).await.expect("write other");
         other.flush(&checkpoint(1, &[("samples", 0, 1, 1)])).await.expect("flush other");
-        assert_eq!(reset_pipeline(&url, &schema, pipeline).await.expect("reset"), 10);
+        assert_eq!(reset_pipeline(&url, &schema, pipeline).await.expect("reset"), 11);
         let left = row_counts(&url, &schema, pipeline).await.expect("counts");
         assert!(left.values().all(|&n| n == 0), "rows left after reset: {left:?}");
         assert_eq!(row_counts(&url, &schema, "other").await.expect("counts")["layer_summaries"], 1);

@@ -14,6 +14,7 @@ pub mod grid_map;
 pub mod late_samples;
 pub mod layer_stats;
 pub mod operator;
+pub mod spc_charts;
 #[cfg(test)]
 mod replay_tests;
 pub mod threshold_rules;

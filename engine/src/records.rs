@@ -202,6 +202,49 @@ pub struct LateRecord {
     pub watermark_ns: i64,
 }
 
+/// An out-of-control point of a statistical process control chart (`[[spc]]`) on a per-layer
+/// statistic.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SpcSignal {
+    /// Build.
+    pub build_id: String,
+    /// The chart's name in the topology.
+    pub spc: String,
+    /// `shewhart`, `ewma` or `cusum`.
+    pub chart: String,
+    /// Channel charted (`energy_density_j_mm3` for energy density).
+    pub channel: String,
+    /// Statistic charted: `mean`, `std_dev` or `value`.
+    pub statistic: String,
+    /// Laser.
+    pub laser: u8,
+    /// The layer whose point signalled.
+    pub layer: u32,
+    /// End of that layer's window.
+    pub time: String,
+    /// Same, ns.
+    pub time_ns: i64,
+    /// The test that signalled (`we1_beyond_3_sigma`, `we2_2_of_3_beyond_2_sigma`,
+    /// `we3_4_of_5_beyond_1_sigma`, `we4_8_on_one_side`, `ewma`, `cusum_upper`, `cusum_lower`).
+    pub rule: String,
+    /// The layer's value of the statistic.
+    pub value: f64,
+    /// What the test judged: the value (Shewhart), the EWMA statistic z, or the CUSUM sum.
+    pub charted: f64,
+    /// Centre line (0 for CUSUM, whose sums start there).
+    pub centre: f64,
+    /// Lower limit of the test's zone.
+    pub lower: f64,
+    /// Upper limit of the test's zone.
+    pub upper: f64,
+    /// Phase I centre of the statistic.
+    pub baseline_centre: f64,
+    /// Phase I sigma of the statistic.
+    pub baseline_sigma: f64,
+    /// The layers whose points make the pattern, oldest first.
+    pub layers: Vec<u32>,
+}
+
 /// Any output record, tagged by `kind`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -218,6 +261,8 @@ pub enum OutputRecord {
     DeadLetter(DeadLetterRecord),
     /// Late samples.
     Late(LateRecord),
+    /// SPC out-of-control point.
+    SpcSignal(SpcSignal),
 }
 
 impl OutputRecord {
@@ -230,6 +275,7 @@ impl OutputRecord {
             OutputRecord::Anomaly(_) => RecordKind::Anomaly,
             OutputRecord::DeadLetter(_) => RecordKind::DeadLetter,
             OutputRecord::Late(_) => RecordKind::Late,
+            OutputRecord::SpcSignal(_) => RecordKind::SpcSignal,
         }
     }
 
@@ -239,6 +285,7 @@ impl OutputRecord {
         match self {
             OutputRecord::Grid(g) => 64 + g.cells.len() * std::mem::size_of::<GridCell>(),
             OutputRecord::DeadLetter(d) => 128 + d.raw_prefix.len() + d.reason.len(),
+            OutputRecord::SpcSignal(s) => 192 + s.layers.len() * 4,
             OutputRecord::LayerSummary(_) | OutputRecord::Window(_) | OutputRecord::Anomaly(_) | OutputRecord::Late(_) => 128,
         }
     }
@@ -252,6 +299,7 @@ impl OutputRecord {
             OutputRecord::Anomaly(a) => format!("anomaly/{}/{}/{:?}/{}", a.build_id, a.rule, a.laser, a.time_ns),
             OutputRecord::DeadLetter(d) => format!("dead_letter/{}/{}/{}", d.source, d.input, d.offset),
             OutputRecord::Late(l) => format!("late/{}/{}/{}", l.build_id, l.offset, l.t0_ns),
+            OutputRecord::SpcSignal(s) => format!("spc_signal/{}/{}/{}/{}/{}", s.build_id, s.spc, s.laser, s.layer, s.rule),
         }
     }
 
@@ -263,6 +311,7 @@ impl OutputRecord {
             OutputRecord::Window(w) => Some(&w.build_id),
             OutputRecord::Anomaly(a) => Some(&a.build_id),
             OutputRecord::Late(l) => Some(&l.build_id),
+            OutputRecord::SpcSignal(s) => Some(&s.build_id),
             OutputRecord::DeadLetter(_) => None,
         }
     }

@@ -25,6 +25,7 @@ pub const TABLES: &[(&str, &[&str])] = &[
     ("anomalies", &["build_id", "rule", "laser_key", "time_ns"]),
     ("dead_letters", &["source", "input", "kafka_offset"]),
     ("late_records", &["build_id", "source_offset", "t0_ns", "laser"]),
+    ("spc_signals", &["build_id", "spc", "laser", "layer", "rule"]),
 ];
 
 /// Columns left out of the comparison: set by the database at write time, or naming the run.

@@ -14,6 +14,7 @@
 //! | `anomalies` | rule hit | `pipeline, build_id, rule, laser_key, time_ns` (`laser_key` = laser, or −1 when none) |
 //! | `dead_letters` | rejected input record (with Kafka topic and partition), or a result this sink cannot store (`source` = `sink NAME: KEY`) | `pipeline, source, input, kafka_offset` |
 //! | `late_records` | block of late samples | `pipeline, build_id, source_offset, t0_ns, laser` |
+//! | `spc_signals` | SPC out-of-control point (`layers` an `int[]`) | `pipeline, build_id, spc, laser, layer, rule` |
 //! | `progress` | Kafka partition | `pipeline, topic, partition` |
 //!
 //! Times are stored both as `timestamptz` (microseconds, computed in SQL from the record's
@@ -123,7 +124,7 @@ impl PgSink {
     /// Rows buffered since the last successful flush.
     pub fn buffered_rows(&self) -> usize {
         let b = &self.buffers;
-        b.layer_summaries.len() + b.grid_maps.len() + b.window_results.len() + b.anomalies.len() + b.dead_letters.len() + b.late_records.len()
+        b.layer_summaries.len() + b.grid_maps.len() + b.window_results.len() + b.anomalies.len() + b.dead_letters.len() + b.late_records.len() + b.spc_signals.len()
     }
 
     /// Classifies a database error of `stage`, logging it.
@@ -149,20 +150,12 @@ impl PgSink {
         let tx = client.transaction().await.map_err(|e| self.db_error("begin migration", &e))?;
         tx.batch_execute(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")).await.map_err(|e| self.db_error("lock for migration", &e))?;
         tx.batch_execute(&self.sql.bootstrap).await.map_err(|e| self.db_error("create schema", &e))?;
-        let applied = tx.query_opt(&self.sql.has_v1, &[]).await.map_err(|e| self.db_error("read schema version", &e))?;
-        if applied.is_none() {
-            tx.batch_execute(&self.sql.v1).await.map_err(|e| self.db_error("apply migration 1", &e))?;
-            tracing::info!(sink = %self.name, schema = %self.schema, "created the PostgreSQL tables (schema version 1)");
-        }
-        let applied = tx.query_opt(&self.sql.has_v2, &[]).await.map_err(|e| self.db_error("read schema version", &e))?;
-        if applied.is_none() {
-            tx.batch_execute(&self.sql.v2).await.map_err(|e| self.db_error("apply migration 2", &e))?;
-            tracing::info!(sink = %self.name, schema = %self.schema, "added the progress epoch (schema version 2)");
-        }
-        let applied = tx.query_opt(&self.sql.has_v3, &[]).await.map_err(|e| self.db_error("read schema version", &e))?;
-        if applied.is_none() {
-            tx.batch_execute(&self.sql.v3).await.map_err(|e| self.db_error("apply migration 3", &e))?;
-            tracing::info!(sink = %self.name, schema = %self.schema, "added the progress replay state (schema version 3)");
+        for (version, what, sql) in &self.sql.migrations {
+            let applied = tx.query_opt(&self.sql.has_version, &[version]).await.map_err(|e| self.db_error("read schema version", &e))?;
+            if applied.is_none() {
+                tx.batch_execute(sql).await.map_err(|e| self.db_error(&format!("apply migration {version}"), &e))?;
+                tracing::info!(sink = %self.name, schema = %self.schema, "{what} (schema version {version})");
+            }
         }
         tx.commit().await.map_err(|e| self.db_error("commit migration", &e))?;
         self.migrated = true;
@@ -180,13 +173,14 @@ impl PgSink {
     async fn write_transaction(&self, checkpoint: &Checkpoint) -> Result<(Vec<(&'static str, u64)>, Vec<((String, i32), (u64, i64))>), SinkError> {
         let b = &self.buffers;
         let p = &self.pipeline;
-        let batches: [(&'static str, usize, &str, Vec<Param<'_>>); 6] = [
+        let batches: [(&'static str, usize, &str, Vec<Param<'_>>); 7] = [
             ("layer_summaries", b.layer_summaries.len(), &self.sql.insert_layer_summaries, b.layer_summaries.params(p)),
             ("grid_maps", b.grid_maps.len(), &self.sql.insert_grid_maps, b.grid_maps.params(p)),
             ("window_results", b.window_results.len(), &self.sql.insert_window_results, b.window_results.params(p)),
             ("anomalies", b.anomalies.len(), &self.sql.insert_anomalies, b.anomalies.params(p)),
             ("dead_letters", b.dead_letters.len(), &self.sql.insert_dead_letters, b.dead_letters.params(p)),
             ("late_records", b.late_records.len(), &self.sql.insert_late_records, b.late_records.params(p)),
+            ("spc_signals", b.spc_signals.len(), &self.sql.insert_spc_signals, b.spc_signals.params(p)),
         ];
         // One entry per partition (an upsert may not touch a row twice); the latest wins.
         let latest: BTreeMap<(&str, i32), &Progress> = checkpoint.entries.iter().map(|((topic, partition), p)| ((topic.as_str(), *partition), p)).collect();

@@ -128,7 +128,11 @@ impl RouterState {
 
     /// The actor of `build`, started (or unparked) on its first batch from `input`, whose
     /// records before that batch had `data_max_t` as their largest event time.
-    async fn build_actor(&mut self, myself: &ActorRef<RouterMsg>, build: &BuildId, input: InputId, data_max_t: TimeNs) -> Result<ActorRef<BuildMsg>, ActorProcessingErr> {
+    /// `at` is the offset of the batch's first record: none of the build's records lies between
+    /// where this run started reading and `at`, or (for a build that ended) those before `at`
+    /// went through its earlier processor, whose decisions the board holds. So the new processor
+    /// starts as a replay from `at` would: with the cooldowns recorded as running there.
+    async fn build_actor(&mut self, myself: &ActorRef<RouterMsg>, build: &BuildId, input: InputId, data_max_t: TimeNs, at: u64) -> Result<ActorRef<BuildMsg>, ActorProcessingErr> {
         if let Some(e) = self.builds.get_mut(build) {
             e.last_batch = Instant::now();
             if !e.inputs.contains(&input) {
@@ -140,7 +144,7 @@ impl RouterState {
         let mut processor = BuildPipeline::new(build.clone(), self.args.settings.clone());
         // What an earlier run (or this one, for a build that ended) decided for it.
         let (decisions, replay_from) = self.args.board.decisions(input, build);
-        processor.resume(decisions, replay_from);
+        processor.resume(decisions, replay_from.max(at));
         if self.ended.contains_key(build) {
             // Everything for an ended build is late: a fresh processor must not reopen its layers.
             processor.mark_ended();
@@ -191,7 +195,7 @@ impl RouterState {
         for (build, part) in parts {
             let samples = part.sample_count();
             let permit = self.args.budget.acquire(Stage::Builds, batch_bytes(&part)).await.ok_or("the memory budget was closed")?;
-            self.build_actor(myself, &build, span.input, base).await?;
+            self.build_actor(myself, &build, span.input, base, span.first_offset).await?;
             EngineStats::add(&self.args.stats.samples, samples);
             metrics::counter!("meltstream_samples_total").increment(samples);
             let Some(e) = self.builds.get(&build) else { continue };

@@ -22,6 +22,7 @@ use crate::offset_ledger::{Hold, HoldSet};
 use crate::records::{DeadLetterRecord, Emitted, OutputRecord};
 use crate::analytics::rules::Rule;
 use crate::pipeline::decisions::{BuildDecisions, CooldownRun, LayerClose};
+use crate::pipeline::spc_charts::SpcSpec;
 use crate::windows::time_window::TimeWindowSpec;
 use crate::topology::{LatePolicy, Topology};
 
@@ -42,6 +43,8 @@ pub struct BuildSettings {
     pub time_windows: Vec<TimeWindowSpec>,
     /// Rules.
     pub rules: Vec<Rule>,
+    /// SPC charts on per-layer statistics.
+    pub spc: Vec<SpcSpec>,
     /// Default layer thickness, µm.
     pub default_thickness_um: f64,
     /// Out-of-orderness bound of the watermark, ns: a build applies `max_t − bound` of its
@@ -65,6 +68,7 @@ impl BuildSettings {
             grid_channel: Channel::parse(&t.windows.grid_channel).unwrap_or(Channel::PhotodiodeOnAxis),
             time_windows: t.windows.time.iter().map(TimeWindowSpec::compile).collect(),
             rules: t.rules.iter().map(Rule::compile).collect(),
+            spc: t.spc.iter().map(SpcSpec::compile).collect(),
             default_thickness_um: t.engine.default_layer_thickness_um,
             watermark_bound_ns: t.engine.watermark_bound_ms as i64 * ms,
             #[cfg(feature = "fault-injection")]
@@ -209,6 +213,16 @@ impl BuildBook {
     /// still running there.
     pub fn resumed_cooldowns(&self) -> Vec<CooldownRun> {
         self.decisions.cooldowns.iter().filter(|c| c.spans(self.replay_from)).copied().collect()
+    }
+
+    /// Records the SPC charts' state after charting `layer`.
+    pub fn record_spc(&mut self, layer: u32, state: String) {
+        self.decisions_changed |= self.decisions.record_spc(layer, state);
+    }
+
+    /// The SPC charts' state a replay starts with (see `BuildDecisions::spc_for_replay_from`).
+    pub fn spc_resume_state(&self) -> Option<&str> {
+        self.decisions.spc_for_replay_from(self.replay_from)
     }
 
     /// Records a watermark advance taken on the wall clock at the current position.

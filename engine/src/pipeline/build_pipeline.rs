@@ -1,17 +1,18 @@
 //! Everything one build computes, as a chain of operators, one per concern: threshold rules,
-//! time windows, energy-density rules, layer statistics, grid maps and late samples (in that
-//! order). The build actor owns one `BuildPipeline` and feeds it batches and watermarks in
+//! time windows, energy-density rules, layer statistics, SPC charts, grid maps and late samples
+//! (in that order). The build actor owns one `BuildPipeline` and feeds it batches and watermarks in
 //! arrival order; all arithmetic lives here and in the operators, free of actors and I/O.
 //!
 //! The pipeline keeps the build's shared bookkeeping ([`BuildBook`]) and drives it: it applies
 //! a batch's layer events before any operator sees the batch, places each block in its layer's
 //! window before the operators see the block, and decides which layer windows a watermark
-//! closes, asking every operator for its part of each result. A new concern (SPC, data
+//! closes, asking every operator for its part of each result. A new concern (data
 //! quality, fusion) is one more operator appended to the chain; the others do not change.
 //!
 //! Chain order is output order: within a block, rule alerts go before late records; within a
-//! layer result, energy-density alerts go before the summaries, and the summaries before the
-//! grid map; the time windows a watermark completes go after the layer windows it closes.
+//! layer result, energy-density alerts go before the summaries, the summaries before the SPC
+//! signals, and those before the grid map; the time windows a watermark completes go after the
+//! layer windows it closes.
 //!
 //! It must never emit a window twice with the same revision, never emit a partial layer window
 //! (a layer closes only when its `end` event is behind the watermark, or by the gap timeout),
@@ -46,6 +47,7 @@ use crate::pipeline::grid_map::GridMaps;
 use crate::pipeline::late_samples::LateSamples;
 use crate::pipeline::layer_stats::LayerStats;
 use crate::pipeline::operator::{Block, Ctx, LayerResult, Operator};
+use crate::pipeline::spc_charts::SpcCharts;
 use crate::pipeline::threshold_rules::ThresholdRules;
 use crate::pipeline::time_windows::TimeWindows;
 use crate::records::{DeadLetterRecord, Emitted, OutputRecord};
@@ -74,6 +76,7 @@ pub fn standard_chain(s: &BuildSettings) -> Vec<Box<dyn Operator>> {
         Box::new(TimeWindows::new(s)),
         Box::new(EnergyDensityRules),
         Box::new(LayerStats),
+        Box::new(SpcCharts::default()),
         Box::new(GridMaps),
         Box::new(LateSamples),
     ]

@@ -176,3 +176,96 @@ fn a_replay_repeats_an_idle_advance_of_the_watermark() {
     }
     crash_after_every_record(settings, idle);
 }
+
+/// SPC charts span the build: a replay resumes them from the snapshot of the last layer whose
+/// result is durable and charts the layers it rebuilds again, so it signals what the
+/// uninterrupted run signalled (phase I on the first layers, and given baselines that signal on
+/// every layer, with the Western Electric rules, EWMA and CUSUM).
+#[test]
+fn a_replay_resumes_the_spc_charts() {
+    use crate::pipeline::spc_charts::SpcSpec;
+    use crate::topology::SpcConfig;
+    let chart = |name: &str, chart: &str, extra: &str| -> SpcSpec {
+        let c: SpcConfig = toml::from_str(&format!("name = \"{name}\"\nchannel = \"temperature_c\"\nchart = \"{chart}\"\n{extra}")).expect("spc config");
+        SpcSpec::compile(&c)
+    };
+    let with_spc = |policy| {
+        let mut s = (*settings(policy)).clone();
+        s.spc = vec![
+            chart("t_first", "shewhart", "baseline_layers = 2\nalert = true"),
+            chart("t_given", "shewhart", "baseline = \"given\"\ncentre = 1650.0\nsigma = 5.0\nalert = true"),
+            chart("t_ewma", "ewma", "baseline = \"given\"\ncentre = 1690.0\nsigma = 2.0\nlambda = 0.5"),
+            chart("t_cusum", "cusum", "baseline = \"given\"\ncentre = 1680.0\nsigma = 3.0\nh = 2.0"),
+            chart("t_spread", "shewhart", "statistic = \"std_dev\"\nbaseline_layers = 2"),
+        ];
+        Arc::new(s)
+    };
+    let n = lines().len();
+    let mut out = Vec::new();
+    feed(&mut BuildPipeline::new(BuildId::from("b"), with_spc(LatePolicy::Drop)), 0, n, 1, &mut TimeNs::MIN.clone(), &mut out);
+    let signals: Vec<_> = out.iter().filter_map(|r| if let OutputRecord::SpcSignal(s) = r { Some((s.spc.as_str(), s.layer, s.rule.as_str())) } else { None }).collect();
+    for name in ["t_given", "t_ewma", "t_cusum"] {
+        assert!(signals.iter().any(|s| s.0 == name), "{name} signals: {signals:?}");
+    }
+    assert!(out.iter().any(|r| matches!(r, OutputRecord::Anomaly(a) if a.rule.starts_with("spc:t_given:"))), "the alerting chart raises anomalies");
+    assert!(!signals.iter().any(|s| s.0 == "t_first" && s.1 < 2), "no signal in phase I: {signals:?}");
+    crash_after_every_record(with_spc, None);
+}
+
+/// Runs `p` over `lines[from..to]`, one record per batch (bound 0); returns what it emitted.
+fn feed_lines(p: &mut BuildPipeline, lines: &[String], from: usize, to: usize, max_t: &mut TimeNs, out: &mut Vec<OutputRecord>) {
+    let mut d = Decoder::new(0, DecodeLimits::default());
+    for (i, l) in lines.iter().enumerate().take(to).skip(from) {
+        let mut batch = RecordBatch::with_capacity(4);
+        d.decode(l.as_bytes(), i as u64, NOW, &mut batch);
+        batch.span = SourceSpan { input: 0, seq: i as u64, first_offset: i as u64, next_offset: i as u64 + 1 };
+        batch.max_t_before = Arc::new(batch.max_t_steps(*max_t));
+        *max_t = (*max_t).max(batch.max_t_ns);
+        let ctx = Ctx { hold: Some((0, i as u64)), now_wall_ns: NOW, origin_wall_ns: NOW };
+        let mut em = Vec::new();
+        p.process(&batch, &ctx, &mut em);
+        out.extend(em.into_iter().map(|e| e.record));
+    }
+}
+
+/// Once a build ended, the engine drops its processor, and a later record of the build meets a
+/// new one (started from the recorded decisions, every layer final). When that happens depends
+/// on the actors' timing, so the new processor must start with what the old one had at that
+/// record: the machine-log rule's cooldown running since an alert after the build's end
+/// (`o2_high`, 1 s) still suppresses the next exceedance, whichever processor meets it.
+#[test]
+fn a_new_processor_for_an_ended_build_keeps_its_running_cooldowns() {
+    let t = |ms: u32| format!("2024-01-15T10:30:0{}.{:03}Z", ms / 1000, ms % 1000);
+    let log = |ms: u32, o2: f64| format!(r#"{{"type": "log", "build_id": "b", "timestamp": "{}", "values": {{"o2_ppm": {o2}}}}}"#, t(ms));
+    let lines = vec![
+        format!(r#"{{"build_id": "b", "layer": 0, "timestamp": "{}", "temperature": 1600.0}}"#, t(10)),
+        format!(r#"{{"type": "layer", "build_id": "b", "layer": 0, "phase": "end", "timestamp": "{}"}}"#, t(30)),
+        format!(r#"{{"type": "layer", "build_id": "b", "layer": 0, "phase": "build_end", "timestamp": "{}"}}"#, t(30)),
+        log(40, 200.0),
+        log(300, 1500.0), // an alert after the build ended: its cooldown runs to 1.3 s
+        log(600, 200.0),
+        log(900, 1600.0), // within that cooldown
+        log(1400, 1550.0), // after it
+        log(1500, 1700.0),
+    ];
+    let settings = settings(LatePolicy::Drop);
+    let n = lines.len();
+    let mut reference = Vec::new();
+    feed_lines(&mut BuildPipeline::new(BuildId::from("b"), settings.clone()), &lines, 0, n, &mut TimeNs::MIN.clone(), &mut reference);
+    let alerts = |v: &[OutputRecord]| v.iter().filter(|r| matches!(r, OutputRecord::Anomaly(a) if a.rule == "o2_high")).count();
+    assert_eq!(alerts(&reference), 2, "{reference:?}");
+    for cut in 4..n {
+        let mut out = Vec::new();
+        let mut p = BuildPipeline::new(BuildId::from("b"), settings.clone());
+        let mut max_t = TimeNs::MIN;
+        feed_lines(&mut p, &lines, 0, cut, &mut max_t, &mut out);
+        assert!(p.finished(), "the build ended before offset {cut}");
+        // The engine's recreation: the decisions so far, read as a replay from the next record.
+        let decisions = p.take_changed_decisions().unwrap_or_default();
+        let mut q = BuildPipeline::new(BuildId::from("b"), settings.clone());
+        q.resume(decisions, cut as u64);
+        q.mark_ended();
+        feed_lines(&mut q, &lines, cut, n, &mut max_t, &mut out);
+        assert_eq!(sorted(out), sorted(reference.clone()), "a new processor from offset {cut}");
+    }
+}

@@ -29,6 +29,9 @@ pub enum AnomalyKind {
     O2Rise,
     /// One laser scans a layer so fast (2.8 m/s) that its energy density falls below 35 J/mm³.
     LackOfFusion,
+    /// One laser's delivered power degrades layer after layer (`power_drift_pct_per_layer`):
+    /// each affected layer is one entry, spanning the laser's whole layer.
+    PowerDrift,
 }
 
 /// One injected anomaly: what, where, and when (event times, half-open `[start_ns, end_ns)`).
@@ -106,7 +109,17 @@ pub(super) fn plans_for(i: u32, cfg: &SimulatorConfig, rng: &mut SplitMix) -> Ve
             plans.push(Plan { kind: AnomalyKind::HotSpot, layer, laser: other });
         }
     }
+    if cfg.power_drift_pct_per_layer > 0.0 && cfg.layers > 1 && cfg.lasers > 0 {
+        let laser = 1 + rng.below(u64::from(cfg.lasers)) as u8;
+        plans.push(Plan { kind: AnomalyKind::PowerDrift, layer: (cfg.layers / 3).max(1), laser });
+    }
     plans
+}
+
+/// The fraction of its power laser `laser` delivers in layer `layer`, by the drift `plans` hold.
+pub(super) fn drift_factor(plans: &[Plan], cfg_pct_per_layer: f64, layer: u32, laser: u8) -> Option<f64> {
+    let p = plans.iter().find(|p| p.kind == AnomalyKind::PowerDrift && p.laser == laser && p.layer <= layer)?;
+    Some((1.0 - cfg_pct_per_layer / 100.0 * f64::from(layer - p.layer + 1)).max(0.05))
 }
 
 /// The block an anomaly is applied to: which build, layer and laser (for the ground truth),

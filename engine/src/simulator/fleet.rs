@@ -67,6 +67,7 @@ impl Simulator {
             batch_blocks: cfg.batch_blocks.max(1),
             noise: noise_table(cfg.seed, (2 * block_len).max(8192)),
             log_keys: ["chamber_pressure_mbar", "gas_flow_m3_h", "o2_ppm", "plate_temp_c"].map(Arc::from),
+            power_drift_pct_per_layer: cfg.power_drift_pct_per_layer,
         };
         let start = parse_rfc3339_ns(&cfg.start_time).unwrap_or(DEFAULT_START_NS);
         let mut machines = Vec::with_capacity(cfg.machines as usize);

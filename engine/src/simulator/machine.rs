@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::input::batch::{BlockColumns, RecordBatch};
 use crate::input::event::{BuildId, Channel, LaserParams, LayerEvent, LayerPhase, LogRecord, TimeNs};
 
-use super::anomalies::{AnomalyKind, Columns, HotCell, InjectedAnomaly, O2Rise, Plan, PowerDropSpan, Site, HOT_CELL_MM};
+use super::anomalies::{drift_factor, AnomalyKind, Columns, HotCell, InjectedAnomaly, O2Rise, Plan, PowerDropSpan, Site, HOT_CELL_MM};
 use super::model::{model, Field, Raster, SplitMix, HATCH_MM, LOF_SPEED_MM_S, MS, NOMINAL_POWER_W, PD_OFF_PER_W, PD_ON_PER_W, SPEED_MM_S, TEMP_PER_W, THICKNESS_UM};
 
 /// Period of the machine-log records.
@@ -62,6 +62,7 @@ pub(super) struct Setup {
     pub(super) batch_blocks: usize,
     pub(super) noise: Vec<f32>,
     pub(super) log_keys: [Arc<str>; 4],
+    pub(super) power_drift_pct_per_layer: f64,
 }
 
 /// One machine running one build.
@@ -231,8 +232,16 @@ impl Machine {
             // Melt-pool brightness and temperature fall with the energy input.
             let g = 0.5 + 0.5 * SPEED_MM_S / speed;
             let drift = 10.0 * self.rng.sym();
+            // A degrading laser delivers less than it is commanded (the parameters keep the command).
+            let delivered = match drift_factor(&self.plans, s.power_drift_pct_per_layer, k, laser) {
+                Some(f) => {
+                    truth.push(self.truth(AnomalyKind::PowerDrift, k, Some(laser), t, t.saturating_add(s.layer_ns)));
+                    power * f
+                }
+                None => power,
+            };
             let mut ll = LaserLayer {
-                power_w: power as f32,
+                power_w: delivered as f32,
                 raster: Raster { field, step_mm, pitch_mm, y_phase_mm: if k % 2 == 1 { pitch_mm / 2.0 } else { 0.0 } },
                 k_on: (PD_ON_PER_W * g) as f32,
                 k_off: (PD_OFF_PER_W * g) as f32,

@@ -13,6 +13,7 @@ use crate::topology::engine_config::{EngineConfig, LatePolicy};
 use crate::topology::positions::Positions;
 use crate::topology::rules_config::RuleConfig;
 use crate::topology::sinks::{RecordKind, SinkConfig, SinkKind};
+use crate::topology::spc_config::{SpcBaselineKind, SpcChartKind, SpcConfig, SpcStatistic, ENERGY_DENSITY_CHANNEL};
 use crate::topology::sources::{SimulatorConfig, SourceConfig, SourceKind};
 use crate::topology::windows_config::{TimeWindowKind, WindowsConfig};
 use crate::topology::errors::ConfigError;
@@ -205,5 +206,59 @@ pub(super) fn check_graph(c: &mut Checker<'_>, engine: &EngineConfig, sources: &
     let late_needs_sink = engine.late_policy == LatePolicy::LateSink;
     if late_needs_sink && !sinks.iter().any(|(_, s)| s.kind.records().contains(&RecordKind::Late)) {
         c.err("engine.late_policy", "\"late_sink\" needs a sink whose `records` include \"late\"");
+    }
+}
+
+/// Checks the `[[spc]]` charts: names unique, a sample channel (or energy density) with a
+/// statistic it has, parameters in range, a baseline that can be had.
+pub(super) fn check_spc(c: &mut Checker<'_>, spc: &[(String, SpcConfig)]) {
+    check_names(c, "spc", spc.iter().map(|(k, s)| (k.as_str(), s.name.as_str())));
+    for (key, s) in spc {
+        let energy = s.channel == ENERGY_DENSITY_CHANNEL;
+        if !energy && Channel::parse(&s.channel).is_none() {
+            c.err(&format!("{key}.channel"), format!("{} or {ENERGY_DENSITY_CHANNEL:?}", channel_expected(&s.channel)));
+        }
+        match (energy, s.statistic) {
+            (true, Some(st)) if st != SpcStatistic::Value => c.err(&format!("{key}.statistic"), format!("{ENERGY_DENSITY_CHANNEL} has one value per layer and laser: expected \"value\"")),
+            (false, Some(SpcStatistic::Value)) => c.err(&format!("{key}.statistic"), "expected \"mean\" or \"std_dev\" for a sample channel"),
+            _ => {}
+        }
+        match s.chart {
+            SpcChartKind::Shewhart => {}
+            SpcChartKind::Ewma => {
+                if !(s.lambda > 0.0 && s.lambda <= 1.0) {
+                    c.err(&format!("{key}.lambda"), "expected λ in (0, 1]");
+                }
+                if !(s.l > 0.0 && s.l.is_finite()) {
+                    c.err(&format!("{key}.l"), "expected a positive limit width in σ");
+                }
+            }
+            SpcChartKind::Cusum => {
+                if !(s.k >= 0.0 && s.k.is_finite()) {
+                    c.err(&format!("{key}.k"), "expected a reference value ≥ 0 in σ");
+                }
+                if !(s.h > 0.0 && s.h.is_finite()) {
+                    c.err(&format!("{key}.h"), "expected a positive decision interval in σ");
+                }
+            }
+        }
+        match s.baseline {
+            SpcBaselineKind::FirstLayers => {
+                if s.baseline_layers < 2 {
+                    c.err(&format!("{key}.baseline_layers"), "expected at least 2 layers for phase I (σ comes from moving ranges)");
+                }
+                if s.centre.is_some() || s.sigma.is_some() {
+                    c.err(key, "`centre` and `sigma` need baseline = \"given\"");
+                }
+            }
+            SpcBaselineKind::Given => {
+                if !s.centre.is_some_and(f64::is_finite) {
+                    c.err(&format!("{key}.centre"), "baseline = \"given\" needs a finite `centre`");
+                }
+                if !s.sigma.is_some_and(|v| v > 0.0 && v.is_finite()) {
+                    c.err(&format!("{key}.sigma"), "baseline = \"given\" needs a positive `sigma`");
+                }
+            }
+        }
     }
 }

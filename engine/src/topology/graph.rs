@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use crate::topology::engine_config::EngineConfig;
 use crate::topology::rules_config::RuleConfig;
 use crate::topology::sinks::{SinkConfig, SinkKind};
+use crate::topology::spc_config::SpcConfig;
 use crate::topology::sources::{SourceConfig, SourceKind};
 use crate::topology::windows_config::WindowsConfig;
 
@@ -24,6 +25,8 @@ pub struct Topology {
     pub windows: WindowsConfig,
     /// Rules.
     pub rules: Vec<RuleConfig>,
+    /// Statistical process control charts on per-layer statistics.
+    pub spc: Vec<SpcConfig>,
     /// Sinks.
     pub sinks: Vec<SinkConfig>,
     /// The engine instance this process is (see [`Topology::for_instance`]); `None` for a

@@ -23,17 +23,20 @@ pub enum RecordKind {
     DeadLetter,
     /// Records that came too late (with `late_policy = "late_sink"`).
     Late,
+    /// SPC out-of-control points (`[[spc]]`).
+    SpcSignal,
 }
 
 impl RecordKind {
     /// Every kind.
-    pub const ALL: [RecordKind; 6] = [
+    pub const ALL: [RecordKind; 7] = [
         RecordKind::LayerSummary,
         RecordKind::Grid,
         RecordKind::Window,
         RecordKind::Anomaly,
         RecordKind::DeadLetter,
         RecordKind::Late,
+        RecordKind::SpcSignal,
     ];
 
     /// Its name in topologies and in the records' `kind` field.
@@ -45,6 +48,7 @@ impl RecordKind {
             RecordKind::Anomaly => "anomaly",
             RecordKind::DeadLetter => "dead_letter",
             RecordKind::Late => "late",
+            RecordKind::SpcSignal => "spc_signal",
         }
     }
 }

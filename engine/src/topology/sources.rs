@@ -41,6 +41,9 @@ pub struct SimulatorConfig {
     pub pace: Pace,
     /// Inject anomalies (hot spot, power drop, O2 rise, lack of fusion).
     pub anomalies: bool,
+    /// A slow drift only SPC sees: in every build one laser (drawn from the seed) delivers this
+    /// much less power each layer, from a third of the build on (percent per layer; 0: none).
+    pub power_drift_pct_per_layer: f64,
     /// Blocks per batch handed to the engine.
     pub batch_blocks: usize,
     /// Event time of the first sample, RFC 3339.
@@ -62,6 +65,7 @@ impl Default for SimulatorConfig {
             seed: 42,
             pace: Pace::Fast,
             anomalies: true,
+            power_drift_pct_per_layer: 0.0,
             batch_blocks: 64,
             start_time: "2024-01-15T10:30:00Z".into(),
             build_prefix: "sim-".into(),

@@ -5,7 +5,7 @@
 
 use tokio_postgres::types::ToSql;
 
-use meltstream_engine::records::{Anomaly, DeadLetterRecord, GridMap, LateRecord, LayerSummary, OutputRecord, WindowResult};
+use meltstream_engine::records::{Anomaly, DeadLetterRecord, GridMap, LateRecord, LayerSummary, OutputRecord, SpcSignal, WindowResult};
 
 /// A statement parameter.
 pub(super) type Param<'a> = &'a (dyn ToSql + Sync);
@@ -302,6 +302,56 @@ impl LateRecordColumns {
     }
 }
 
+columns! {
+    /// Buffered `spc_signals` rows.
+    SpcSignalColumns {
+        build_id: String = "text",
+        spc: String = "text",
+        chart: String = "text",
+        channel: String = "text",
+        statistic: String = "text",
+        laser: i32 = "int",
+        layer: i32 = "int",
+        time_ns: i64 = "bigint",
+        rule: String = "text",
+        value: f64 = "float8",
+        charted: f64 = "float8",
+        centre: f64 = "float8",
+        lower_limit: f64 = "float8",
+        upper_limit: f64 = "float8",
+        baseline_centre: f64 = "float8",
+        baseline_sigma: f64 = "float8",
+        layers: String = "text",
+    }
+}
+
+impl SpcSignalColumns {
+    fn push(&mut self, s: &SpcSignal) -> Result<(), String> {
+        let layer = int(s.layer, "layer")?;
+        for l in &s.layers {
+            int(*l, "layer")?;
+        }
+        self.build_id.push(pg_text(&s.build_id));
+        self.spc.push(pg_text(&s.spc));
+        self.chart.push(pg_text(&s.chart));
+        self.channel.push(pg_text(&s.channel));
+        self.statistic.push(pg_text(&s.statistic));
+        self.laser.push(i32::from(s.laser));
+        self.layer.push(layer);
+        self.time_ns.push(s.time_ns);
+        self.rule.push(pg_text(&s.rule));
+        self.value.push(s.value);
+        self.charted.push(s.charted);
+        self.centre.push(s.centre);
+        self.lower_limit.push(s.lower);
+        self.upper_limit.push(s.upper);
+        self.baseline_centre.push(s.baseline_centre);
+        self.baseline_sigma.push(s.baseline_sigma);
+        self.layers.push(serde_json::to_string(&s.layers).unwrap_or_else(|_| "[]".into()));
+        Ok(())
+    }
+}
+
 /// Rows written but not yet flushed, per table.
 #[derive(Default)]
 pub(super) struct Buffers {
@@ -311,6 +361,7 @@ pub(super) struct Buffers {
     pub(super) anomalies: AnomalyColumns,
     pub(super) dead_letters: DeadLetterColumns,
     pub(super) late_records: LateRecordColumns,
+    pub(super) spc_signals: SpcSignalColumns,
 }
 
 impl Buffers {
@@ -322,6 +373,7 @@ impl Buffers {
             OutputRecord::Anomaly(a) => self.anomalies.push(a),
             OutputRecord::DeadLetter(d) => self.dead_letters.push(d),
             OutputRecord::Late(l) => self.late_records.push(l),
+            OutputRecord::SpcSignal(s) => self.spc_signals.push(s),
         }
     }
 
@@ -332,6 +384,7 @@ impl Buffers {
         self.anomalies.append(&mut other.anomalies);
         self.dead_letters.append(&mut other.dead_letters);
         self.late_records.append(&mut other.late_records);
+        self.spc_signals.append(&mut other.spc_signals);
     }
 
     pub(super) fn clear(&mut self) {
@@ -341,6 +394,7 @@ impl Buffers {
         self.anomalies.clear();
         self.dead_letters.clear();
         self.late_records.clear();
+        self.spc_signals.clear();
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -350,6 +404,7 @@ impl Buffers {
             && self.anomalies.len() == 0
             && self.dead_letters.len() == 0
             && self.late_records.len() == 0
+            && self.spc_signals.len() == 0
     }
 }
 

@@ -1,14 +1,15 @@
-//! The PostgreSQL sink's schema: its tables (migration 1; migration 2 adds the progress epoch, migration 3 the replay state), the statements that insert into them
+//! The PostgreSQL sink's schema: its tables (migration 1; migration 2 adds the progress epoch,
+//! migration 3 the replay state, migration 4 the SPC signals), the statements that insert into them
 //! and store and read the progress, and the names `reset_pipeline` empties. Statements are
 //! built once per schema name; nothing here talks to the server.
 
-use super::columns::{AnomalyColumns, DeadLetterColumns, GridMapColumns, LateRecordColumns, LayerSummaryColumns, WindowResultColumns};
+use super::columns::{AnomalyColumns, DeadLetterColumns, GridMapColumns, LateRecordColumns, LayerSummaryColumns, SpcSignalColumns, WindowResultColumns};
 
 /// Key of the advisory lock that serialises schema migrations across engines.
 pub(super) const MIGRATION_LOCK: i64 = 0x6d65_6c74_7374_7265; // "meltstre"
 
 /// Every table holding rows of a pipeline, in the order `reset_pipeline` empties them.
-pub(super) const TABLES: [&str; 7] = ["layer_summaries", "grid_maps", "window_results", "anomalies", "dead_letters", "late_records", "progress"];
+pub(super) const TABLES: [&str; 8] = ["layer_summaries", "grid_maps", "window_results", "anomalies", "dead_letters", "late_records", "spc_signals", "progress"];
 
 /// `schema` quoted as an SQL identifier.
 pub(super) fn quote_ident(schema: &str) -> String {
@@ -24,27 +25,21 @@ fn ts(ns: &str) -> String {
 pub(super) struct Sql {
     /// Creates the schema and the version table.
     pub(super) bootstrap: String,
-    /// Whether migration 1 is applied.
-    pub(super) has_v1: String,
-    /// Migration 1.
-    pub(super) v1: String,
-    /// Whether migration 2 is applied.
-    pub(super) has_v2: String,
-    /// Migration 2: `progress.epoch`, the fencing token of a partition's owner.
-    pub(super) v2: String,
+    /// The migrations in order: version, what it adds (for the log), its statements. Each
+    /// inserts its version into `schema_version`.
+    pub(super) migrations: Vec<(i32, &'static str, String)>,
+    /// Whether migration `$1` is applied.
+    pub(super) has_version: String,
     /// Claims the next epoch of partitions (`$2` topics, `$3` partitions) for a new owner;
     /// returns topic, partition, epoch.
     pub(super) claim_epochs: String,
-    /// Migration 3: `progress.state`, the replay state stored with the offsets (JSON).
-    pub(super) has_v3: String,
-    /// See `has_v3`.
-    pub(super) v3: String,
     pub(super) insert_layer_summaries: String,
     pub(super) insert_grid_maps: String,
     pub(super) insert_window_results: String,
     pub(super) insert_anomalies: String,
     pub(super) insert_dead_letters: String,
     pub(super) insert_late_records: String,
+    pub(super) insert_spc_signals: String,
     pub(super) upsert_progress: String,
     pub(super) select_progress: String,
 }
@@ -59,7 +54,7 @@ impl Sql {
                  applied_at timestamptz NOT NULL DEFAULT now()
              );"
         );
-        let has_v1 = format!("SELECT version FROM {s}.schema_version WHERE version = 1");
+        let has_version = format!("SELECT version FROM {s}.schema_version WHERE version = $1");
         let v1 = format!(
             "CREATE TABLE {s}.layer_summaries (
                  pipeline text NOT NULL,
@@ -167,15 +162,39 @@ impl Sql {
              );
              INSERT INTO {s}.schema_version (version) VALUES (1);"
         );
-        let has_v3 = format!("SELECT version FROM {s}.schema_version WHERE version = 3");
         let v3 = format!(
             "ALTER TABLE {s}.progress ADD COLUMN state text NOT NULL DEFAULT '{{}}';
              INSERT INTO {s}.schema_version (version) VALUES (3);"
         );
-        let has_v2 = format!("SELECT version FROM {s}.schema_version WHERE version = 2");
         let v2 = format!(
             "ALTER TABLE {s}.progress ADD COLUMN epoch bigint NOT NULL DEFAULT 0;
              INSERT INTO {s}.schema_version (version) VALUES (2);"
+        );
+        let v4 = format!(
+            "CREATE TABLE {s}.spc_signals (
+                 pipeline text NOT NULL,
+                 build_id text NOT NULL,
+                 spc text NOT NULL,
+                 chart text NOT NULL,
+                 channel text NOT NULL,
+                 statistic text NOT NULL,
+                 laser int NOT NULL,
+                 layer int NOT NULL,
+                 time timestamptz NOT NULL,
+                 time_ns bigint NOT NULL,
+                 rule text NOT NULL,
+                 value double precision NOT NULL,
+                 charted double precision NOT NULL,
+                 centre double precision NOT NULL,
+                 lower_limit double precision NOT NULL,
+                 upper_limit double precision NOT NULL,
+                 baseline_centre double precision NOT NULL,
+                 baseline_sigma double precision NOT NULL,
+                 layers int[] NOT NULL,
+                 written_at timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (pipeline, build_id, spc, laser, layer, rule)
+             );
+             INSERT INTO {s}.schema_version (version) VALUES (4);"
         );
         let claim_epochs = format!(
             "INSERT INTO {s}.progress AS p (pipeline, topic, partition, resume_offset, emitted_through, epoch)
@@ -238,6 +257,17 @@ impl Sql {
         // Only the owner of a partition's current epoch moves its progress: a row whose epoch
         // moved on (another process claimed the partition) is left alone, and the caller,
         // counting fewer rows than it sent, rolls the whole transaction back.
+        let insert_spc_signals = format!(
+            "INSERT INTO {s}.spc_signals (pipeline, build_id, spc, chart, channel, statistic, laser, layer, time, time_ns, rule,
+                 value, charted, centre, lower_limit, upper_limit, baseline_centre, baseline_sigma, layers)
+             SELECT $1, u.build_id, u.spc, u.chart, u.channel, u.statistic, u.laser, u.layer, {}, u.time_ns, u.rule,
+                 u.value, u.charted, u.centre, u.lower_limit, u.upper_limit, u.baseline_centre, u.baseline_sigma,
+                 ARRAY(SELECT jsonb_array_elements_text(u.layers::jsonb)::int)
+             FROM {}
+             ON CONFLICT DO NOTHING",
+            ts("u.time_ns"),
+            SpcSignalColumns::unnest()
+        );
         let upsert_progress = format!(
             "INSERT INTO {s}.progress AS p (pipeline, topic, partition, resume_offset, emitted_through, epoch, state)
              SELECT $1, u.topic, u.partition, u.resume_offset, u.emitted_through, u.epoch, u.state
@@ -249,12 +279,8 @@ impl Sql {
         let select_progress = format!("SELECT topic, partition, resume_offset, emitted_through, state FROM {s}.progress WHERE pipeline = $1");
         Sql {
             bootstrap,
-            has_v1,
-            v1,
-            has_v2,
-            v2,
-            has_v3,
-            v3,
+            migrations: vec![(1, "created the PostgreSQL tables", v1), (2, "added the progress epoch", v2), (3, "added the progress replay state", v3), (4, "added the SPC signals table", v4)],
+            has_version,
             claim_epochs,
             insert_layer_summaries,
             insert_grid_maps,
@@ -262,6 +288,7 @@ impl Sql {
             insert_anomalies,
             insert_dead_letters,
             insert_late_records,
+            insert_spc_signals,
             upsert_progress,
             select_progress,
         }

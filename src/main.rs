@@ -175,7 +175,15 @@ fn main() -> ExitCode {
             let mut bad = 0;
             for f in &files {
                 match topology::load_file(f) {
-                    Ok(t) => println!("{}: ok (topology {:?}: {} source(s), {} sink(s), {} rule(s))", f.display(), t.name, t.sources.len(), t.sinks.len(), t.rules.len()),
+                    Ok(t) => println!(
+                        "{}: ok (topology {:?}: {} source(s), {} sink(s), {} rule(s), {} SPC chart(s))",
+                        f.display(),
+                        t.name,
+                        t.sources.len(),
+                        t.sinks.len(),
+                        t.rules.len(),
+                        t.spc.len()
+                    ),
                     Err(errs) => {
                         bad += 1;
                         eprintln!("{errs}");

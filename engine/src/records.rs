@@ -231,7 +231,8 @@ pub struct SpcSignal {
     pub value: f64,
     /// What the test judged: the value (Shewhart), the EWMA statistic z, or the CUSUM sum.
     pub charted: f64,
-    /// Centre line (0 for CUSUM, whose sums start there).
+    /// The chart's centre line μ₀ (for CUSUM, whose sums are judged against `lower` and
+    /// `upper`, the centre of the statistic).
     pub centre: f64,
     /// Lower limit of the test's zone.
     pub lower: f64,

@@ -111,7 +111,7 @@ pub(super) fn plans_for(i: u32, cfg: &SimulatorConfig, rng: &mut SplitMix) -> Ve
     }
     if cfg.power_drift_pct_per_layer > 0.0 && cfg.layers > 1 && cfg.lasers > 0 {
         let laser = 1 + rng.below(u64::from(cfg.lasers)) as u8;
-        plans.push(Plan { kind: AnomalyKind::PowerDrift, layer: (cfg.layers / 3).max(1), laser });
+        plans.push(Plan { kind: AnomalyKind::PowerDrift, layer: (cfg.layers / 2).max(1), laser });
     }
     plans
 }

@@ -154,6 +154,9 @@ pub(super) fn check_simulator(c: &mut Checker<'_>, key: &str, s: &SimulatorConfi
     positive(c, &format!("{key}.layer_ms"), s.layer_ms);
     positive(c, &format!("{key}.block_ms"), s.block_ms);
     positive(c, &format!("{key}.batch_blocks"), s.batch_blocks as u64);
+    if !(s.power_drift_pct_per_layer >= 0.0 && s.power_drift_pct_per_layer < 100.0) {
+        c.err(&format!("{key}.power_drift_pct_per_layer"), "expected a percentage per layer in [0, 100)");
+    }
     if s.sample_rate_hz > 0 && s.block_ms > 0 && u64::from(s.sample_rate_hz) * s.block_ms / 1000 == 0 {
         c.err(&format!("{key}.block_ms"), "a block must hold at least one sample at sample_rate_hz");
     }

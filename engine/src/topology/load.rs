@@ -277,6 +277,20 @@ mod tests {
     }
 
     #[test]
+    fn spc_charts_are_checked_with_lines() {
+        let head = "name = \"x\"\n[[sources]]\nname = \"a\"\ntype = \"simulator\"\n[[sinks]]\nname = \"o\"\ntype = \"null\"\n";
+        let bad = format!(
+            "{head}[[spc]]\nname = \"a\"\nchannel = \"temprature_c\"\n[[spc]]\nname = \"b\"\nchannel = \"energy_density_j_mm3\"\nstatistic = \"std_dev\"\n[[spc]]\nname = \"c\"\nchannel = \"temperature_c\"\nchart = \"ewma\"\nlambda = 1.5\n[[spc]]\nname = \"d\"\nchannel = \"temperature_c\"\nbaseline = \"given\"\ncentre = 1.0\n[[spc]]\nname = \"e\"\nchannel = \"temperature_c\"\nbaseline_layers = 1\n"
+        );
+        let errs = load(&bad, "t.toml", Path::new(".")).unwrap_err().0;
+        let got: Vec<(usize, &str)> = errs.iter().map(|e| (e.line, e.key.as_str())).collect();
+        assert_eq!(got, vec![(10, "spc[0].channel"), (14, "spc[1].statistic"), (19, "spc[2].lambda"), (20, "spc[3].sigma"), (28, "spc[4].baseline_layers")], "{errs:?}");
+        let good = format!("{head}[[spc]]\nname = \"a\"\nchannel = \"energy_density_j_mm3\"\nchart = \"cusum\"\n");
+        let t = load(&good, "t.toml", Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.spc[0].statistic(), crate::topology::SpcStatistic::Value);
+    }
+
+    #[test]
     fn syntax_error_has_a_line() {
         let errs = load("name = \"x\"\n[engine\n", "t.toml", Path::new(".")).unwrap_err().0;
         assert_eq!(errs[0].line, 2, "{errs:?}");

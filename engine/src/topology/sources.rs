@@ -42,7 +42,8 @@ pub struct SimulatorConfig {
     /// Inject anomalies (hot spot, power drop, O2 rise, lack of fusion).
     pub anomalies: bool,
     /// A slow drift only SPC sees: in every build one laser (drawn from the seed) delivers this
-    /// much less power each layer, from a third of the build on (percent per layer; 0: none).
+    /// much less power each layer, from the middle of the build on (percent per layer; 0: none), so
+    /// that a baseline on the first layers is in control.
     pub power_drift_pct_per_layer: f64,
     /// Blocks per batch handed to the engine.
     pub batch_blocks: usize,

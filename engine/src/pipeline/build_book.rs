@@ -215,14 +215,15 @@ impl BuildBook {
         self.decisions.cooldowns.iter().filter(|c| c.spans(self.replay_from)).copied().collect()
     }
 
-    /// Records the SPC charts' state after charting `layer`.
-    pub fn record_spc(&mut self, layer: u32, state: String) {
-        self.decisions_changed |= self.decisions.record_spc(layer, state);
+    /// Records operator `op`'s state after taking `layer`'s first result (for the operators
+    /// whose state spans the build: a replay resumes it, see `crate::pipeline::decisions`).
+    pub fn record_snapshot(&mut self, op: &str, layer: u32, state: String) {
+        self.decisions_changed |= self.decisions.record_snapshot(op, layer, state);
     }
 
-    /// The SPC charts' state a replay starts with (see `BuildDecisions::spc_for_replay_from`).
-    pub fn spc_resume_state(&self) -> Option<&str> {
-        self.decisions.spc_for_replay_from(self.replay_from)
+    /// Operator `op`'s state a replay starts with (`BuildDecisions::snapshot_for_replay_from`).
+    pub fn resume_snapshot(&self, op: &str) -> Option<&str> {
+        self.decisions.snapshot_for_replay_from(op, self.replay_from)
     }
 
     /// Records a watermark advance taken on the wall clock at the current position.

@@ -93,13 +93,17 @@ impl CooldownRun {
     }
 }
 
-/// The state of a build's SPC charts after it charted `layer` (`crate::pipeline::spc_charts`).
+/// The state of an operator whose state spans the build (SPC charts, layer verdicts) after it
+/// took layer `layer`'s first result.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SpcSnapshot {
-    /// The layer last charted.
+pub struct LayerSnapshot {
+    /// The operator (`spc`, `verdict`).
+    #[serde(rename = "o")]
+    pub op: String,
+    /// The layer last taken.
     #[serde(rename = "l")]
     pub layer: u32,
-    /// The charts' state (JSON, floats as their bits).
+    /// Its state (JSON, floats as their bits).
     #[serde(rename = "s")]
     pub state: String,
 }
@@ -125,33 +129,34 @@ pub struct BuildDecisions {
     /// Rule cooldowns not folded yet.
     #[serde(rename = "cd", default, skip_serializing_if = "Vec::is_empty")]
     pub cooldowns: Vec<CooldownRun>,
-    /// SPC snapshots, in the order the layers were charted: one per layer whose close is not
-    /// folded, and the last one of the folded layers.
-    #[serde(rename = "spc", default, skip_serializing_if = "Vec::is_empty")]
-    pub spc: Vec<SpcSnapshot>,
+    /// Snapshots of the operators whose state spans the build, in the order the layers were
+    /// taken: per operator, one per layer whose close is not folded, and the last one of the
+    /// folded layers.
+    #[serde(rename = "snap", default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<LayerSnapshot>,
 }
 
 impl BuildDecisions {
     /// True when nothing is recorded.
     pub fn is_empty(&self) -> bool {
-        self.final_through.is_none() && self.ended_at.is_none() && self.closes.is_empty() && self.advances.is_empty() && self.folded_watermark.is_none() && self.cooldowns.is_empty() && self.spc.is_empty()
+        self.final_through.is_none() && self.ended_at.is_none() && self.closes.is_empty() && self.advances.is_empty() && self.folded_watermark.is_none() && self.cooldowns.is_empty() && self.snapshots.is_empty()
     }
 
-    /// Records the SPC charts' state after charting `layer` (the first snapshot of a layer counts).
-    pub fn record_spc(&mut self, layer: u32, state: String) -> bool {
-        if self.spc.iter().any(|s| s.layer == layer) {
+    /// Records operator `op`'s state after taking `layer` (the first snapshot of a layer counts).
+    pub fn record_snapshot(&mut self, op: &str, layer: u32, state: String) -> bool {
+        if self.snapshots.iter().any(|s| s.op == op && s.layer == layer) {
             return false;
         }
-        self.spc.push(SpcSnapshot { layer, state });
+        self.snapshots.push(LayerSnapshot { op: op.to_owned(), layer, state });
         true
     }
 
-    /// The SPC state a replay from `r` starts with: the snapshot of the last layer charted whose
-    /// result is durable (folded, or its first record before `r`); the layers after it are
-    /// rebuilt by the replay and charted again.
-    pub fn spc_for_replay_from(&self, r: u64) -> Option<&str> {
+    /// The state of operator `op` a replay from `r` starts with: its snapshot of the last layer
+    /// taken whose result is durable (folded, or its first record before `r`); the layers after
+    /// it are rebuilt by the replay and taken again.
+    pub fn snapshot_for_replay_from(&self, op: &str, r: u64) -> Option<&str> {
         let durable = |l: u32| self.final_through.is_some_and(|f| l <= f) || self.close_of(l).is_some_and(|c| c.first < r);
-        self.spc.iter().rev().find(|s| durable(s.layer)).map(|s| s.state.as_str())
+        self.snapshots.iter().rev().find(|s| s.op == op && durable(s.layer)).map(|s| s.state.as_str())
     }
 
     /// Records a wall-clock watermark advance to `wm` at partition position `at`.
@@ -211,16 +216,24 @@ impl BuildDecisions {
         fold_max(&mut self.closes, &mut self.final_through, |c| (c.at <= through).then_some(c.layer));
         fold_max(&mut self.advances, &mut self.folded_watermark, |a| (a.at <= through).then_some(a.wm));
         self.cooldowns.retain(|c| c.until.is_none_or(|u| u > through));
-        // Of the snapshots of folded layers, only the last one can still start a replay.
+        // Of an operator's snapshots of folded layers, only the last one can still start a replay.
         if let Some(ft) = self.final_through {
-            if let Some(last) = self.spc.iter().rposition(|s| s.layer <= ft) {
-                let mut i = 0;
-                self.spc.retain(|s| {
-                    let keep = i >= last || s.layer > ft;
-                    i += 1;
-                    keep
-                });
-            }
+            let last: Vec<(String, usize)> = {
+                let mut m: Vec<(String, usize)> = Vec::new();
+                for (i, s) in self.snapshots.iter().enumerate().filter(|(_, s)| s.layer <= ft) {
+                    match m.iter_mut().find(|(op, _)| *op == s.op) {
+                        Some(e) => e.1 = i,
+                        None => m.push((s.op.clone(), i)),
+                    }
+                }
+                m
+            };
+            let mut i = 0;
+            self.snapshots.retain(|s| {
+                let keep = s.layer > ft || last.iter().any(|(op, l)| *op == s.op && i >= *l);
+                i += 1;
+                keep
+            });
         }
     }
 
@@ -247,8 +260,8 @@ impl BuildDecisions {
                 None => self.cooldowns.push(*c),
             }
         }
-        for s in &other.spc {
-            self.record_spc(s.layer, s.state.clone());
+        for s in &other.snapshots {
+            self.record_snapshot(&s.op, s.layer, s.state.clone());
         }
     }
 }
@@ -309,25 +322,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_replay_resumes_the_spc_charts_after_the_last_durable_layer() {
+    fn a_replay_resumes_layer_snapshots_after_the_last_durable_layer() {
         let mut d = BuildDecisions::default();
         for (l, first, at) in [(0, 0, 10), (1, 8, 20), (2, 18, 30)] {
             d.record(LayerClose { layer: l, first, at });
-            assert!(d.record_spc(l, format!("s{l}")));
+            assert!(d.record_snapshot("spc", l, format!("s{l}")));
         }
-        assert!(!d.record_spc(2, "again".into()), "a layer is charted once");
-        assert_eq!(d.spc_for_replay_from(5), Some("s0"), "layer 1 is rebuilt from offset 8");
-        assert_eq!(d.spc_for_replay_from(0), None, "nothing durable: the charts start empty");
-        assert_eq!(d.spc_for_replay_from(19), Some("s2"));
+        assert!(d.record_snapshot("verdict", 0, "v0".into()));
+        assert!(!d.record_snapshot("spc", 2, "again".into()), "a layer is taken once");
+        assert_eq!(d.snapshot_for_replay_from("spc", 5), Some("s0"), "layer 1 is rebuilt from offset 8");
+        assert_eq!(d.snapshot_for_replay_from("spc", 0), None, "nothing durable: the charts start empty");
+        assert_eq!(d.snapshot_for_replay_from("spc", 19), Some("s2"));
+        assert_eq!(d.snapshot_for_replay_from("verdict", 19), Some("v0"));
         d.fold(20);
-        assert_eq!((d.final_through, d.spc.iter().map(|s| s.layer).collect::<Vec<_>>()), (Some(1), vec![1, 2]), "one folded snapshot is kept");
-        assert_eq!(d.spc_for_replay_from(18), Some("s1"));
+        let kept: Vec<(&str, u32)> = d.snapshots.iter().map(|s| (s.op.as_str(), s.layer)).collect();
+        assert_eq!((d.final_through, kept), (Some(1), vec![("spc", 1), ("spc", 2), ("verdict", 0)]), "one folded snapshot per operator is kept");
+        assert_eq!(d.snapshot_for_replay_from("spc", 18), Some("s1"));
         let back = PartitionState { max_t: 1, builds: [("b".to_owned(), d.clone())].into() };
         assert_eq!(PartitionState::from_json(&back.to_json()).unwrap(), back);
         let mut m = BuildDecisions::default();
         m.merge(&d);
         m.merge(&d);
-        assert_eq!(m.spc, d.spc);
+        assert_eq!(m.snapshots, d.snapshots);
     }
 
     #[test]

@@ -255,10 +255,10 @@ impl Operator for SpcCharts {
         }
         book.counters.anomalies += alerts;
         self.state.last_layer = Some(r.layer);
-        book.record_spc(r.layer, self.state.to_json());
+        book.record_snapshot("spc", r.layer, self.state.to_json());
     }
 
     fn resume(&mut self, book: &BuildBook) {
-        self.state = book.spc_resume_state().and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default();
+        self.state = book.resume_snapshot("spc").and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default();
     }
 }

@@ -159,7 +159,7 @@ impl Fixture {
     /// The topology of a pipeline: the same for the reference and the chaos run but for names.
     fn topology_text(&self, p: &Pipeline, policy: &str) -> String {
         let lateness = if policy == "update" { format!("allowed_lateness_ms = {}", self.timing.allowed_lateness_ms) } else { String::new() };
-        let pg_records = if policy == "late_sink" { r#"["layer_summary", "grid", "window", "anomaly", "dead_letter", "late", "spc_signal"]"# } else { r#"["layer_summary", "grid", "window", "anomaly", "dead_letter", "spc_signal"]"# };
+        let pg_records = if policy == "late_sink" { r#"["layer_summary", "grid", "window", "anomaly", "dead_letter", "late", "spc_signal", "layer_verdict", "build_report"]"# } else { r#"["layer_summary", "grid", "window", "anomaly", "dead_letter", "spc_signal", "layer_verdict", "build_report"]"# };
         format!(
             r#"name = "{name}"
 [engine]
@@ -251,6 +251,10 @@ chart = "ewma"
 lambda = 0.5
 l = 2.0
 baseline_layers = 2
+
+[verdict]
+fail_rules = ["hot_spot"]
+fail_spc = ["t_mean"]
 
 [[sinks]]
 name = "pg"
@@ -568,6 +572,8 @@ fn check_reference(policy: &str, scale: &Scale, r: &Snapshot) -> Vec<String> {
     }
     need(!r.alerts.is_empty(), "no alert in the alert topic");
     need(r.count("spc_signals") > 0, "no SPC signal");
+    need(r.rows_where("layer_verdicts", |v| v["verdict"] == "fail") > 0, "no failed layer");
+    need(r.count("build_reports") > 0, "no build report");
     need(r.rows_where("anomalies", |a| a["rule"].as_str().is_some_and(|x| x.starts_with("spc:"))) > 0, "no SPC alert");
     // Every late record is late: with `drop`, each layer holds exactly the samples sent in time.
     let per_layer = |b: &str| if b.starts_with("sim-") { u64::from(scale.sample_rate_hz) * scale.layer_ms / 1000 } else { scale.layer_ms * 1000 / scale.seed_period_us as u64 };

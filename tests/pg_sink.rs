@@ -11,7 +11,7 @@ use meltstream_actors::sinks::postgres::PgSink;
 use meltstream_actors::progress::{Checkpoint, Progress, StoredProgress};
 use meltstream_actors::sinks::writer::{SinkError, SinkWriter};
 use meltstream_engine::offset_ledger::HoldSet;
-use meltstream_engine::records::{Anomaly, DeadLetterRecord, Emitted, GridCell, GridMap, LateRecord, LayerSummary, OutputRecord, SpcSignal, WindowResult};
+use meltstream_engine::records::{Anomaly, DeadLetterRecord, Emitted, GridCell, GridMap, LateRecord, LayerSummary, OutputRecord, SpcSignal, WindowResult, LayerVerdict, BuildReport};
 use meltstream_engine::analytics::stats::ChannelSummary;
 
 fn database_url() -> String {
@@ -148,6 +148,40 @@ fn records() -> Vec<Emitted> {
         emitted(OutputRecord::DeadLetter(dead), Some((0, 17))),
         emitted(OutputRecord::Late(late), Some((0, 42))),
         emitted(OutputRecord::SpcSignal(spc), None),
+        emitted(
+            OutputRecord::LayerVerdict(LayerVerdict {
+                build_id: "build_001".into(),
+                layer: 45,
+                verdict: "warn".into(),
+                reasons: vec!["spc pd_mean: cusum_lower on laser 3".into()],
+                time: "2024-01-15T10:30:00.123456Z".into(),
+                time_ns: T0,
+                sample_count: 3,
+                rule_hits: BTreeMap::new(),
+                spc_signals: [("pd_mean".to_owned(), 1)].into(),
+                energy_density_hits: BTreeMap::new(),
+            }),
+            None,
+        ),
+        emitted(
+            OutputRecord::BuildReport(BuildReport {
+                build_id: "build_001".into(),
+                time: "2024-01-15T10:30:00.123456Z".into(),
+                time_ns: T0,
+                layers: 46,
+                layers_ok: 45,
+                layers_warn: 1,
+                layers_fail: 0,
+                worst_layers: Vec::new(),
+                energy_density_by_style_j_mm3: BTreeMap::new(),
+                rule_hits: BTreeMap::new(),
+                layers_with_rule_hits: BTreeMap::new(),
+                energy_density_hits: BTreeMap::new(),
+                spc_signals: [("pd_mean".to_owned(), 1)].into(),
+                sample_count: 138,
+            }),
+            None,
+        ),
     ]
 }
 
@@ -188,10 +222,12 @@ async fn records_and_progress_are_written_once_and_read_back() {
         assert_eq!(sink.buffered_rows(), 0);
         let expected = counts(&[
             ("anomalies", 2),
+            ("build_reports", 1),
             ("dead_letters", 1),
             ("grid_maps", 1),
             ("late_records", 1),
             ("layer_summaries", 1),
+            ("layer_verdicts", 1),
             ("progress", 2),
             ("spc_signals", 1),
             ("window_results", 1),
@@ -234,12 +270,14 @@ async fn records_and_progress_are_written_once_and_read_back() {
         assert_eq!(dead, vec![vec![Some("{not json\u{FFFD}with a NUL".to_owned()), Some("ispm-monitoring".to_owned()), Some("3".to_owned()), Some("17".to_owned())]]);
         let spc = query_text(&url, &format!("SELECT layers::text, rule, lower_limit, upper_limit FROM {s}.spc_signals WHERE pipeline = '{pipeline}'")).await.expect("spc signals");
         assert_eq!(spc, vec![vec![Some("{43,44,45}".to_owned()), Some("cusum_lower".to_owned()), Some("0".to_owned()), Some("55".to_owned())]]);
+        let report = query_text(&url, &format!("SELECT layers_warn, record->>'sample_count' FROM {s}.build_reports WHERE pipeline = '{pipeline}'")).await.expect("build report");
+        assert_eq!(report, vec![vec![Some("1".to_owned()), Some("138".to_owned())]]);
 
         // Another pipeline in the same schema is kept apart, and reset empties only its own rows.
         let mut other = PgSink::new("pg-other", &url, "other", &schema).expect("sink");
         other.write(&batch[..1]).await.expect("write other");
         other.flush(&checkpoint(1, &[("samples", 0, 1, 1)])).await.expect("flush other");
-        assert_eq!(reset_pipeline(&url, &schema, pipeline).await.expect("reset"), 11);
+        assert_eq!(reset_pipeline(&url, &schema, pipeline).await.expect("reset"), 13);
         let left = row_counts(&url, &schema, pipeline).await.expect("counts");
         assert!(left.values().all(|&n| n == 0), "rows left after reset: {left:?}");
         assert_eq!(row_counts(&url, &schema, "other").await.expect("counts")["layer_summaries"], 1);

@@ -19,3 +19,4 @@ pub mod spc_charts;
 mod replay_tests;
 pub mod threshold_rules;
 pub mod time_windows;
+pub mod verdicts;

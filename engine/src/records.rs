@@ -246,6 +246,91 @@ pub struct SpcSignal {
     pub layers: Vec<u32>,
 }
 
+/// The verdict on one closed layer of a build (all lasers).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerVerdict {
+    /// Build.
+    pub build_id: String,
+    /// Layer.
+    pub layer: u32,
+    /// `ok`, `warn` or `fail`.
+    pub verdict: String,
+    /// Why, one entry per cause (`rule overheat: 12 samples above 1700 on lasers 1, 3`,
+    /// `spc pd_cusum: cusum_lower on laser 2`, `energy density lack_of_fusion: laser 4`); empty
+    /// for `ok`.
+    pub reasons: Vec<String>,
+    /// End of the layer's window.
+    pub time: String,
+    /// Same, ns.
+    pub time_ns: i64,
+    /// Samples in the layer (all lasers).
+    pub sample_count: u64,
+    /// Exceedances per sample rule that had any.
+    pub rule_hits: BTreeMap<String, u64>,
+    /// SPC signals per chart that signalled.
+    pub spc_signals: BTreeMap<String, u32>,
+    /// Energy-density rule hits per rule that fired.
+    pub energy_density_hits: BTreeMap<String, u32>,
+}
+
+/// One of a build report's worst layers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorstLayer {
+    /// Layer.
+    pub layer: u32,
+    /// Its verdict.
+    pub verdict: String,
+    /// Its reasons.
+    pub reasons: Vec<String>,
+}
+
+/// Minimum, mean and maximum of a per-layer value over a build.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Spread {
+    /// Layers (and lasers) it was known for.
+    pub count: u64,
+    /// Mean.
+    pub mean: f64,
+    /// Minimum.
+    pub min: f64,
+    /// Maximum.
+    pub max: f64,
+}
+
+/// The summary of a build, emitted once when it ends (its `build_end` behind the watermark).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BuildReport {
+    /// Build.
+    pub build_id: String,
+    /// End of its last judged layer's window.
+    pub time: String,
+    /// Same, ns.
+    pub time_ns: i64,
+    /// Layers judged.
+    pub layers: u32,
+    /// Of those, `ok`.
+    pub layers_ok: u32,
+    /// `warn`.
+    pub layers_warn: u32,
+    /// `fail`.
+    pub layers_fail: u32,
+    /// The worst layers: failed ones first, then warned ones, each by layer number (at most
+    /// `[verdict] worst_layers`).
+    pub worst_layers: Vec<WorstLayer>,
+    /// Energy density per build style over the layers and lasers, J/mm³.
+    pub energy_density_by_style_j_mm3: BTreeMap<String, Spread>,
+    /// Exceedances per sample rule over the build.
+    pub rule_hits: BTreeMap<String, u64>,
+    /// Layers with at least `min_rule_hits` exceedances, per sample rule.
+    pub layers_with_rule_hits: BTreeMap<String, u32>,
+    /// Energy-density rule hits per rule (layer and laser).
+    pub energy_density_hits: BTreeMap<String, u32>,
+    /// SPC signals per chart.
+    pub spc_signals: BTreeMap<String, u32>,
+    /// Samples in the judged layers.
+    pub sample_count: u64,
+}
+
 /// Any output record, tagged by `kind`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -264,6 +349,10 @@ pub enum OutputRecord {
     Late(LateRecord),
     /// SPC out-of-control point.
     SpcSignal(SpcSignal),
+    /// Verdict on a closed layer.
+    LayerVerdict(LayerVerdict),
+    /// Summary of an ended build.
+    BuildReport(BuildReport),
 }
 
 impl OutputRecord {
@@ -277,6 +366,8 @@ impl OutputRecord {
             OutputRecord::DeadLetter(_) => RecordKind::DeadLetter,
             OutputRecord::Late(_) => RecordKind::Late,
             OutputRecord::SpcSignal(_) => RecordKind::SpcSignal,
+            OutputRecord::LayerVerdict(_) => RecordKind::LayerVerdict,
+            OutputRecord::BuildReport(_) => RecordKind::BuildReport,
         }
     }
 
@@ -287,6 +378,8 @@ impl OutputRecord {
             OutputRecord::Grid(g) => 64 + g.cells.len() * std::mem::size_of::<GridCell>(),
             OutputRecord::DeadLetter(d) => 128 + d.raw_prefix.len() + d.reason.len(),
             OutputRecord::SpcSignal(s) => 192 + s.layers.len() * 4,
+            OutputRecord::LayerVerdict(v) => 192 + v.reasons.iter().map(|r| r.len() + 24).sum::<usize>() + 48 * (v.rule_hits.len() + v.spc_signals.len()),
+            OutputRecord::BuildReport(r) => 512 + 96 * r.worst_layers.len() + 64 * (r.rule_hits.len() + r.spc_signals.len() + r.energy_density_by_style_j_mm3.len()),
             OutputRecord::LayerSummary(_) | OutputRecord::Window(_) | OutputRecord::Anomaly(_) | OutputRecord::Late(_) => 128,
         }
     }
@@ -301,6 +394,8 @@ impl OutputRecord {
             OutputRecord::DeadLetter(d) => format!("dead_letter/{}/{}/{}", d.source, d.input, d.offset),
             OutputRecord::Late(l) => format!("late/{}/{}/{}", l.build_id, l.offset, l.t0_ns),
             OutputRecord::SpcSignal(s) => format!("spc_signal/{}/{}/{}/{}/{}", s.build_id, s.spc, s.laser, s.layer, s.rule),
+            OutputRecord::LayerVerdict(v) => format!("layer_verdict/{}/{}", v.build_id, v.layer),
+            OutputRecord::BuildReport(r) => format!("build_report/{}", r.build_id),
         }
     }
 
@@ -313,6 +408,8 @@ impl OutputRecord {
             OutputRecord::Anomaly(a) => Some(&a.build_id),
             OutputRecord::Late(l) => Some(&l.build_id),
             OutputRecord::SpcSignal(s) => Some(&s.build_id),
+            OutputRecord::LayerVerdict(v) => Some(&v.build_id),
+            OutputRecord::BuildReport(r) => Some(&r.build_id),
             OutputRecord::DeadLetter(_) => None,
         }
     }

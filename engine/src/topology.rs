@@ -9,7 +9,7 @@
 //!
 //! # Layout
 //! The config types, one file per component (`engine_config`, `sources`, `sinks`,
-//! `windows_config`, `rules_config`, `spc_config`), own no logic; `graph` holds the checked [`Topology`] and
+//! `windows_config`, `rules_config`, `spc_config`, `verdict_config`), own no logic; `graph` holds the checked [`Topology`] and
 //! `errors` what is wrong with one; `positions` maps keys to lines; `load` parses and runs the
 //! registry; `check` validates. This file only declares them and re-exports what callers use
 //! (the files below never import it).
@@ -26,6 +26,7 @@ pub mod rules_config;
 pub mod sinks;
 pub mod sources;
 pub mod spc_config;
+pub mod verdict_config;
 pub mod windows_config;
 
 pub use engine_config::{EngineConfig, LatePolicy, WhenFull};
@@ -37,6 +38,7 @@ pub use rules_config::RuleConfig;
 pub use sinks::{FileSinkConfig, KafkaSinkConfig, NullSinkConfig, PostgresSinkConfig, RecordKind, SinkConfig, SinkKind};
 pub use sources::{FileSourceConfig, KafkaSourceConfig, Pace, R1Config, SimulatorConfig, SourceConfig, SourceKind};
 pub use spc_config::{SpcBaselineKind, SpcChartKind, SpcConfig, SpcStatistic};
+pub use verdict_config::VerdictConfig;
 pub use windows_config::{TimeWindowConfig, TimeWindowKind, WindowsConfig};
 
 /// The embedded default topology (`topologies/demo.toml`).

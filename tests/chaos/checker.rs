@@ -26,6 +26,8 @@ pub const TABLES: &[(&str, &[&str])] = &[
     ("dead_letters", &["source", "input", "kafka_offset"]),
     ("late_records", &["build_id", "source_offset", "t0_ns", "laser"]),
     ("spc_signals", &["build_id", "spc", "laser", "layer", "rule"]),
+    ("layer_verdicts", &["build_id", "layer"]),
+    ("build_reports", &["build_id"]),
 ];
 
 /// Columns left out of the comparison: set by the database at write time, or naming the run.

@@ -15,6 +15,8 @@
 //! | `dead_letters` | rejected input record (with Kafka topic and partition), or a result this sink cannot store (`source` = `sink NAME: KEY`) | `pipeline, source, input, kafka_offset` |
 //! | `late_records` | block of late samples | `pipeline, build_id, source_offset, t0_ns, laser` |
 //! | `spc_signals` | SPC out-of-control point (`layers` an `int[]`) | `pipeline, build_id, spc, laser, layer, rule` |
+//! | `layer_verdicts` | verdict on a closed layer (`reasons` and the whole `record` as `jsonb`) | `pipeline, build_id, layer` |
+//! | `build_reports` | report of an ended build (the whole `record` as `jsonb`) | `pipeline, build_id` |
 //! | `progress` | Kafka partition | `pipeline, topic, partition` |
 //!
 //! Times are stored both as `timestamptz` (microseconds, computed in SQL from the record's
@@ -124,7 +126,7 @@ impl PgSink {
     /// Rows buffered since the last successful flush.
     pub fn buffered_rows(&self) -> usize {
         let b = &self.buffers;
-        b.layer_summaries.len() + b.grid_maps.len() + b.window_results.len() + b.anomalies.len() + b.dead_letters.len() + b.late_records.len() + b.spc_signals.len()
+        b.layer_summaries.len() + b.grid_maps.len() + b.window_results.len() + b.anomalies.len() + b.dead_letters.len() + b.late_records.len() + b.spc_signals.len() + b.layer_verdicts.len() + b.build_reports.len()
     }
 
     /// Classifies a database error of `stage`, logging it.
@@ -173,7 +175,7 @@ impl PgSink {
     async fn write_transaction(&self, checkpoint: &Checkpoint) -> Result<(Vec<(&'static str, u64)>, Vec<((String, i32), (u64, i64))>), SinkError> {
         let b = &self.buffers;
         let p = &self.pipeline;
-        let batches: [(&'static str, usize, &str, Vec<Param<'_>>); 7] = [
+        let batches: [(&'static str, usize, &str, Vec<Param<'_>>); 9] = [
             ("layer_summaries", b.layer_summaries.len(), &self.sql.insert_layer_summaries, b.layer_summaries.params(p)),
             ("grid_maps", b.grid_maps.len(), &self.sql.insert_grid_maps, b.grid_maps.params(p)),
             ("window_results", b.window_results.len(), &self.sql.insert_window_results, b.window_results.params(p)),
@@ -181,6 +183,8 @@ impl PgSink {
             ("dead_letters", b.dead_letters.len(), &self.sql.insert_dead_letters, b.dead_letters.params(p)),
             ("late_records", b.late_records.len(), &self.sql.insert_late_records, b.late_records.params(p)),
             ("spc_signals", b.spc_signals.len(), &self.sql.insert_spc_signals, b.spc_signals.params(p)),
+            ("layer_verdicts", b.layer_verdicts.len(), &self.sql.insert_layer_verdicts, b.layer_verdicts.params(p)),
+            ("build_reports", b.build_reports.len(), &self.sql.insert_build_reports, b.build_reports.params(p)),
         ];
         // One entry per partition (an upsert may not touch a row twice); the latest wins.
         let latest: BTreeMap<(&str, i32), &Progress> = checkpoint.entries.iter().map(|((topic, partition), p)| ((topic.as_str(), *partition), p)).collect();

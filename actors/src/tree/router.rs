@@ -424,6 +424,10 @@ impl Actor for Router {
                 if let Some(c) = &st.coordinator {
                     let _ = c.cast(WatermarkMsg::Finish(input));
                 }
+                // Every record of the input is routed: its builds' watermark is the end of time
+                // now, not when the coordinator's answer arrives (a drain may come first, and
+                // would then stop builds whose end the data already decides: no build report).
+                st.advance(vec![(input, StampedWatermark { wm: meltstream_engine::windows::watermark::END_OF_TIME, computed_wall_ns: now_wall_ns(), ahead_of_data: true })]);
             }
             RouterMsg::SetCoordinator(c) => st.coordinator = Some(c),
             RouterMsg::DropInputs(inputs) => st.drop_inputs(&inputs),

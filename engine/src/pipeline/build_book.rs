@@ -24,7 +24,7 @@ use crate::analytics::rules::Rule;
 use crate::pipeline::decisions::{BuildDecisions, CooldownRun, LayerClose};
 use crate::pipeline::spc_charts::SpcSpec;
 use crate::windows::time_window::TimeWindowSpec;
-use crate::topology::{LatePolicy, Topology};
+use crate::topology::{LatePolicy, Topology, VerdictConfig};
 
 /// What every build of a topology computes; shared by all build pipelines.
 #[derive(Clone, Debug)]
@@ -45,6 +45,8 @@ pub struct BuildSettings {
     pub rules: Vec<Rule>,
     /// SPC charts on per-layer statistics.
     pub spc: Vec<SpcSpec>,
+    /// How closed layers are judged.
+    pub verdict: VerdictConfig,
     /// Default layer thickness, µm.
     pub default_thickness_um: f64,
     /// Out-of-orderness bound of the watermark, ns: a build applies `max_t − bound` of its
@@ -69,6 +71,7 @@ impl BuildSettings {
             time_windows: t.windows.time.iter().map(TimeWindowSpec::compile).collect(),
             rules: t.rules.iter().map(Rule::compile).collect(),
             spc: t.spc.iter().map(SpcSpec::compile).collect(),
+            verdict: t.verdict.clone(),
             default_thickness_um: t.engine.default_layer_thickness_um,
             watermark_bound_ns: t.engine.watermark_bound_ms as i64 * ms,
             #[cfg(feature = "fault-injection")]
@@ -132,6 +135,7 @@ pub struct BuildBook {
     max_closed_layer: Option<u32>,
     watermark: TimeNs,
     build_end_ns: Option<TimeNs>,
+    ended_earlier: bool,
     /// Close decisions: those of earlier runs (a replay follows them) and this run's.
     decisions: BuildDecisions,
     /// Set when `decisions` changed since [`BuildBook::take_changed_decisions`].
@@ -153,6 +157,7 @@ impl BuildBook {
             max_closed_layer: None,
             watermark: TimeNs::MIN,
             build_end_ns: None,
+            ended_earlier: false,
             decisions: BuildDecisions::default(),
             decisions_changed: false,
             replay_from: 0,
@@ -271,6 +276,13 @@ impl BuildBook {
     /// not reopen windows.
     pub fn mark_ended(&mut self) {
         self.max_closed_layer = Some(NO_LAYER - 1);
+        self.ended_earlier = true;
+    }
+
+    /// True for the processor of a build that ended under an earlier processor of this run
+    /// ([`BuildBook::mark_ended`]): what the end emits (the build report) was emitted there.
+    pub fn ended_earlier(&self) -> bool {
+        self.ended_earlier
     }
 
     /// The watermark last applied.
@@ -335,6 +347,13 @@ impl BuildBook {
         }
         if self.slot(ev.layer, ev.source_offset) == Slot::Replayed {
             // Part of a result already durable.
+            return;
+        }
+        if ev.phase == LayerPhase::End && !self.layers.get(&ev.layer).is_some_and(|w| w.emitted == 0) && self.decisions.closed(ev.layer) {
+            // The `end` of a layer that already closed (by its gap timeout): late, and ignored.
+            // Whether its window is still kept for updates at this point is not something a
+            // replay can know (it does not rebuild a window whose result is durable), so an
+            // `end` neither revises a kept window nor becomes a dead letter.
             return;
         }
         if ev.phase == LayerPhase::End && !self.layers.contains_key(&ev.layer) {

@@ -1,6 +1,6 @@
 //! Everything one build computes, as a chain of operators, one per concern: threshold rules,
-//! time windows, energy-density rules, layer statistics, SPC charts, grid maps and late samples
-//! (in that order). The build actor owns one `BuildPipeline` and feeds it batches and watermarks in
+//! time windows, energy-density rules, layer statistics, SPC charts, layer verdicts (and the
+//! build report), grid maps and late samples (in that order). The build actor owns one `BuildPipeline` and feeds it batches and watermarks in
 //! arrival order; all arithmetic lives here and in the operators, free of actors and I/O.
 //!
 //! The pipeline keeps the build's shared bookkeeping ([`BuildBook`]) and drives it: it applies
@@ -11,7 +11,7 @@
 //!
 //! Chain order is output order: within a block, rule alerts go before late records; within a
 //! layer result, energy-density alerts go before the summaries, the summaries before the SPC
-//! signals, and those before the grid map; the time windows a watermark completes go after the
+//! signals, those before the layer's verdict, and that before the grid map; the time windows a watermark completes go after the
 //! layer windows it closes.
 //!
 //! It must never emit a window twice with the same revision, never emit a partial layer window
@@ -50,6 +50,7 @@ use crate::pipeline::operator::{Block, Ctx, LayerResult, Operator};
 use crate::pipeline::spc_charts::SpcCharts;
 use crate::pipeline::threshold_rules::ThresholdRules;
 use crate::pipeline::time_windows::TimeWindows;
+use crate::pipeline::verdicts::LayerVerdicts;
 use crate::records::{DeadLetterRecord, Emitted, OutputRecord};
 
 pub use crate::pipeline::build_book::{BuildBook, BuildCounters, BuildSettings};
@@ -77,6 +78,7 @@ pub fn standard_chain(s: &BuildSettings) -> Vec<Box<dyn Operator>> {
         Box::new(EnergyDensityRules),
         Box::new(LayerStats),
         Box::new(SpcCharts::default()),
+        Box::new(LayerVerdicts::default()),
         Box::new(GridMaps),
         Box::new(LateSamples),
     ]

@@ -193,6 +193,11 @@ impl BuildDecisions {
         self.advances.iter().filter(|a| a.at <= position).map(|a| a.wm).chain(self.folded_watermark).max()
     }
 
+    /// True when `layer` closed (its close is recorded, or folded).
+    pub fn closed(&self, layer: u32) -> bool {
+        self.close_of(layer).is_some() || self.final_through.is_some_and(|f| layer <= f)
+    }
+
     /// The recorded close of `layer`.
     pub fn close_of(&self, layer: u32) -> Option<&LayerClose> {
         self.closes.iter().find(|c| c.layer == layer)

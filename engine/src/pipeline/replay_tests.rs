@@ -17,7 +17,7 @@ const NOW: TimeNs = 1_800_000_000_000_000_000;
 
 /// One build: layers 0 to 2 with their ends, late samples of closed layers (and of one still
 /// kept for updates), alert-worthy samples (two within a cooldown, while layer 3 opened
-/// between them), and samples without a layer.
+/// between them), and the build's end (layer verdicts and the build report).
 fn lines() -> Vec<String> {
     let t = |ms: u32| format!("2024-01-15T10:30:00.{ms:03}Z");
     let s = |layer: u32, ms: u32, temp: f64| format!(r#"{{"build_id": "b", "layer": {layer}, "timestamp": "{}", "temperature": {temp}}}"#, t(ms));
@@ -42,6 +42,8 @@ fn lines() -> Vec<String> {
         s(2, 85, 1660.0), // late for layer 2
         s(3, 120, 1600.0), // the watermark passes the end of that cooldown
         s(3, 125, 1610.0),
+        format!(r#"{{"type": "layer", "build_id": "b", "layer": 3, "phase": "build_end", "timestamp": "{}"}}"#, t(130)),
+        format!(r#"{{"type": "log", "build_id": "b", "timestamp": "{}", "values": {{"o2_ppm": 210.0}}}}"#, t(150)), // the build ends
     ]
 }
 
@@ -130,6 +132,7 @@ fn crash_after_every_record(settings: impl Fn(LatePolicy) -> Arc<BuildSettings>,
         feed_idle(&mut p, 0, n, 1, &mut TimeNs::MIN.clone(), idle, &mut reference);
         let reference = sorted(reference);
         assert!(reference.iter().any(|r| r.contains("\"late\"") || r.contains("late_count")), "{policy:?}: the input has late samples");
+        assert!(reference.iter().any(|r| r.contains("\"build_report\"")) && reference.iter().any(|r| r.contains("\"verdict\":\"warn\"")), "{policy:?}: the build ends, with warned layers");
         for crash in idle.map_or(1, |i| i.0 + 1)..n {
             // The run before the crash: one record per batch, so a batch's sequence is its offset.
             let mut before = Vec::new();

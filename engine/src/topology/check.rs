@@ -13,6 +13,7 @@ use crate::topology::engine_config::{EngineConfig, LatePolicy};
 use crate::topology::positions::Positions;
 use crate::topology::rules_config::RuleConfig;
 use crate::topology::sinks::{RecordKind, SinkConfig, SinkKind};
+use crate::topology::verdict_config::VerdictConfig;
 use crate::topology::spc_config::{SpcBaselineKind, SpcChartKind, SpcConfig, SpcStatistic, ENERGY_DENSITY_CHANNEL};
 use crate::topology::sources::{SimulatorConfig, SourceConfig, SourceKind};
 use crate::topology::windows_config::{TimeWindowKind, WindowsConfig};
@@ -263,5 +264,22 @@ pub(super) fn check_spc(c: &mut Checker<'_>, spc: &[(String, SpcConfig)]) {
                 }
             }
         }
+    }
+}
+
+/// Checks `[verdict]`: the rules and charts it names exist.
+pub(super) fn check_verdict(c: &mut Checker<'_>, v: &VerdictConfig, rules: &[(String, RuleConfig)], spc: &[(String, SpcConfig)]) {
+    for (i, r) in v.fail_rules.iter().enumerate() {
+        if !rules.iter().any(|(_, x)| &x.name == r) {
+            c.err(&format!("verdict.fail_rules[{i}]"), format!("no rule named {r:?} in [[rules]]"));
+        }
+    }
+    for (i, s) in v.fail_spc.iter().enumerate() {
+        if !spc.iter().any(|(_, x)| &x.name == s) {
+            c.err(&format!("verdict.fail_spc[{i}]"), format!("no chart named {s:?} in [[spc]]"));
+        }
+    }
+    if v.min_rule_hits == 0 {
+        c.err("verdict.min_rule_hits", "expected at least 1");
     }
 }

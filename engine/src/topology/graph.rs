@@ -7,6 +7,7 @@ use crate::topology::engine_config::EngineConfig;
 use crate::topology::rules_config::RuleConfig;
 use crate::topology::sinks::{SinkConfig, SinkKind};
 use crate::topology::spc_config::SpcConfig;
+use crate::topology::verdict_config::VerdictConfig;
 use crate::topology::sources::{SourceConfig, SourceKind};
 use crate::topology::windows_config::WindowsConfig;
 
@@ -27,6 +28,8 @@ pub struct Topology {
     pub rules: Vec<RuleConfig>,
     /// Statistical process control charts on per-layer statistics.
     pub spc: Vec<SpcConfig>,
+    /// How closed layers are judged.
+    pub verdict: VerdictConfig,
     /// Sinks.
     pub sinks: Vec<SinkConfig>,
     /// The engine instance this process is (see [`Topology::for_instance`]); `None` for a

@@ -7,8 +7,9 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::topology::check::{check_engine, check_graph, check_simulator, check_spc, check_windows, positive, Checker};
+use crate::topology::check::{check_engine, check_graph, check_simulator, check_spc, check_verdict, check_windows, positive, Checker};
 use crate::topology::spc_config::SpcConfig;
+use crate::topology::verdict_config::VerdictConfig;
 use crate::topology::engine_config::EngineConfig;
 use crate::topology::positions::{line_of, Positions};
 use crate::topology::rules_config::RuleConfig;
@@ -41,7 +42,7 @@ pub fn load(text: &str, file: &str, base_dir: &Path) -> Result<Topology, ConfigE
     let pos = Positions::new(text, doc.as_table());
     let root = toml::Table::deserialize(toml_edit::de::Deserializer::from(doc)).map_err(|e| not_toml(e.message(), e.span()))?;
     let mut c = Checker { file, pos, errors: Vec::new() };
-    let known = ["name", "engine", "sources", "windows", "rules", "spc", "sinks"];
+    let known = ["name", "engine", "sources", "windows", "rules", "spc", "verdict", "sinks"];
     for k in root.keys() {
         if !known.contains(&k.as_str()) {
             c.err(k, format!("unknown top-level key, expected one of: {}", known.join(", ")));
@@ -76,6 +77,10 @@ pub fn load(text: &str, file: &str, base_dir: &Path) -> Result<Topology, ConfigE
         .filter_map(|(key, t)| c.de::<RuleConfig>(&key, toml::Value::Table(t)).map(|r| (key, r)))
         .collect::<Vec<_>>();
 
+    let verdict: VerdictConfig = match root.get("verdict") {
+        Some(v) => c.de("verdict", v.clone()).unwrap_or_default(),
+        None => VerdictConfig::default(),
+    };
     let spc = array_of_tables(&mut c, &root, "spc")
         .into_iter()
         .filter_map(|(key, t)| c.de::<SpcConfig>(&key, toml::Value::Table(t)).map(|r| (key, r)))
@@ -83,6 +88,7 @@ pub fn load(text: &str, file: &str, base_dir: &Path) -> Result<Topology, ConfigE
 
     check_engine(&mut c, &engine);
     check_spc(&mut c, &spc);
+    check_verdict(&mut c, &verdict, &rules, &spc);
     check_windows(&mut c, &windows);
     if !root.contains_key("sources") {
         c.err("sources", "a topology needs at least one [[sources]] entry");
@@ -111,7 +117,7 @@ pub fn load(text: &str, file: &str, base_dir: &Path) -> Result<Topology, ConfigE
             _ => {}
         }
     }
-    Ok(Topology { name, base_dir: base_dir.to_path_buf(), engine, sources, windows, rules: rules.into_iter().map(|(_, r)| r).collect(), spc: spc.into_iter().map(|(_, s)| s).collect(), sinks, instance: None })
+    Ok(Topology { name, base_dir: base_dir.to_path_buf(), engine, sources, windows, rules: rules.into_iter().map(|(_, r)| r).collect(), spc: spc.into_iter().map(|(_, s)| s).collect(), verdict, sinks, instance: None })
 }
 
 fn array_of_tables(c: &mut Checker<'_>, root: &toml::Table, key: &str) -> Vec<(String, toml::Table)> {
@@ -242,7 +248,7 @@ fn parse_sink(c: &mut Checker<'_>, key: &str, mut t: toml::Table) -> Option<(Str
                 c.err(&format!("{key}.topic"), "expected a topic name");
             }
             for r in &k.records {
-                if matches!(r, RecordKind::LayerSummary | RecordKind::Grid | RecordKind::Window | RecordKind::SpcSignal) {
+                if matches!(r, RecordKind::LayerSummary | RecordKind::Grid | RecordKind::Window | RecordKind::SpcSignal | RecordKind::LayerVerdict | RecordKind::BuildReport) {
                     c.err(
                         &format!("{key}.records"),
                         format!("{:?} cannot go to a Kafka sink exactly once (window results are deduplicated by key; a topic has none): use a postgres or file sink; expected anomaly, dead_letter or late", r.name()),

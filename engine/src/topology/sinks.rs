@@ -25,11 +25,15 @@ pub enum RecordKind {
     Late,
     /// SPC out-of-control points (`[[spc]]`).
     SpcSignal,
+    /// Verdicts on closed layers.
+    LayerVerdict,
+    /// Summaries of ended builds.
+    BuildReport,
 }
 
 impl RecordKind {
     /// Every kind.
-    pub const ALL: [RecordKind; 7] = [
+    pub const ALL: [RecordKind; 9] = [
         RecordKind::LayerSummary,
         RecordKind::Grid,
         RecordKind::Window,
@@ -37,6 +41,8 @@ impl RecordKind {
         RecordKind::DeadLetter,
         RecordKind::Late,
         RecordKind::SpcSignal,
+        RecordKind::LayerVerdict,
+        RecordKind::BuildReport,
     ];
 
     /// Its name in topologies and in the records' `kind` field.
@@ -49,6 +55,8 @@ impl RecordKind {
             RecordKind::DeadLetter => "dead_letter",
             RecordKind::Late => "late",
             RecordKind::SpcSignal => "spc_signal",
+            RecordKind::LayerVerdict => "layer_verdict",
+            RecordKind::BuildReport => "build_report",
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use tokio_postgres::types::ToSql;
 
-use meltstream_engine::records::{Anomaly, DeadLetterRecord, GridMap, LateRecord, LayerSummary, OutputRecord, SpcSignal, WindowResult};
+use meltstream_engine::records::{Anomaly, DeadLetterRecord, GridMap, LateRecord, LayerSummary, OutputRecord, SpcSignal, WindowResult, LayerVerdict, BuildReport};
 
 /// A statement parameter.
 pub(super) type Param<'a> = &'a (dyn ToSql + Sync);
@@ -352,6 +352,62 @@ impl SpcSignalColumns {
     }
 }
 
+columns! {
+    /// Buffered `layer_verdicts` rows.
+    LayerVerdictColumns {
+        build_id: String = "text",
+        layer: i32 = "int",
+        verdict: String = "text",
+        reasons: String = "text",
+        time_ns: i64 = "bigint",
+        sample_count: i64 = "bigint",
+        record: String = "text",
+    }
+}
+
+impl LayerVerdictColumns {
+    fn push(&mut self, v: &LayerVerdict, record: &OutputRecord) -> Result<(), String> {
+        let (layer, samples) = (int(v.layer, "layer")?, bigint(v.sample_count, "sample_count")?);
+        let (reasons, record) = (json_text(&v.reasons)?, json_text(record)?);
+        self.build_id.push(pg_text(&v.build_id));
+        self.layer.push(layer);
+        self.verdict.push(pg_text(&v.verdict));
+        self.reasons.push(reasons);
+        self.time_ns.push(v.time_ns);
+        self.sample_count.push(samples);
+        self.record.push(record);
+        Ok(())
+    }
+}
+
+columns! {
+    /// Buffered `build_reports` rows.
+    BuildReportColumns {
+        build_id: String = "text",
+        time_ns: i64 = "bigint",
+        layers: i32 = "int",
+        layers_ok: i32 = "int",
+        layers_warn: i32 = "int",
+        layers_fail: i32 = "int",
+        record: String = "text",
+    }
+}
+
+impl BuildReportColumns {
+    fn push(&mut self, r: &BuildReport, record: &OutputRecord) -> Result<(), String> {
+        let counts = [int(r.layers, "layers")?, int(r.layers_ok, "layers_ok")?, int(r.layers_warn, "layers_warn")?, int(r.layers_fail, "layers_fail")?];
+        let record = json_text(record)?;
+        self.build_id.push(pg_text(&r.build_id));
+        self.time_ns.push(r.time_ns);
+        self.layers.push(counts[0]);
+        self.layers_ok.push(counts[1]);
+        self.layers_warn.push(counts[2]);
+        self.layers_fail.push(counts[3]);
+        self.record.push(record);
+        Ok(())
+    }
+}
+
 /// Rows written but not yet flushed, per table.
 #[derive(Default)]
 pub(super) struct Buffers {
@@ -362,6 +418,8 @@ pub(super) struct Buffers {
     pub(super) dead_letters: DeadLetterColumns,
     pub(super) late_records: LateRecordColumns,
     pub(super) spc_signals: SpcSignalColumns,
+    pub(super) layer_verdicts: LayerVerdictColumns,
+    pub(super) build_reports: BuildReportColumns,
 }
 
 impl Buffers {
@@ -374,6 +432,8 @@ impl Buffers {
             OutputRecord::DeadLetter(d) => self.dead_letters.push(d),
             OutputRecord::Late(l) => self.late_records.push(l),
             OutputRecord::SpcSignal(s) => self.spc_signals.push(s),
+            OutputRecord::LayerVerdict(v) => self.layer_verdicts.push(v, record),
+            OutputRecord::BuildReport(r) => self.build_reports.push(r, record),
         }
     }
 
@@ -385,6 +445,8 @@ impl Buffers {
         self.dead_letters.append(&mut other.dead_letters);
         self.late_records.append(&mut other.late_records);
         self.spc_signals.append(&mut other.spc_signals);
+        self.layer_verdicts.append(&mut other.layer_verdicts);
+        self.build_reports.append(&mut other.build_reports);
     }
 
     pub(super) fn clear(&mut self) {
@@ -395,6 +457,8 @@ impl Buffers {
         self.dead_letters.clear();
         self.late_records.clear();
         self.spc_signals.clear();
+        self.layer_verdicts.clear();
+        self.build_reports.clear();
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -405,6 +469,8 @@ impl Buffers {
             && self.dead_letters.len() == 0
             && self.late_records.len() == 0
             && self.spc_signals.len() == 0
+            && self.layer_verdicts.len() == 0
+            && self.build_reports.len() == 0
     }
 }
 

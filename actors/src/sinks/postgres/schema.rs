@@ -1,15 +1,17 @@
 //! The PostgreSQL sink's schema: its tables (migration 1; migration 2 adds the progress epoch,
-//! migration 3 the replay state, migration 4 the SPC signals), the statements that insert into them
+//! migration 3 the replay state, migration 4 the SPC signals, migration 5 layer verdicts and
+//! build reports), the statements that insert into them
 //! and store and read the progress, and the names `reset_pipeline` empties. Statements are
 //! built once per schema name; nothing here talks to the server.
 
-use super::columns::{AnomalyColumns, DeadLetterColumns, GridMapColumns, LateRecordColumns, LayerSummaryColumns, SpcSignalColumns, WindowResultColumns};
+use super::columns::{AnomalyColumns, DeadLetterColumns, GridMapColumns, LateRecordColumns, LayerSummaryColumns, SpcSignalColumns, WindowResultColumns, LayerVerdictColumns, BuildReportColumns};
 
 /// Key of the advisory lock that serialises schema migrations across engines.
 pub(super) const MIGRATION_LOCK: i64 = 0x6d65_6c74_7374_7265; // "meltstre"
 
 /// Every table holding rows of a pipeline, in the order `reset_pipeline` empties them.
-pub(super) const TABLES: [&str; 8] = ["layer_summaries", "grid_maps", "window_results", "anomalies", "dead_letters", "late_records", "spc_signals", "progress"];
+pub(super) const TABLES: [&str; 10] =
+    ["layer_summaries", "grid_maps", "window_results", "anomalies", "dead_letters", "late_records", "spc_signals", "layer_verdicts", "build_reports", "progress"];
 
 /// `schema` quoted as an SQL identifier.
 pub(super) fn quote_ident(schema: &str) -> String {
@@ -40,6 +42,8 @@ pub(super) struct Sql {
     pub(super) insert_dead_letters: String,
     pub(super) insert_late_records: String,
     pub(super) insert_spc_signals: String,
+    pub(super) insert_layer_verdicts: String,
+    pub(super) insert_build_reports: String,
     pub(super) upsert_progress: String,
     pub(super) select_progress: String,
 }
@@ -196,6 +200,35 @@ impl Sql {
              );
              INSERT INTO {s}.schema_version (version) VALUES (4);"
         );
+        let v5 = format!(
+            "CREATE TABLE {s}.layer_verdicts (
+                 pipeline text NOT NULL,
+                 build_id text NOT NULL,
+                 layer int NOT NULL,
+                 verdict text NOT NULL,
+                 reasons jsonb NOT NULL,
+                 time timestamptz NOT NULL,
+                 time_ns bigint NOT NULL,
+                 sample_count bigint NOT NULL,
+                 record jsonb NOT NULL,
+                 written_at timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (pipeline, build_id, layer)
+             );
+             CREATE TABLE {s}.build_reports (
+                 pipeline text NOT NULL,
+                 build_id text NOT NULL,
+                 time timestamptz NOT NULL,
+                 time_ns bigint NOT NULL,
+                 layers int NOT NULL,
+                 layers_ok int NOT NULL,
+                 layers_warn int NOT NULL,
+                 layers_fail int NOT NULL,
+                 record jsonb NOT NULL,
+                 written_at timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (pipeline, build_id)
+             );
+             INSERT INTO {s}.schema_version (version) VALUES (5);"
+        );
         let claim_epochs = format!(
             "INSERT INTO {s}.progress AS p (pipeline, topic, partition, resume_offset, emitted_through, epoch)
              SELECT $1, u.topic, u.partition, 0, 0, 1
@@ -268,6 +301,22 @@ impl Sql {
             ts("u.time_ns"),
             SpcSignalColumns::unnest()
         );
+        let insert_layer_verdicts = format!(
+            "INSERT INTO {s}.layer_verdicts (pipeline, build_id, layer, verdict, reasons, time, time_ns, sample_count, record)
+             SELECT $1, u.build_id, u.layer, u.verdict, u.reasons::jsonb, {}, u.time_ns, u.sample_count, u.record::jsonb
+             FROM {}
+             ON CONFLICT DO NOTHING",
+            ts("u.time_ns"),
+            LayerVerdictColumns::unnest()
+        );
+        let insert_build_reports = format!(
+            "INSERT INTO {s}.build_reports (pipeline, build_id, time, time_ns, layers, layers_ok, layers_warn, layers_fail, record)
+             SELECT $1, u.build_id, {}, u.time_ns, u.layers, u.layers_ok, u.layers_warn, u.layers_fail, u.record::jsonb
+             FROM {}
+             ON CONFLICT DO NOTHING",
+            ts("u.time_ns"),
+            BuildReportColumns::unnest()
+        );
         let upsert_progress = format!(
             "INSERT INTO {s}.progress AS p (pipeline, topic, partition, resume_offset, emitted_through, epoch, state)
              SELECT $1, u.topic, u.partition, u.resume_offset, u.emitted_through, u.epoch, u.state
@@ -279,7 +328,7 @@ impl Sql {
         let select_progress = format!("SELECT topic, partition, resume_offset, emitted_through, state FROM {s}.progress WHERE pipeline = $1");
         Sql {
             bootstrap,
-            migrations: vec![(1, "created the PostgreSQL tables", v1), (2, "added the progress epoch", v2), (3, "added the progress replay state", v3), (4, "added the SPC signals table", v4)],
+            migrations: vec![(1, "created the PostgreSQL tables", v1), (2, "added the progress epoch", v2), (3, "added the progress replay state", v3), (4, "added the SPC signals table", v4), (5, "added the layer verdicts and build reports", v5)],
             has_version,
             claim_epochs,
             insert_layer_summaries,
@@ -289,6 +338,8 @@ impl Sql {
             insert_dead_letters,
             insert_late_records,
             insert_spc_signals,
+            insert_layer_verdicts,
+            insert_build_reports,
             upsert_progress,
             select_progress,
         }

@@ -271,6 +271,12 @@ pub struct LayerVerdict {
     pub spc_signals: BTreeMap<String, u32>,
     /// Energy-density rule hits per rule that fired.
     pub energy_density_hits: BTreeMap<String, u32>,
+    /// Data quality: the lowest completeness of its lasers (null when no laser's sample period
+    /// is known, as with one-sample messages).
+    pub data_quality: Option<f64>,
+    /// Per laser, samples received against those expected from its sample period over the
+    /// layer's exposure (`start` to `end`), at most 1.
+    pub completeness: BTreeMap<String, f64>,
 }
 
 /// One of a build report's worst layers.
@@ -329,6 +335,8 @@ pub struct BuildReport {
     pub spc_signals: BTreeMap<String, u32>,
     /// Samples in the judged layers.
     pub sample_count: u64,
+    /// Data quality over the layers that have one.
+    pub data_quality: Option<Spread>,
 }
 
 /// Any output record, tagged by `kind`.

@@ -180,3 +180,51 @@ fn a_panicking_operator_is_dead_lettered_and_loses_nothing_else() {
     assert!(reasons[1].2.starts_with("operator Panicky: b: result 0 of layer 1"), "{}", reasons[1].2);
     assert!(!dead[1].hold.is_empty(), "the layer's dead letter holds the layer's offsets until durable");
 }
+
+/// Layer verdicts judge data quality: a laser missing a fifth of its blocks in one layer makes
+/// that layer warn with its completeness, the complete layers are `ok`, and the build report
+/// counts them.
+#[test]
+fn a_layer_with_missing_samples_warns_on_its_data_quality() {
+    use crate::input::encode::write_json_lines;
+    use crate::simulator::Simulator;
+    use crate::topology::SimulatorConfig;
+    let cfg = SimulatorConfig { machines: 1, lasers: 2, sample_rate_hz: 10_000, layers: 3, layer_ms: 100, recoat_ms: 20, anomalies: false, ..SimulatorConfig::default() };
+    let mut sim = Simulator::new(&cfg, 0);
+    let mut text = String::new();
+    while let Some(b) = sim.next_batch() {
+        write_json_lines(&b, &mut text);
+    }
+    // Every fifth block of laser 2 in layer 1 is lost.
+    let mut n = 0;
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("simulator JSON");
+            if v["type"] == "block" && v["layer"] == 1 && v["laser"] == 2 {
+                n += 1;
+                return n % 5 != 0;
+            }
+            true
+        })
+        .collect();
+    let mut d = Decoder::new(0, DecodeLimits::default());
+    let mut batch = RecordBatch::with_capacity(lines.len());
+    for (i, l) in lines.iter().enumerate() {
+        d.decode(l.as_bytes(), i as u64, NOW, &mut batch);
+    }
+    batch.span.next_offset = lines.len() as u64;
+    batch.max_t_before = Arc::new(batch.max_t_steps(TimeNs::MIN));
+    let mut p = BuildPipeline::new(BuildId::from("sim-001"), demo_settings());
+    let ctx = Ctx { hold: Some((0, 0)), now_wall_ns: NOW, origin_wall_ns: NOW };
+    let mut out = Vec::new();
+    p.process(&batch, &ctx, &mut out);
+    p.on_input_watermark(TimeNs::MAX, &ctx, &mut out);
+    let verdicts: Vec<_> = out.iter().filter_map(|e| if let OutputRecord::LayerVerdict(v) = &e.record { Some(v.clone()) } else { None }).collect();
+    assert_eq!(verdicts.iter().map(|v| (v.layer, v.verdict.as_str())).collect::<Vec<_>>(), vec![(0, "ok"), (1, "warn"), (2, "ok")], "{verdicts:?}");
+    let q = verdicts[1].completeness["2"];
+    assert!((q - 0.8).abs() < 0.01 && verdicts[1].completeness["1"] == 1.0, "{:?}", verdicts[1]);
+    assert!(verdicts[1].reasons[0].starts_with("data quality 0.8"), "{:?}", verdicts[1].reasons);
+    let report = out.iter().find_map(|e| if let OutputRecord::BuildReport(r) = &e.record { Some(r.clone()) } else { None }).expect("a build report");
+    assert_eq!((report.layers, report.layers_ok, report.layers_warn, report.worst_layers[0].layer), (3, 2, 1, 1));
+}

@@ -40,6 +40,9 @@ impl Operator for LayerStats {
         if updating {
             la.late_count += u64::from(h.len);
         }
+        if h.dt_ns > 0 && h.len > 1 {
+            la.dt_ns = if la.dt_ns == 0 { h.dt_ns } else { la.dt_ns.min(h.dt_ns) };
+        }
     }
 
     fn on_layer_result(&mut self, r: &LayerResult, book: &mut BuildBook, out: &mut Vec<Emitted>) {

@@ -1,7 +1,9 @@
 //! Layer verdicts and the build report. When a layer first closes, it is judged from what the
 //! chain found in it: each sample rule's exceedances (from the layer window's counts, so exact
 //! whatever the cooldowns), the energy-density alerts and the SPC signals the operators ahead
-//! emitted for it. A cause named in `[verdict] fail_rules` / `fail_spc` fails the layer, any other
+//! emitted for it, and its data quality (each laser's samples against those its sample period
+//! gives over the layer's exposure; the lowest counts). A cause named in `[verdict] fail_rules` / `fail_spc`, or a data quality below
+//! `fail_data_quality`, fails the layer, any other (or a quality below `min_data_quality`)
 //! warns; a layer with none is `ok`. One `layer_verdict` record per layer; at the build's end (its
 //! `build_end` behind the watermark) one `build_report` record sums the build.
 //!
@@ -69,6 +71,7 @@ struct Tally {
     last_layer: Option<u32>,
     /// End of the last judged layer's window, ns.
     last_end_ns: i64,
+    quality: SpreadSum,
 }
 
 /// The verdicts of one build and its report.
@@ -131,6 +134,14 @@ impl Operator for LayerVerdicts {
                 _ => {}
             }
         }
+        // Data quality: each laser's completeness over the layer's exposure.
+        let span = w.end_ns() - w.start_ns();
+        let completeness: BTreeMap<String, f64> = w.lasers.iter().enumerate().filter(|(_, a)| a.sample_count() > 0).filter_map(|(l, a)| a.completeness(span).map(|c| (l.to_string(), c))).collect();
+        let quality = completeness.values().copied().reduce(f64::min);
+        if let Some(q) = quality.filter(|q| *q < v.min_data_quality) {
+            let worst: Vec<String> = completeness.iter().filter(|(_, c)| **c < v.min_data_quality).map(|(l, c)| format!("laser {l} {:.1} %", c * 100.0)).collect();
+            judge(q < v.fail_data_quality, format!("data quality {q:.3} < {}: samples received of those expected: {}", v.min_data_quality, worst.join(", ")), &mut severity);
+        }
         let sample_count: u64 = w.lasers.iter().map(|a| a.sample_count()).sum();
         let end = w.end_ns();
         // The tally for the report.
@@ -161,6 +172,9 @@ impl Operator for LayerVerdicts {
         }
         t.last_layer = Some(r.layer);
         t.last_end_ns = end;
+        if let Some(q) = quality {
+            t.quality.add(q);
+        }
         let record = LayerVerdict {
             build_id: build,
             layer: r.layer,
@@ -172,6 +186,8 @@ impl Operator for LayerVerdicts {
             rule_hits,
             spc_signals: spc,
             energy_density_hits: energy_hits,
+            data_quality: quality,
+            completeness,
         };
         out.push(Emitted { record: OutputRecord::LayerVerdict(record), hold: r.hold.clone(), origin_wall_ns: r.origin_wall_ns, position: None });
         self.last_hold = r.hold.clone();
@@ -200,6 +216,7 @@ impl Operator for LayerVerdicts {
             energy_density_hits: t.energy_hits.clone(),
             spc_signals: t.spc.clone(),
             sample_count: t.samples,
+            data_quality: (t.quality.0 > 0).then(|| t.quality.spread()),
         };
         let mut hold = self.last_hold.clone();
         for h in ctx.hold_set().iter() {

@@ -282,4 +282,10 @@ pub(super) fn check_verdict(c: &mut Checker<'_>, v: &VerdictConfig, rules: &[(St
     if v.min_rule_hits == 0 {
         c.err("verdict.min_rule_hits", "expected at least 1");
     }
+    if !(0.0..=1.0).contains(&v.min_data_quality) {
+        c.err("verdict.min_data_quality", "expected a score in [0, 1]");
+    }
+    if !(0.0..=1.0).contains(&v.fail_data_quality) || v.fail_data_quality > v.min_data_quality {
+        c.err("verdict.fail_data_quality", "expected a score in [0, min_data_quality]");
+    }
 }

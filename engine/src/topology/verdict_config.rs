@@ -1,5 +1,5 @@
-//! `[verdict]`: how a closed layer is judged (ok / warn / fail) from its rule hits and SPC
-//! signals. Plain serde struct; `crate::pipeline::verdicts` applies it, `check` validates it.
+//! `[verdict]`: how a closed layer is judged (ok / warn / fail) from its rule hits, SPC
+//! signals and data quality. Plain serde struct; `crate::pipeline::verdicts` applies it, `check` validates it.
 
 use serde::Deserialize;
 
@@ -17,10 +17,14 @@ pub struct VerdictConfig {
     pub min_rule_hits: u64,
     /// Layers named in a build report's `worst_layers`.
     pub worst_layers: usize,
+    /// A layer whose data quality (the lowest completeness of its lasers) is below this warns.
+    pub min_data_quality: f64,
+    /// Below this, it fails.
+    pub fail_data_quality: f64,
 }
 
 impl Default for VerdictConfig {
     fn default() -> Self {
-        VerdictConfig { fail_rules: Vec::new(), fail_spc: Vec::new(), min_rule_hits: 1, worst_layers: 10 }
+        VerdictConfig { fail_rules: Vec::new(), fail_spc: Vec::new(), min_rule_hits: 1, worst_layers: 10, min_data_quality: 0.98, fail_data_quality: 0.5 }
     }
 }

@@ -22,9 +22,18 @@ pub struct LaserAgg {
     pub rule_hits: Vec<u64>,
     /// Samples merged after the first result.
     pub late_count: u64,
+    /// The shortest sample period of its blocks, ns (0: none known, e.g. one-sample messages):
+    /// what the samples expected over the layer's exposure are counted in.
+    pub dt_ns: i64,
 }
 
 impl LaserAgg {
+    /// Samples received against those expected over `span_ns` of exposure at its sample period,
+    /// at most 1; `None` when the period is unknown.
+    pub fn completeness(&self, span_ns: i64) -> Option<f64> {
+        (self.dt_ns > 0 && span_ns > 0).then(|| (self.sample_count() as f64 / (span_ns / self.dt_ns).max(1) as f64).min(1.0))
+    }
+
     /// Samples seen (the largest channel count: channels may be sparse).
     pub fn sample_count(&self) -> u64 {
         self.channels.iter().flatten().map(|c| c.stats.count()).max().unwrap_or(0)

@@ -7,4 +7,5 @@ pub mod energy;
 pub mod grid;
 pub mod rules;
 pub mod spc;
+pub mod spc_spec;
 pub mod stats;

@@ -22,7 +22,7 @@ use crate::offset_ledger::{Hold, HoldSet};
 use crate::records::{DeadLetterRecord, Emitted, OutputRecord};
 use crate::analytics::rules::Rule;
 use crate::pipeline::decisions::{BuildDecisions, CooldownRun, LayerClose};
-use crate::pipeline::spc_charts::SpcSpec;
+use crate::analytics::spc_spec::SpcSpec;
 use crate::windows::time_window::TimeWindowSpec;
 use crate::topology::{LatePolicy, Topology, VerdictConfig};
 

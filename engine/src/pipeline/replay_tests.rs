@@ -186,7 +186,7 @@ fn a_replay_repeats_an_idle_advance_of_the_watermark() {
 /// every layer, with the Western Electric rules, EWMA and CUSUM).
 #[test]
 fn a_replay_resumes_the_spc_charts() {
-    use crate::pipeline::spc_charts::SpcSpec;
+    use crate::analytics::spc_spec::SpcSpec;
     use crate::topology::SpcConfig;
     let chart = |name: &str, chart: &str, extra: &str| -> SpcSpec {
         let c: SpcConfig = toml::from_str(&format!("name = \"{name}\"\nchannel = \"temperature_c\"\nchart = \"{chart}\"\n{extra}")).expect("spc config");

@@ -271,6 +271,9 @@ brokers = "{brokers}"
 topic = "{alerts}"
 records = ["anomaly", "dead_letter"]
 flush_ms = 50
+# The replay state (SPC and verdict snapshots of every build of a partition) outgrows 4 KB;
+# scripts/services/kafka.sh gives the broker room for it.
+metadata_max_bytes = 1000000
 "#,
             name = p.name,
             bound = self.timing.watermark_bound_ms,

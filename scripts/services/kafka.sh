@@ -117,6 +117,8 @@ default.replication.factor=1
 min.insync.replicas=1
 offsets.topic.replication.factor=1
 offsets.topic.num.partitions=4
+# Room for the replay state a Kafka sink stores with its offsets (its metadata_max_bytes).
+offset.metadata.max.bytes=1048576
 transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
 transaction.state.log.num.partitions=4

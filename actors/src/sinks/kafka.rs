@@ -343,7 +343,7 @@ impl KafkaSink {
             let mut e = tpl.add_partition(topic, partition);
             let _ = e.set_offset(Offset::Offset(p.resume as i64));
             let state = checkpoint.states.get(&tp);
-            let (md, fits) = format_metadata(p.emitted_through, &tx.0, &out, state);
+            let (md, fits) = format_metadata(p.emitted_through, &tx.0, &out, state, self.config.metadata_max_bytes);
             if !fits {
                 // PostgreSQL, when it is a sink too, keeps the whole state; alone, a replay of
                 // this partition then starts without the recorded decisions.

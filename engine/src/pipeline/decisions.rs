@@ -155,8 +155,14 @@ impl BuildDecisions {
     /// taken whose result is durable (folded, or its first record before `r`); the layers after
     /// it are rebuilt by the replay and taken again.
     pub fn snapshot_for_replay_from(&self, op: &str, r: u64) -> Option<&str> {
+        self.snapshot_at(op, r).map(|s| s.state.as_str())
+    }
+
+    fn snapshot_at(&self, op: &str, r: u64) -> Option<&LayerSnapshot> {
         let durable = |l: u32| self.final_through.is_some_and(|f| l <= f) || self.close_of(l).is_some_and(|c| c.first < r);
-        self.snapshots.iter().rev().find(|s| s.op == op && durable(s.layer)).map(|s| s.state.as_str())
+        // An operator takes layers in increasing order (never one at or below the last), so the
+        // highest layer is the latest snapshot, whatever order a merge left them in.
+        self.snapshots.iter().filter(|s| s.op == op && durable(s.layer)).max_by_key(|s| s.layer)
     }
 
     /// Records a wall-clock watermark advance to `wm` at partition position `at`.
@@ -181,10 +187,15 @@ impl BuildDecisions {
     }
 
     /// The decisions a replay from `r` needs: the cooldowns running at `r` and started before
-    /// it, the rest as recorded.
+    /// it, per operator the one snapshot it resumes from, the rest as recorded.
     pub fn for_replay_from(&self, r: u64) -> BuildDecisions {
         let mut d = self.clone();
         d.cooldowns.retain(|c| c.spans(r));
+        let mut ops: Vec<&str> = self.snapshots.iter().map(|s| s.op.as_str()).collect();
+        ops.sort_unstable();
+        ops.dedup();
+        let keep: Vec<(&str, u32)> = ops.iter().filter_map(|op| self.snapshot_at(op, r).map(|s| (*op, s.layer))).collect();
+        d.snapshots.retain(|s| keep.iter().any(|(op, l)| *op == s.op && *l == s.layer));
         d
     }
 
@@ -223,22 +234,10 @@ impl BuildDecisions {
         self.cooldowns.retain(|c| c.until.is_none_or(|u| u > through));
         // Of an operator's snapshots of folded layers, only the last one can still start a replay.
         if let Some(ft) = self.final_through {
-            let last: Vec<(String, usize)> = {
-                let mut m: Vec<(String, usize)> = Vec::new();
-                for (i, s) in self.snapshots.iter().enumerate().filter(|(_, s)| s.layer <= ft) {
-                    match m.iter_mut().find(|(op, _)| *op == s.op) {
-                        Some(e) => e.1 = i,
-                        None => m.push((s.op.clone(), i)),
-                    }
-                }
-                m
-            };
-            let mut i = 0;
-            self.snapshots.retain(|s| {
-                let keep = s.layer > ft || last.iter().any(|(op, l)| *op == s.op && i >= *l);
-                i += 1;
-                keep
-            });
+            let snaps = std::mem::take(&mut self.snapshots);
+            let last_folded = |op: &str| snaps.iter().filter(|s| s.op == op && s.layer <= ft).map(|s| s.layer).max();
+            let kept: Vec<LayerSnapshot> = snaps.iter().filter(|s| s.layer > ft || last_folded(&s.op) == Some(s.layer)).cloned().collect();
+            self.snapshots = kept;
         }
     }
 
@@ -339,6 +338,8 @@ mod tests {
         assert_eq!(d.snapshot_for_replay_from("spc", 0), None, "nothing durable: the charts start empty");
         assert_eq!(d.snapshot_for_replay_from("spc", 19), Some("s2"));
         assert_eq!(d.snapshot_for_replay_from("verdict", 19), Some("v0"));
+        let stored = d.for_replay_from(19);
+        assert_eq!(stored.snapshots.iter().map(|s| (s.op.as_str(), s.layer)).collect::<Vec<_>>(), vec![("spc", 2), ("verdict", 0)], "only what a replay from 19 resumes");
         d.fold(20);
         let kept: Vec<(&str, u32)> = d.snapshots.iter().map(|s| (s.op.as_str(), s.layer)).collect();
         assert_eq!((d.final_through, kept), (Some(1), vec![("spc", 1), ("spc", 2), ("verdict", 0)]), "one folded snapshot per operator is kept");

@@ -256,6 +256,9 @@ fn parse_sink(c: &mut Checker<'_>, key: &str, mut t: toml::Table) -> Option<(Str
                 }
             }
             positive(c, &format!("{key}.flush_ms"), k.flush_ms);
+            if k.metadata_max_bytes < 512 {
+                c.err(&format!("{key}.metadata_max_bytes"), "expected at least 512 bytes (the progress and transaction need room)");
+            }
             SinkKind::Kafka(k)
         }
         _ => return None,

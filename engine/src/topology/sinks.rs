@@ -142,6 +142,15 @@ pub struct KafkaSinkConfig {
     /// Extra librdkafka properties.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// Largest offset metadata string written (progress, transaction and the partition's replay
+    /// state), bytes; at most the brokers' `offset.metadata.max.bytes` (4096 by default). A
+    /// state that does not fit is left out (counted and logged).
+    #[serde(default = "default_metadata_max_bytes")]
+    pub metadata_max_bytes: usize,
+}
+
+fn default_metadata_max_bytes() -> usize {
+    4000
 }
 
 fn alert_kinds() -> Vec<RecordKind> {

@@ -92,13 +92,10 @@ pub(super) struct Metadata<'a> {
     pub(super) st: Option<&'a str>,
 }
 
-/// Room left for the replay state in a metadata string: brokers refuse a commit whose metadata
-/// is over `offset.metadata.max.bytes` (4096 by default).
-const MAX_METADATA_BYTES: usize = 4000;
-
 /// The metadata string of an offset: emitted-through `et`, transaction `tx`, the `out` field and
-/// the partition's replay state when it fits (false when it did not and was left out).
-pub(super) fn format_metadata(et: u64, tx: &str, out: &str, state: Option<&PartitionState>) -> (String, bool) {
+/// the partition's replay state when the whole fits in `max_bytes` (brokers refuse a commit whose
+/// metadata is over their `offset.metadata.max.bytes`); false when the state was left out.
+pub(super) fn format_metadata(et: u64, tx: &str, out: &str, state: Option<&PartitionState>, max_bytes: usize) -> (String, bool) {
     let mut md = format!("meltstream:v1:et={et}:tx={tx}");
     if !out.is_empty() {
         md.push_str(":out=");
@@ -106,7 +103,7 @@ pub(super) fn format_metadata(et: u64, tx: &str, out: &str, state: Option<&Parti
     }
     let Some(state) = state else { return (md, true) };
     let json = state.to_json();
-    if md.len() + 4 + json.len() > MAX_METADATA_BYTES {
+    if md.len() + 4 + json.len() > max_bytes {
         return (md, false);
     }
     md.push_str(":st=");

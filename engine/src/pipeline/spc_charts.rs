@@ -41,24 +41,25 @@ enum Track {
 /// Every chart of a build: what a snapshot stores.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SpcState {
-    /// (chart index, laser, track), sorted.
+    /// (chart name, laser, track), sorted. By name, so that a chart added to or removed from
+    /// the topology between a crash and its replay leaves the others' state where it was.
     #[serde(rename = "t", default)]
-    tracks: Vec<(u16, u8, Track)>,
+    tracks: Vec<(String, u8, Track)>,
     /// The last layer charted.
     #[serde(rename = "l", default, skip_serializing_if = "Option::is_none")]
     last_layer: Option<u32>,
 }
 
 impl SpcState {
-    fn track(&mut self, spec: &SpcSpec, chart: u16, laser: u8) -> &mut Track {
-        let i = match self.tracks.binary_search_by_key(&(chart, laser), |t| (t.0, t.1)) {
+    fn track(&mut self, spec: &SpcSpec, laser: u8) -> &mut Track {
+        let i = match self.tracks.binary_search_by(|t| (t.0.as_str(), t.1).cmp(&(spec.name.as_str(), laser))) {
             Ok(i) => i,
             Err(i) => {
                 let t = match spec.given {
                     Some(b) => Track::Monitoring(Chart::new(spec.kind, b)),
                     None => Track::PhaseOne(Vec::with_capacity(spec.baseline_layers as usize)),
                 };
-                self.tracks.insert(i, (chart, laser, t));
+                self.tracks.insert(i, (spec.name.clone(), laser, t));
                 i
             }
         };
@@ -115,10 +116,10 @@ impl Operator for SpcCharts {
         let end = w.end_ns();
         let lasers: Vec<usize> = w.lasers.iter().enumerate().filter(|(_, a)| a.sample_count() > 0).map(|(l, _)| l).collect();
         let mut alerts = 0;
-        for (i, spec) in specs.iter().enumerate() {
+        for spec in specs {
             for &laser in &lasers {
                 let Some(x) = spec.point(w, laser, settings.default_thickness_um) else { continue };
-                let track = self.state.track(spec, i as u16, laser as u8);
+                let track = self.state.track(spec, laser as u8);
                 let (signals, base) = chart_point(track, spec, r.layer, x);
                 let Some(base) = base else { continue };
                 for s in signals {

@@ -98,6 +98,10 @@ pub struct PgSink {
     claimed: HashMap<(String, i32), (u64, i64)>,
     /// The replay state read with the stored progress.
     stored_states: StoredStates,
+    /// Partitions claimed whose progress has not moved yet since (with the progress stored in
+    /// the claiming transaction): the first move is logged, the end of a hand-over
+    /// (`scripts/handover-times`).
+    awaiting_first: HashMap<(String, i32), Progress>,
 }
 
 impl PgSink {
@@ -120,6 +124,7 @@ impl PgSink {
             buffers: Buffers::default(),
             claimed: HashMap::new(),
             stored_states: StoredStates::new(),
+            awaiting_first: HashMap::new(),
         })
     }
 
@@ -162,6 +167,28 @@ impl PgSink {
         tx.commit().await.map_err(|e| self.db_error("commit migration", &e))?;
         self.migrated = true;
         Ok(())
+    }
+
+    /// Logs, once per claim, the first committed transaction that moved a claimed partition's
+    /// progress: its new owner's first durable result (a layer result releasing the resume
+    /// offset, or a positioned record moving the emitted-through offset).
+    fn note_first_progress(&mut self, checkpoint: &Checkpoint, claims: &[((String, i32), (u64, i64))]) {
+        let latest = |tp: &(String, i32)| checkpoint.entries.iter().rev().find(|(t, _)| t == tp).map(|(_, p)| *p);
+        for (tp, _) in claims {
+            if let Some(p) = latest(tp) {
+                self.awaiting_first.insert(tp.clone(), p);
+            }
+        }
+        let moved: Vec<(String, i32)> = self
+            .awaiting_first
+            .iter()
+            .filter(|(tp, at)| !claims.iter().any(|(c, _)| c == *tp) && latest(tp).is_some_and(|p| p.resume > at.resume || p.emitted_through > at.emitted_through))
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        for tp in moved {
+            self.awaiting_first.remove(&tp);
+            tracing::info!(sink = %self.name, topic = %tp.0, partition = tp.1, "first result of the partition durable since its claim");
+        }
     }
 
     /// The partitions assigned to this process whose assignment this sink has not claimed an
@@ -294,6 +321,7 @@ impl SinkWriter for PgSink {
         let (inserted, claims) = self.write_transaction(checkpoint).await?;
         // Committed: only now may the rows leave the buffers, and the claims count.
         self.buffers.clear();
+        self.note_first_progress(checkpoint, &claims);
         self.claimed.extend(claims);
         for (table, n) in inserted {
             metrics::counter!("meltstream_pg_rows_total", "sink" => self.name.clone(), "table" => table).increment(n);

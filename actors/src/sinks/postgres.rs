@@ -102,6 +102,8 @@ pub struct PgSink {
     /// the claiming transaction): the first move is logged, the end of a hand-over
     /// (`scripts/handover-times`).
     awaiting_first: HashMap<(String, i32), Progress>,
+    /// The progress read last (at an assignment): where a claimed partition starts.
+    read_progress: StoredProgress,
 }
 
 impl PgSink {
@@ -125,6 +127,7 @@ impl PgSink {
             claimed: HashMap::new(),
             stored_states: StoredStates::new(),
             awaiting_first: HashMap::new(),
+            read_progress: StoredProgress::new(),
         })
     }
 
@@ -175,9 +178,8 @@ impl PgSink {
     fn note_first_progress(&mut self, checkpoint: &Checkpoint, claims: &[((String, i32), (u64, i64))]) {
         let latest = |tp: &(String, i32)| checkpoint.entries.iter().rev().find(|(t, _)| t == tp).map(|(_, p)| *p);
         for (tp, _) in claims {
-            if let Some(p) = latest(tp) {
-                self.awaiting_first.insert(tp.clone(), p);
-            }
+            let from = latest(tp).or_else(|| self.read_progress.get(tp).copied()).unwrap_or(Progress { resume: 0, emitted_through: 0 });
+            self.awaiting_first.insert(tp.clone(), from);
         }
         let moved: Vec<(String, i32)> = self
             .awaiting_first
@@ -356,6 +358,7 @@ impl SinkWriter for PgSink {
             }
             stored.insert((topic, partition), progress);
         }
+        self.read_progress = stored.clone();
         Ok(Some(stored))
     }
 }

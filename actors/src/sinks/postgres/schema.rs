@@ -23,6 +23,13 @@ fn ts(ns: &str) -> String {
     format!("(TIMESTAMPTZ 'epoch' + ({ns} / 1000) * INTERVAL '1 microsecond')")
 }
 
+/// `INSERT INTO <schema>.<target> SELECT $1, <select> FROM <unnest> ON CONFLICT DO NOTHING`: one
+/// multi-row insert of a table's buffered columns (`$1` is the pipeline) that skips rows whose
+/// key is already there.
+fn insert(s: &str, target: &str, select: &str, unnest: String) -> String {
+    format!("INSERT INTO {s}.{target} SELECT $1, {select} FROM {unnest} ON CONFLICT DO NOTHING")
+}
+
 /// The statements of one schema.
 pub(super) struct Sql {
     /// Creates the schema and the version table.
@@ -236,86 +243,62 @@ impl Sql {
              ON CONFLICT (pipeline, topic, partition) DO UPDATE SET epoch = p.epoch + 1, updated_at = now()
              RETURNING topic, partition, epoch"
         );
-        let insert_layer_summaries = format!(
-            "INSERT INTO {s}.layer_summaries (pipeline, build_id, layer, laser, revision, window_start, window_start_ns, window_end, window_end_ns,
-                 z_um, sample_count, late_count, energy_density_j_mm3, energy_density_by_style_j_mm3, channels, rule_hits, record)
-             SELECT $1, u.build_id, u.layer, u.laser, u.revision, {}, u.window_start_ns, {}, u.window_end_ns,
-                 u.z_um, u.sample_count, u.late_count, u.energy_density_j_mm3, u.energy_density_by_style::jsonb, u.channels::jsonb, u.rule_hits::jsonb, u.record::jsonb
-             FROM {}
-             ON CONFLICT DO NOTHING",
-            ts("u.window_start_ns"),
-            ts("u.window_end_ns"),
-            LayerSummaryColumns::unnest()
+        let insert_layer_summaries = insert(
+            &s,
+            "layer_summaries (pipeline, build_id, layer, laser, revision, window_start, window_start_ns, window_end, window_end_ns, z_um, sample_count, late_count, energy_density_j_mm3, energy_density_by_style_j_mm3, channels, rule_hits, record)",
+            &format!("u.build_id, u.layer, u.laser, u.revision, {}, u.window_start_ns, {}, u.window_end_ns, u.z_um, u.sample_count, u.late_count, u.energy_density_j_mm3, u.energy_density_by_style::jsonb, u.channels::jsonb, u.rule_hits::jsonb, u.record::jsonb", ts("u.window_start_ns"), ts("u.window_end_ns")),
+            LayerSummaryColumns::unnest(),
         );
-        let insert_grid_maps = format!(
-            "INSERT INTO {s}.grid_maps (pipeline, build_id, layer, revision, channel, cell_mm, cells_per_side, outside_count, cells)
-             SELECT $1, u.build_id, u.layer, u.revision, u.channel, u.cell_mm, u.cells_per_side, u.outside_count, u.cells::jsonb
-             FROM {}
-             ON CONFLICT DO NOTHING",
-            GridMapColumns::unnest()
+        let insert_grid_maps = insert(
+            &s,
+            "grid_maps (pipeline, build_id, layer, revision, channel, cell_mm, cells_per_side, outside_count, cells)",
+            "u.build_id, u.layer, u.revision, u.channel, u.cell_mm, u.cells_per_side, u.outside_count, u.cells::jsonb",
+            GridMapColumns::unnest(),
         );
-        let insert_window_results = format!(
-            "INSERT INTO {s}.window_results (pipeline, build_id, \"window\", window_kind, channel, window_start, window_start_ns, window_end, window_end_ns,
-                 count, mean, min, max, std_dev)
-             SELECT $1, u.build_id, u.window_name, u.window_kind, u.channel, {}, u.window_start_ns, {}, u.window_end_ns,
-                 u.sample_count, u.mean, u.min_value, u.max_value, u.std_dev
-             FROM {}
-             ON CONFLICT DO NOTHING",
-            ts("u.window_start_ns"),
-            ts("u.window_end_ns"),
-            WindowResultColumns::unnest()
+        let insert_window_results = insert(
+            &s,
+            "window_results (pipeline, build_id, \"window\", window_kind, channel, window_start, window_start_ns, window_end, window_end_ns, count, mean, min, max, std_dev)",
+            &format!("u.build_id, u.window_name, u.window_kind, u.channel, {}, u.window_start_ns, {}, u.window_end_ns, u.sample_count, u.mean, u.min_value, u.max_value, u.std_dev", ts("u.window_start_ns"), ts("u.window_end_ns")),
+            WindowResultColumns::unnest(),
         );
-        let insert_anomalies = format!(
-            "INSERT INTO {s}.anomalies (pipeline, build_id, layer, laser, laser_key, time, time_ns, rule, channel, value, op, limit_value, x_mm, y_mm)
-             SELECT $1, u.build_id, u.layer, u.laser, coalesce(u.laser, -1), {}, u.time_ns, u.rule, u.channel, u.value, u.op, u.limit_value, u.x_mm, u.y_mm
-             FROM {}
-             ON CONFLICT DO NOTHING",
-            ts("u.time_ns"),
-            AnomalyColumns::unnest()
+        let insert_anomalies = insert(
+            &s,
+            "anomalies (pipeline, build_id, layer, laser, laser_key, time, time_ns, rule, channel, value, op, limit_value, x_mm, y_mm)",
+            &format!("u.build_id, u.layer, u.laser, coalesce(u.laser, -1), {}, u.time_ns, u.rule, u.channel, u.value, u.op, u.limit_value, u.x_mm, u.y_mm", ts("u.time_ns")),
+            AnomalyColumns::unnest(),
         );
-        let insert_dead_letters = format!(
-            "INSERT INTO {s}.dead_letters (pipeline, source, input, topic, partition, kafka_offset, reason_kind, reason, raw_prefix)
-             SELECT $1, u.source, u.input, u.topic, u.partition, u.kafka_offset, u.reason_kind, u.reason, u.raw_prefix
-             FROM {}
-             ON CONFLICT DO NOTHING",
-            DeadLetterColumns::unnest()
+        let insert_dead_letters = insert(
+            &s,
+            "dead_letters (pipeline, source, input, topic, partition, kafka_offset, reason_kind, reason, raw_prefix)",
+            "u.source, u.input, u.topic, u.partition, u.kafka_offset, u.reason_kind, u.reason, u.raw_prefix",
+            DeadLetterColumns::unnest(),
         );
-        let insert_late_records = format!(
-            "INSERT INTO {s}.late_records (pipeline, build_id, layer, laser, t0_ns, sample_count, source_offset, watermark_ns)
-             SELECT $1, u.build_id, u.layer, u.laser, u.t0_ns, u.sample_count, u.source_offset, u.watermark_ns
-             FROM {}
-             ON CONFLICT DO NOTHING",
-            LateRecordColumns::unnest()
+        let insert_late_records = insert(
+            &s,
+            "late_records (pipeline, build_id, layer, laser, t0_ns, sample_count, source_offset, watermark_ns)",
+            "u.build_id, u.layer, u.laser, u.t0_ns, u.sample_count, u.source_offset, u.watermark_ns",
+            LateRecordColumns::unnest(),
         );
         // Only the owner of a partition's current epoch moves its progress: a row whose epoch
         // moved on (another process claimed the partition) is left alone, and the caller,
         // counting fewer rows than it sent, rolls the whole transaction back.
-        let insert_spc_signals = format!(
-            "INSERT INTO {s}.spc_signals (pipeline, build_id, spc, chart, channel, statistic, laser, layer, time, time_ns, rule,
-                 value, charted, centre, lower_limit, upper_limit, baseline_centre, baseline_sigma, layers)
-             SELECT $1, u.build_id, u.spc, u.chart, u.channel, u.statistic, u.laser, u.layer, {}, u.time_ns, u.rule,
-                 u.value, u.charted, u.centre, u.lower_limit, u.upper_limit, u.baseline_centre, u.baseline_sigma,
-                 ARRAY(SELECT jsonb_array_elements_text(u.layers::jsonb)::int)
-             FROM {}
-             ON CONFLICT DO NOTHING",
-            ts("u.time_ns"),
-            SpcSignalColumns::unnest()
+        let insert_spc_signals = insert(
+            &s,
+            "spc_signals (pipeline, build_id, spc, chart, channel, statistic, laser, layer, time, time_ns, rule, value, charted, centre, lower_limit, upper_limit, baseline_centre, baseline_sigma, layers)",
+            &format!("u.build_id, u.spc, u.chart, u.channel, u.statistic, u.laser, u.layer, {}, u.time_ns, u.rule, u.value, u.charted, u.centre, u.lower_limit, u.upper_limit, u.baseline_centre, u.baseline_sigma, ARRAY(SELECT jsonb_array_elements_text(u.layers::jsonb)::int)", ts("u.time_ns")),
+            SpcSignalColumns::unnest(),
         );
-        let insert_layer_verdicts = format!(
-            "INSERT INTO {s}.layer_verdicts (pipeline, build_id, layer, verdict, reasons, time, time_ns, sample_count, record)
-             SELECT $1, u.build_id, u.layer, u.verdict, u.reasons::jsonb, {}, u.time_ns, u.sample_count, u.record::jsonb
-             FROM {}
-             ON CONFLICT DO NOTHING",
-            ts("u.time_ns"),
-            LayerVerdictColumns::unnest()
+        let insert_layer_verdicts = insert(
+            &s,
+            "layer_verdicts (pipeline, build_id, layer, verdict, reasons, time, time_ns, sample_count, record)",
+            &format!("u.build_id, u.layer, u.verdict, u.reasons::jsonb, {}, u.time_ns, u.sample_count, u.record::jsonb", ts("u.time_ns")),
+            LayerVerdictColumns::unnest(),
         );
-        let insert_build_reports = format!(
-            "INSERT INTO {s}.build_reports (pipeline, build_id, time, time_ns, layers, layers_ok, layers_warn, layers_fail, record)
-             SELECT $1, u.build_id, {}, u.time_ns, u.layers, u.layers_ok, u.layers_warn, u.layers_fail, u.record::jsonb
-             FROM {}
-             ON CONFLICT DO NOTHING",
-            ts("u.time_ns"),
-            BuildReportColumns::unnest()
+        let insert_build_reports = insert(
+            &s,
+            "build_reports (pipeline, build_id, time, time_ns, layers, layers_ok, layers_warn, layers_fail, record)",
+            &format!("u.build_id, {}, u.time_ns, u.layers, u.layers_ok, u.layers_warn, u.layers_fail, u.record::jsonb", ts("u.time_ns")),
+            BuildReportColumns::unnest(),
         );
         let upsert_progress = format!(
             "INSERT INTO {s}.progress AS p (pipeline, topic, partition, resume_offset, emitted_through, epoch, state)

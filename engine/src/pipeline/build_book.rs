@@ -222,13 +222,16 @@ impl BuildBook {
 
     /// Records operator `op`'s state after taking `layer`'s first result (for the operators
     /// whose state spans the build: a replay resumes it, see `crate::pipeline::decisions`).
-    pub fn record_snapshot(&mut self, op: &str, layer: u32, state: String) {
-        self.decisions_changed |= self.decisions.record_snapshot(op, layer, state);
+    pub fn record_snapshot<T: serde::Serialize>(&mut self, op: &str, layer: u32, state: &T) {
+        let json = serde_json::to_string(state).unwrap_or_default();
+        self.decisions_changed |= self.decisions.record_snapshot(op, layer, json);
     }
 
-    /// Operator `op`'s state a replay starts with (`BuildDecisions::snapshot_for_replay_from`).
-    pub fn resume_snapshot(&self, op: &str) -> Option<&str> {
-        self.decisions.snapshot_for_replay_from(op, self.replay_from)
+    /// Operator `op`'s state a replay starts with (`BuildDecisions::snapshot_for_replay_from`);
+    /// the default (nothing taken yet) when there is none, or when it does not parse (written by
+    /// another version: the operator then starts over, as it would on a new build).
+    pub fn resume_snapshot<T: serde::de::DeserializeOwned + Default>(&self, op: &str) -> T {
+        self.decisions.snapshot_for_replay_from(op, self.replay_from).and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default()
     }
 
     /// Records a watermark advance taken on the wall clock at the current position.

@@ -189,14 +189,20 @@ impl BuildDecisions {
     /// The decisions a replay from `r` needs: the cooldowns running at `r` and started before
     /// it, per operator the one snapshot it resumes from, the rest as recorded.
     pub fn for_replay_from(&self, r: u64) -> BuildDecisions {
-        let mut d = self.clone();
-        d.cooldowns.retain(|c| c.spans(r));
+        // Built field by field: the snapshots a replay from `r` does not resume (most of them)
+        // are not copied, and this runs for every build at every checkpoint.
         let mut ops: Vec<&str> = self.snapshots.iter().map(|s| s.op.as_str()).collect();
         ops.sort_unstable();
         ops.dedup();
-        let keep: Vec<(&str, u32)> = ops.iter().filter_map(|op| self.snapshot_at(op, r).map(|s| (*op, s.layer))).collect();
-        d.snapshots.retain(|s| keep.iter().any(|(op, l)| *op == s.op && *l == s.layer));
-        d
+        BuildDecisions {
+            final_through: self.final_through,
+            ended_at: self.ended_at,
+            closes: self.closes.clone(),
+            advances: self.advances.clone(),
+            folded_watermark: self.folded_watermark,
+            cooldowns: self.cooldowns.iter().filter(|c| c.spans(r)).copied().collect(),
+            snapshots: ops.iter().filter_map(|op| self.snapshot_at(op, r).cloned()).collect(),
+        }
     }
 
     /// The highest recorded advance at or before partition position `position`.
@@ -234,10 +240,14 @@ impl BuildDecisions {
         self.cooldowns.retain(|c| c.until.is_none_or(|u| u > through));
         // Of an operator's snapshots of folded layers, only the last one can still start a replay.
         if let Some(ft) = self.final_through {
-            let snaps = std::mem::take(&mut self.snapshots);
-            let last_folded = |op: &str| snaps.iter().filter(|s| s.op == op && s.layer <= ft).map(|s| s.layer).max();
-            let kept: Vec<LayerSnapshot> = snaps.iter().filter(|s| s.layer > ft || last_folded(&s.op) == Some(s.layer)).cloned().collect();
-            self.snapshots = kept;
+            let mut last: Vec<(String, u32)> = Vec::new();
+            for s in self.snapshots.iter().filter(|s| s.layer <= ft) {
+                match last.iter_mut().find(|(op, _)| *op == s.op) {
+                    Some(e) => e.1 = e.1.max(s.layer),
+                    None => last.push((s.op.clone(), s.layer)),
+                }
+            }
+            self.snapshots.retain(|s| s.layer > ft || last.iter().any(|(op, l)| *op == s.op && *l == s.layer));
         }
     }
 

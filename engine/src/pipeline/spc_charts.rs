@@ -66,10 +66,6 @@ impl SpcState {
         &mut self.tracks[i].2
     }
 
-    /// Compact JSON (the snapshot in the build's decisions).
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
-    }
 }
 
 /// Charts `x` (layer `layer`) on `track`: phase I collects until the baseline can be
@@ -172,10 +168,10 @@ impl Operator for SpcCharts {
         }
         book.counters.anomalies += alerts;
         self.state.last_layer = Some(r.layer);
-        book.record_snapshot("spc", r.layer, self.state.to_json());
+        book.record_snapshot("spc", r.layer, &self.state);
     }
 
     fn resume(&mut self, book: &BuildBook) {
-        self.state = book.resume_snapshot("spc").and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default();
+        self.state = book.resume_snapshot("spc");
     }
 }

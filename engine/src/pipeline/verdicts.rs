@@ -191,7 +191,7 @@ impl Operator for LayerVerdicts {
         };
         out.push(Emitted { record: OutputRecord::LayerVerdict(record), hold: r.hold.clone(), origin_wall_ns: r.origin_wall_ns, position: None });
         self.last_hold = r.hold.clone();
-        book.record_snapshot("verdict", r.layer, serde_json::to_string(&self.tally).unwrap_or_default());
+        book.record_snapshot("verdict", r.layer, &self.tally);
     }
 
     fn on_close(&mut self, book: &mut BuildBook, ctx: &Ctx, out: &mut Vec<Emitted>) {
@@ -226,6 +226,6 @@ impl Operator for LayerVerdicts {
     }
 
     fn resume(&mut self, book: &BuildBook) {
-        self.tally = book.resume_snapshot("verdict").and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default();
+        self.tally = book.resume_snapshot("verdict");
     }
 }

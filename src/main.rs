@@ -4,6 +4,7 @@
 mod admin;
 mod bench;
 mod reset;
+mod score;
 mod summary;
 
 use std::path::PathBuf;
@@ -73,6 +74,13 @@ enum Cmd {
         /// Override the seed.
         #[arg(long)]
         seed: Option<u64>,
+        /// Instead of writing the fleet, run it through the topology's engine and score what the
+        /// engine flags against the injected anomalies, layer by layer (recall and precision).
+        #[arg(long)]
+        score: bool,
+        /// Override the planted anomalies per layer (`anomaly_rate_per_layer`).
+        #[arg(long)]
+        anomaly_rate: Option<f64>,
     },
     /// Reference workloads of DESIGN §4, each a topology file under benches/ (embedded in the
     /// binary): `r1` (benches/r1.toml, per-sample events), `r2` (benches/r2.toml, a fleet of
@@ -217,7 +225,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Simulate { topology, out, truth, machines, layers, layer_ms, seed } => {
+        Cmd::Simulate { topology, out, truth, machines, layers, layer_ms, seed, score, anomaly_rate } => {
             let t = match load_topology(topology.as_ref()) {
                 Ok(t) => t,
                 Err(c) => return c,
@@ -233,6 +241,19 @@ fn main() -> ExitCode {
             cfg.layers = layers.unwrap_or(cfg.layers);
             cfg.layer_ms = layer_ms.unwrap_or(cfg.layer_ms);
             cfg.seed = seed.unwrap_or(cfg.seed);
+            cfg.anomaly_rate_per_layer = anomaly_rate.unwrap_or(cfg.anomaly_rate_per_layer);
+            if score {
+                return match score::run(t, &cfg) {
+                    Ok(s) => {
+                        score::print(&s);
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("meltstream: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                };
+            }
             match simulate(&cfg, &out, truth.as_ref()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -38,9 +38,11 @@
 
 pub mod anomalies;
 pub mod fleet;
+pub mod kinds;
 mod machine;
 mod model;
 pub mod r1;
+pub mod score;
 
 pub use anomalies::{AnomalyKind, InjectedAnomaly};
 pub use fleet::Simulator;

@@ -78,6 +78,33 @@ impl Grid {
     }
 }
 
+/// Fewest samples a cell needs before its mean is judged against its layer's cells.
+pub const DEVIATION_MIN_COUNT: u64 = 100;
+
+/// The rule name of a grid deviation alert.
+pub const GRID_DEVIATION_RULE: &str = "grid_deviation";
+
+/// How far each cell's mean lies from its layer's cells, as a robust z-score: (mean − median) /
+/// σ̂, with σ̂ = 1.4826 × the median absolute deviation of the cell means, never below 1 % of
+/// |median| (so that a perfectly even layer does not turn noise into deviations). Cells with fewer
+/// than [`DEVIATION_MIN_COUNT`] samples, and every cell of a layer with fewer than 8 judged cells,
+/// get `None`. Used by the grid map's alert and by CT fusion, which reads the stored maps.
+pub fn cell_z_scores(cells: &[GridCell]) -> Vec<Option<f64>> {
+    let mut means: Vec<f64> = cells.iter().filter(|c| c.count >= DEVIATION_MIN_COUNT).map(|c| c.mean).collect();
+    if means.len() < 8 {
+        return vec![None; cells.len()];
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    };
+    let m = median(&mut means);
+    let mut dev: Vec<f64> = means.iter().map(|x| (x - m).abs()).collect();
+    let sigma = (1.4826 * median(&mut dev)).max(0.01 * m.abs()).max(f64::MIN_POSITIVE);
+    cells.iter().map(|c| (c.count >= DEVIATION_MIN_COUNT).then(|| (c.mean - m) / sigma)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,5 +118,19 @@ mod tests {
         assert_eq!(r.cells_per_side, 3);
         let cells: Vec<(u32, u32, u64, f64)> = r.cells.iter().map(|c| (c.ix, c.iy, c.count, c.mean)).collect();
         assert_eq!(cells, vec![(0, 0, 2, 2.0), (1, 0, 1, 5.0), (2, 2, 1, 7.0)]);
+    }
+
+    #[test]
+    fn a_cold_cell_stands_out_of_its_layer() {
+        let cell = |i: u32, mean: f64, count: u64| GridCell { ix: i, iy: 0, count, mean };
+        // Two lasers' levels (2000 and 2060), one cold cell, one sparse cell.
+        let mut cells: Vec<GridCell> = (0..20).map(|i| cell(i, if i < 10 { 2000.0 + f64::from(i) } else { 2060.0 - f64::from(i) }, 300)).collect();
+        cells[4].mean = 1500.0;
+        cells.push(cell(20, 100.0, 5));
+        let z = cell_z_scores(&cells);
+        let flagged: Vec<usize> = z.iter().enumerate().filter(|(_, z)| z.is_some_and(|z| z.abs() > 4.0)).map(|(i, _)| i).collect();
+        assert_eq!(flagged, vec![4], "{z:?}");
+        assert_eq!(z[20], None, "too few samples to judge");
+        assert!(cell_z_scores(&cells[..5]).iter().all(Option::is_none), "too few cells to judge");
     }
 }

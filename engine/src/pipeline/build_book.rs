@@ -39,6 +39,8 @@ pub struct BuildSettings {
     pub grid: GridSpec,
     /// Channel of the grid map.
     pub grid_channel: Channel,
+    /// z of the grid deviation alert, if any.
+    pub grid_deviation_z: Option<f64>,
     /// Time windows.
     pub time_windows: Vec<TimeWindowSpec>,
     /// Rules.
@@ -68,6 +70,7 @@ impl BuildSettings {
             layer_gap_ns: t.engine.layer_gap_timeout_ms as i64 * ms,
             grid: GridSpec { cell_mm: t.windows.grid_cell_mm, plate_mm: t.windows.plate_mm },
             grid_channel: Channel::parse(&t.windows.grid_channel).unwrap_or(Channel::PhotodiodeOnAxis),
+            grid_deviation_z: t.windows.grid_deviation_z,
             time_windows: t.windows.time.iter().map(TimeWindowSpec::compile).collect(),
             rules: t.rules.iter().map(Rule::compile).collect(),
             spc: t.spc.iter().map(SpcSpec::compile).collect(),

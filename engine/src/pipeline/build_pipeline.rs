@@ -77,9 +77,9 @@ pub fn standard_chain(s: &BuildSettings) -> Vec<Box<dyn Operator>> {
         Box::new(TimeWindows::new(s)),
         Box::new(EnergyDensityRules),
         Box::new(LayerStats),
+        Box::new(GridMaps),
         Box::new(SpcCharts::default()),
         Box::new(LayerVerdicts::default()),
-        Box::new(GridMaps),
         Box::new(LateSamples),
     ]
 }

@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::analytics::grid::GRID_DEVIATION_RULE;
 use crate::analytics::rules::RuleTarget;
 use crate::input::batch::RecordBatch;
 use crate::input::time::format_rfc3339;
@@ -124,6 +125,12 @@ impl Operator for LayerVerdicts {
                 OutputRecord::Anomaly(a) if a.build_id == build && a.layer == Some(r.layer) && a.channel == "energy_density_j_mm3" && !a.rule.starts_with("spc:") => {
                     *energy_hits.entry(a.rule.clone()).or_default() += 1;
                     let why = format!("energy density {}: laser {} at {:.1} J/mm³ ({} {})", a.rule, a.laser.unwrap_or(0), a.value, a.op, a.limit);
+                    judge(v.fail_rules.contains(&a.rule), why, &mut severity);
+                }
+                OutputRecord::Anomaly(a) if a.build_id == build && a.layer == Some(r.layer) && a.rule == GRID_DEVIATION_RULE => {
+                    *energy_hits.entry(a.rule.clone()).or_default() += 1;
+                    let (x, y) = (a.x_mm.unwrap_or(f64::NAN), a.y_mm.unwrap_or(f64::NAN));
+                    let why = format!("grid deviation: {} at ({x:.0}, {y:.0}) mm is {:.1} σ from its layer", a.channel, a.value);
                     judge(v.fail_rules.contains(&a.rule), why, &mut severity);
                 }
                 OutputRecord::SpcSignal(s) if s.build_id == build && s.layer == r.layer => {

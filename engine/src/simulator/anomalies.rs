@@ -7,7 +7,7 @@
 use crate::input::event::{BuildId, TimeNs};
 use crate::topology::sources::SimulatorConfig;
 
-use super::model::{model, SplitMix, AMP_PD_OFF, AMP_PD_ON, AMP_TEMP, MS};
+use super::model::{model, SplitMix, AMP_PD_OFF, AMP_PD_ON, AMP_TEMP, MARGIN_MM, MS, PLATE_MM};
 
 /// Duration of an O2 rise.
 pub(super) const O2_RISE_NS: i64 = 2_000 * MS;
@@ -17,22 +17,7 @@ pub(super) const HOT_PD_ON: f32 = 3400.0;
 pub(super) const HOT_PD_OFF: f32 = 1900.0;
 pub(super) const HOT_TEMP: f32 = 1800.0;
 
-/// Kind of an injected anomaly.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AnomalyKind {
-    /// A 20 × 20 mm cell of one laser's layer melts too hot: `photodiode_on_axis` > 3200 and `temperature_c` > 1750 in it.
-    HotSpot,
-    /// One laser's power falls to ≈ 100 W for a fifth of a layer.
-    PowerDrop,
-    /// Chamber oxygen rises above 1500 ppm for 2 s.
-    O2Rise,
-    /// One laser scans a layer so fast (2.8 m/s) that its energy density falls below 35 J/mm³.
-    LackOfFusion,
-    /// One laser's delivered power degrades layer after layer (`power_drift_pct_per_layer`):
-    /// each affected layer is one entry, spanning the laser's whole layer.
-    PowerDrift,
-}
+pub use super::kinds::AnomalyKind;
 
 /// One injected anomaly: what, where, and when (event times, half-open `[start_ns, end_ns)`).
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -76,8 +61,36 @@ pub(super) struct HotCell {
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Plan {
     pub(super) kind: AnomalyKind,
+    /// First layer.
     pub(super) layer: u32,
+    /// 0 for a machine-wide kind.
     pub(super) laser: u8,
+    /// Where a region kind lies, as fractions of the plate (drawn with the plan).
+    pub(super) at: (f64, f64),
+}
+
+impl Plan {
+    /// Whether it covers layer `k`.
+    pub(super) fn covers(&self, k: u32) -> bool {
+        (self.layer..self.layer.saturating_add(self.kind.layers())).contains(&k)
+    }
+
+    /// The region a region kind rewrites, in mm, with its effect.
+    pub(super) fn region(&self) -> Option<Region> {
+        let place = |w: f64, f: f64| MARGIN_MM + f * (PLATE_MM - 2.0 * MARGIN_MM - w);
+        let r = match self.kind {
+            AnomalyKind::RecoaterStreak => {
+                let x0 = place(STREAK_MM, self.at.0);
+                Region { x0: x0 as f32, x1: (x0 + STREAK_MM) as f32, y0: 0.0, y1: PLATE_MM as f32, pd: 0.55, temp: -150.0 }
+            }
+            AnomalyKind::GasFlowShadow => {
+                let (x0, y0) = (place(SHADOW_MM.0, self.at.0), place(SHADOW_MM.1, self.at.1));
+                Region { x0: x0 as f32, x1: (x0 + SHADOW_MM.0) as f32, y0: y0 as f32, y1: (y0 + SHADOW_MM.1) as f32, pd: 0.75, temp: -120.0 }
+            }
+            _ => return None,
+        };
+        Some(r)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -90,11 +103,48 @@ pub(super) struct O2Rise {
     pub(super) recorded: bool,
 }
 
-/// The anomalies planned for machine `i` (from 1) of the fleet `cfg`: kind `i mod 4` on layer
-/// `min(1, layers - 1)`, and for machine 1 a second hot spot on another laser.
+/// Width of a recoater streak, mm.
+pub(super) const STREAK_MM: f64 = 12.0;
+/// Size of a gas-flow shadow, mm.
+pub(super) const SHADOW_MM: (f64, f64) = (60.0, 40.0);
+/// What a fogged window leaves of the photodiodes' signal.
+pub(super) const FOG_FACTOR: f32 = 0.85;
+
+/// A region of the plate whose melt reads differently in a layer: photodiodes × `pd`,
+/// temperature + `temp`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct Region {
+    pub(super) x0: f32,
+    pub(super) x1: f32,
+    pub(super) y0: f32,
+    pub(super) y1: f32,
+    pub(super) pd: f32,
+    pub(super) temp: f32,
+}
+
+impl Region {
+    /// Rewrites the block's samples inside the region.
+    pub(super) fn apply(&self, c: &mut Columns<'_>) {
+        for i in 0..c.xs.len() {
+            let (x, y) = (c.xs[i], c.ys[i]);
+            if x >= self.x0 && x < self.x1 && y >= self.y0 && y < self.y1 {
+                c.on[i] *= self.pd;
+                c.off[i] *= self.pd;
+                c.temp[i] += self.temp;
+            }
+        }
+    }
+}
+
+/// The anomalies planned for machine `i` (from 1) of the fleet `cfg`. With
+/// `anomaly_rate_per_layer` = 0: kind `i mod 4` on layer `min(1, layers - 1)`, and for machine 1 a
+/// second hot spot on another laser. Otherwise each layer from `anomaly_from_layer` on gets the
+/// rate's integer part, plus one with the fraction as a chance, of kinds drawn from
+/// `anomaly_kinds` (a kind already planned on that layer and laser is not planted twice).
 pub(super) fn plans_for(i: u32, cfg: &SimulatorConfig, rng: &mut SplitMix) -> Vec<Plan> {
-    let mut plans = Vec::new();
-    if cfg.anomalies && cfg.layers > 0 && cfg.lasers > 0 {
+    let mut plans: Vec<Plan> = Vec::new();
+    let rate = cfg.anomaly_rate_per_layer;
+    if cfg.anomalies && cfg.layers > 0 && cfg.lasers > 0 && rate == 0.0 {
         let layer = cfg.layers.saturating_sub(1).min(1);
         let kind = match i % 4 {
             0 => AnomalyKind::HotSpot,
@@ -103,15 +153,29 @@ pub(super) fn plans_for(i: u32, cfg: &SimulatorConfig, rng: &mut SplitMix) -> Ve
             _ => AnomalyKind::LackOfFusion,
         };
         let laser = 1 + rng.below(u64::from(cfg.lasers)) as u8;
-        plans.push(Plan { kind, layer, laser: if kind == AnomalyKind::O2Rise { 0 } else { laser } });
+        plans.push(Plan { kind, layer, laser: if kind.machine_wide() { 0 } else { laser }, at: (0.0, 0.0) });
         if i == 1 {
             let other = if cfg.lasers > 1 { laser % cfg.lasers + 1 } else { laser };
-            plans.push(Plan { kind: AnomalyKind::HotSpot, layer, laser: other });
+            plans.push(Plan { kind: AnomalyKind::HotSpot, layer, laser: other, at: (0.0, 0.0) });
+        }
+    }
+    if cfg.anomalies && cfg.lasers > 0 && rate > 0.0 && !cfg.anomaly_kinds.is_empty() {
+        for layer in cfg.anomaly_from_layer..cfg.layers {
+            let n = rate.floor() as u32 + u32::from(rng.unit() < rate.fract());
+            for _ in 0..n {
+                let kind = cfg.anomaly_kinds[rng.below(cfg.anomaly_kinds.len() as u64) as usize];
+                let laser = if kind.machine_wide() { 0 } else { 1 + rng.below(u64::from(cfg.lasers)) as u8 };
+                let at = (rng.unit(), rng.unit());
+                // An O2 rise lasts 2 s: one per layer at most.
+                if !plans.iter().any(|p| p.kind == kind && p.layer == layer && p.laser == laser) {
+                    plans.push(Plan { kind, layer, laser, at });
+                }
+            }
         }
     }
     if cfg.power_drift_pct_per_layer > 0.0 && cfg.layers > 1 && cfg.lasers > 0 {
         let laser = 1 + rng.below(u64::from(cfg.lasers)) as u8;
-        plans.push(Plan { kind: AnomalyKind::PowerDrift, layer: (cfg.layers / 2).max(1), laser });
+        plans.push(Plan { kind: AnomalyKind::PowerDrift, layer: (cfg.layers / 2).max(1), laser, at: (0.0, 0.0) });
     }
     plans
 }

@@ -86,17 +86,20 @@ impl Simulator {
                 block: 0,
                 laser: 0,
                 next_tick_ns: start_ns,
-                o2: None,
+                o2: Vec::new(),
+                fog: 1.0,
+                regions: Vec::new(),
                 plans,
                 lasers: Vec::with_capacity(setup.lasers),
             };
             let last_exposure_ns = if cfg.layers > 0 { setup.layer_ns } else { 0 };
             m.end_ns = m.layer_start_ns(&setup, cfg.layers.saturating_sub(1)).saturating_add(last_exposure_ns);
-            if let Some(p) = m.plans.iter().find(|p| p.kind == AnomalyKind::O2Rise) {
+            for p in m.plans.iter().filter(|p| p.kind == AnomalyKind::O2Rise) {
                 let a = m.layer_start_ns(&setup, p.layer);
                 let end_ns = a.saturating_add(O2_RISE_NS);
-                m.o2 = Some(O2Rise { layer: p.layer, start_ns: a, end_ns, marker_sent: false, recorded: false });
+                m.o2.push(O2Rise { layer: p.layer, start_ns: a, end_ns, marker_sent: false, recorded: false });
             }
+            m.o2.sort_by_key(|o| o.start_ns);
             machines.push(m);
         }
         let mut queue = BinaryHeap::with_capacity(machines.len());

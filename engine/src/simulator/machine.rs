@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::input::batch::{BlockColumns, RecordBatch};
 use crate::input::event::{BuildId, Channel, LaserParams, LayerEvent, LayerPhase, LogRecord, TimeNs};
 
-use super::anomalies::{drift_factor, AnomalyKind, Columns, HotCell, InjectedAnomaly, O2Rise, Plan, PowerDropSpan, Site, HOT_CELL_MM};
+use super::anomalies::{drift_factor, AnomalyKind, Columns, HotCell, InjectedAnomaly, O2Rise, Plan, PowerDropSpan, Region, Site, FOG_FACTOR, HOT_CELL_MM};
 use super::model::{model, Field, Raster, SplitMix, HATCH_MM, LOF_SPEED_MM_S, MS, NOMINAL_POWER_W, PD_OFF_PER_W, PD_ON_PER_W, SPEED_MM_S, TEMP_PER_W, THICKNESS_UM};
 
 /// Period of the machine-log records.
@@ -77,7 +77,12 @@ pub(super) struct Machine {
     pub(super) block: u64,
     pub(super) laser: usize,
     pub(super) next_tick_ns: TimeNs,
-    pub(super) o2: Option<O2Rise>,
+    /// The O2 rises planned, in start order.
+    pub(super) o2: Vec<O2Rise>,
+    /// Photodiode factor of the current layer (fogging), 1 when clear.
+    pub(super) fog: f32,
+    /// Regions of the current layer whose melt reads differently (streaks, shadows).
+    pub(super) regions: Vec<Region>,
     pub(super) plans: Vec<Plan>,
     pub(super) lasers: Vec<LaserLayer>,
 }
@@ -102,10 +107,8 @@ impl Machine {
 
     pub(super) fn log_ns(&self) -> Option<TimeNs> {
         let mut t = self.next_tick_ns;
-        if let Some(o) = &self.o2 {
-            if !o.marker_sent {
-                t = t.min(o.start_ns);
-            }
+        if let Some(o) = self.o2.iter().find(|o| !o.marker_sent) {
+            t = t.min(o.start_ns);
         }
         (t <= self.end_ns).then_some(t)
     }
@@ -187,8 +190,8 @@ impl Machine {
             self.next_tick_ns = self.next_tick_ns.saturating_add(LOG_PERIOD_NS);
         }
         let mut o2 = 200.0 + 30.0 * self.rng.sym();
-        let mut record = None;
-        if let Some(r) = &mut self.o2 {
+        let mut records = Vec::new();
+        for r in &mut self.o2 {
             if t == r.start_ns {
                 r.marker_sent = true;
             }
@@ -196,11 +199,11 @@ impl Machine {
                 o2 = 1600.0 + 100.0 * self.rng.sym();
                 if !r.recorded {
                     r.recorded = true;
-                    record = Some((r.layer, r.start_ns, r.end_ns));
+                    records.push((r.layer, r.start_ns, r.end_ns));
                 }
             }
         }
-        if let Some((layer, a, b)) = record {
+        for (layer, a, b) in records {
             truth.push(self.truth(AnomalyKind::O2Rise, layer, None, a, b));
         }
         // Rounded as a machine reports them (which also keeps the JSON round trip exact).
@@ -278,11 +281,33 @@ impl Machine {
             });
             self.lasers.push(ll);
         }
+        self.plan_layer_effects(s, truth, t);
         let z_um = (i64::from(k) + 1) * THICKNESS_UM as i64;
         batch.push_layer(LayerEvent { build: self.build.clone(), layer: k, phase: LayerPhase::Start, t_ns: t, z_um: Some(z_um), params, source_offset: offset });
         self.block = 0;
         self.laser = 0;
         self.stage = if s.blocks_per_layer > 0 && s.lasers > 0 { Stage::Blocks } else { Stage::LayerEnd };
+    }
+
+    /// The current layer's machine-wide effects (fogging, streaks, shadows), each recorded in
+    /// the ground truth for the layer.
+    fn plan_layer_effects(&mut self, s: &Setup, truth: &mut Vec<InjectedAnomaly>, t: TimeNs) {
+        let k = self.layer;
+        self.fog = 1.0;
+        self.regions.clear();
+        let end = t.saturating_add(s.layer_ns);
+        for p in self.plans.iter().filter(|p| p.covers(k) && matches!(p.kind, AnomalyKind::Fogging | AnomalyKind::RecoaterStreak | AnomalyKind::GasFlowShadow)) {
+            let mut gt = InjectedAnomaly { build_id: self.build.to_string(), layer: k, laser: None, kind: p.kind, start_ns: t, end_ns: end, x_mm: None, y_mm: None };
+            match p.region() {
+                Some(r) => {
+                    gt.x_mm = Some((f64::from(r.x0), f64::from(r.x1)));
+                    gt.y_mm = Some((f64::from(r.y0), f64::from(r.y1)));
+                    self.regions.push(r);
+                }
+                None => self.fog = FOG_FACTOR,
+            }
+            truth.push(gt);
+        }
     }
 
     pub(super) fn emit_block(
@@ -316,6 +341,12 @@ impl Machine {
         }
         if let Some(h) = &mut ll.hot {
             h.apply(&site, nz, &mut c, truth);
+        }
+        for r in &self.regions {
+            r.apply(&mut c);
+        }
+        if self.fog != 1.0 {
+            c.on.iter_mut().chain(c.off.iter_mut()).for_each(|v| *v *= self.fog);
         }
         let mut cols = BlockColumns::default();
         cols.channels[Channel::TemperatureC.index()] = Some(temp);

@@ -93,6 +93,9 @@ pub(super) fn check_windows(c: &mut Checker<'_>, w: &WindowsConfig) {
     } else if w.grid_cell_mm > 0.0 && w.plate_mm / w.grid_cell_mm > 4096.0 {
         c.err("windows.grid_cell_mm", "expected at most 4096 cells across the plate");
     }
+    if w.grid_deviation_z.is_some_and(|z| !(z > 0.0 && z.is_finite())) {
+        c.err("windows.grid_deviation_z", "expected a positive number of σ");
+    }
     if Channel::parse(&w.grid_channel).is_none() {
         c.err("windows.grid_channel", channel_expected(&w.grid_channel));
     }
@@ -157,6 +160,12 @@ pub(super) fn check_simulator(c: &mut Checker<'_>, key: &str, s: &SimulatorConfi
     positive(c, &format!("{key}.batch_blocks"), s.batch_blocks as u64);
     if !(s.power_drift_pct_per_layer >= 0.0 && s.power_drift_pct_per_layer < 100.0) {
         c.err(&format!("{key}.power_drift_pct_per_layer"), "expected a percentage per layer in [0, 100)");
+    }
+    if !(s.anomaly_rate_per_layer >= 0.0 && s.anomaly_rate_per_layer <= 16.0) {
+        c.err(&format!("{key}.anomaly_rate_per_layer"), "expected anomalies per layer in [0, 16]");
+    }
+    if s.anomaly_rate_per_layer > 0.0 && s.anomaly_kinds.is_empty() {
+        c.err(&format!("{key}.anomaly_kinds"), "expected at least one kind when anomaly_rate_per_layer > 0");
     }
     if s.sample_rate_hz > 0 && s.block_ms > 0 && u64::from(s.sample_rate_hz) * s.block_ms / 1000 == 0 {
         c.err(&format!("{key}.block_ms"), "a block must hold at least one sample at sample_rate_hz");

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::simulator::kinds::AnomalyKind;
+
 /// Pace of the simulator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -39,8 +41,17 @@ pub struct SimulatorConfig {
     pub seed: u64,
     /// `fast` or `real`.
     pub pace: Pace,
-    /// Inject anomalies (hot spot, power drop, O2 rise, lack of fusion).
+    /// Inject anomalies (hot spot, power drop, O2 rise, lack of fusion, and with
+    /// `anomaly_rate_per_layer` the kinds of `anomaly_kinds`).
     pub anomalies: bool,
+    /// Expected anomalies planted per layer of each build, from `anomaly_from_layer` on (the
+    /// integer part on every layer, the fraction as a chance); 0 keeps the fixed plan (one
+    /// anomaly per build on layer 1).
+    pub anomaly_rate_per_layer: f64,
+    /// First layer that can carry a planted anomaly (keep SPC baselines clean).
+    pub anomaly_from_layer: u32,
+    /// The kinds drawn (uniformly) by `anomaly_rate_per_layer`.
+    pub anomaly_kinds: Vec<AnomalyKind>,
     /// A slow drift only SPC sees: in every build one laser (drawn from the seed) delivers this
     /// much less power each layer, from the middle of the build on (percent per layer; 0: none), so
     /// that a baseline on the first layers is in control.
@@ -66,6 +77,9 @@ impl Default for SimulatorConfig {
             seed: 42,
             pace: Pace::Fast,
             anomalies: true,
+            anomaly_rate_per_layer: 0.0,
+            anomaly_from_layer: 1,
+            anomaly_kinds: AnomalyKind::LOCAL.to_vec(),
             power_drift_pct_per_layer: 0.0,
             batch_blocks: 64,
             start_time: "2024-01-15T10:30:00Z".into(),

@@ -47,12 +47,15 @@ pub struct WindowsConfig {
     pub plate_mm: f64,
     /// Channel averaged in the grid map.
     pub grid_channel: String,
+    /// Raise a `grid_deviation` alert for a layer whose map holds a cell this many robust σ from
+    /// the layer's cells (see `analytics::grid::cell_z_scores`); none when unset.
+    pub grid_deviation_z: Option<f64>,
     /// Time windows inside each build.
     pub time: Vec<TimeWindowConfig>,
 }
 
 impl Default for WindowsConfig {
     fn default() -> Self {
-        WindowsConfig { grid_cell_mm: 10.0, plate_mm: 400.0, grid_channel: "photodiode_on_axis".into(), time: Vec::new() }
+        WindowsConfig { grid_cell_mm: 10.0, plate_mm: 400.0, grid_channel: "photodiode_on_axis".into(), grid_deviation_z: None, time: Vec::new() }
     }
 }

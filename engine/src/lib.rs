@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod analytics;
+pub mod fusion;
 pub mod input;
 pub mod offset_ledger;
 pub mod pipeline;

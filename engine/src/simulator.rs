@@ -37,6 +37,7 @@
 //! `r1` (the R1 workload generator). The JSON writer is [`crate::input::encode`].
 
 pub mod anomalies;
+pub mod ct;
 pub mod fleet;
 pub mod kinds;
 mod machine;

@@ -11,6 +11,7 @@ use crate::input::event::{InputId, TimeNs};
 use crate::input::time::parse_rfc3339_ns;
 use crate::topology::sources::SimulatorConfig;
 
+use super::ct::SimDefect;
 use super::anomalies::{plans_for, AnomalyKind, InjectedAnomaly, O2Rise, O2_RISE_NS};
 use super::machine::{Machine, Setup, Stage, N_SIM_COLS, RANK_BLOCK};
 use super::model::{noise_table, SplitMix, MS};
@@ -89,6 +90,8 @@ impl Simulator {
                 o2: Vec::new(),
                 fog: 1.0,
                 regions: Vec::new(),
+                ct_rng: SplitMix(cfg.seed ^ u64::from(i).wrapping_mul(0x9E6C_63D0_676A_9A99) ^ 0x4354),
+                ct: Vec::new(),
                 plans,
                 lasers: Vec::with_capacity(setup.lasers),
             };
@@ -169,6 +172,12 @@ impl Simulator {
     /// The injected anomalies so far (ground truth).
     pub fn ground_truth(&self) -> &[InjectedAnomaly] {
         &self.truth
+    }
+
+    /// The CT defect list of the builds so far (per build, in layer order), with each defect's
+    /// cause.
+    pub fn ct_defects(&self) -> Vec<SimDefect> {
+        self.machines.iter().flat_map(|m| m.ct.iter().cloned()).collect()
     }
 
     /// Total samples a full run produces (for progress/bench): machines*lasers*layers*samples per layer.

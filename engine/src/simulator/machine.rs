@@ -9,6 +9,7 @@ use crate::input::batch::{BlockColumns, RecordBatch};
 use crate::input::event::{BuildId, Channel, LaserParams, LayerEvent, LayerPhase, LogRecord, TimeNs};
 
 use super::anomalies::{drift_factor, AnomalyKind, Columns, HotCell, InjectedAnomaly, O2Rise, Plan, PowerDropSpan, Region, Site, FOG_FACTOR, HOT_CELL_MM};
+use super::ct::SimDefect;
 use super::model::{model, Field, Raster, SplitMix, HATCH_MM, LOF_SPEED_MM_S, MS, NOMINAL_POWER_W, PD_OFF_PER_W, PD_ON_PER_W, SPEED_MM_S, TEMP_PER_W, THICKNESS_UM};
 
 /// Period of the machine-log records.
@@ -83,6 +84,10 @@ pub(super) struct Machine {
     pub(super) fog: f32,
     /// Regions of the current layer whose melt reads differently (streaks, shadows).
     pub(super) regions: Vec<Region>,
+    /// Generator of the CT defect list (apart from the samples').
+    pub(super) ct_rng: SplitMix,
+    /// The CT defect list so far.
+    pub(super) ct: Vec<SimDefect>,
     pub(super) plans: Vec<Plan>,
     pub(super) lasers: Vec<LaserLayer>,
 }
@@ -222,6 +227,7 @@ impl Machine {
         let n = s.samples_per_layer;
         let dt_s = s.dt_ns as f64 * 1e-9;
         let mut params = Vec::with_capacity(s.lasers);
+        let mut drift_factors = Vec::with_capacity(s.lasers);
         self.lasers.clear();
         for j in 0..s.lasers {
             let laser = (j + 1) as u8;
@@ -236,7 +242,9 @@ impl Machine {
             let g = 0.5 + 0.5 * SPEED_MM_S / speed;
             let drift = 10.0 * self.rng.sym();
             // A degrading laser delivers less than it is commanded (the parameters keep the command).
-            let delivered = match drift_factor(&self.plans, s.power_drift_pct_per_layer, k, laser) {
+            let factor = drift_factor(&self.plans, s.power_drift_pct_per_layer, k, laser);
+            drift_factors.push(factor);
+            let delivered = match factor {
                 Some(f) => {
                     truth.push(self.truth(AnomalyKind::PowerDrift, k, Some(laser), t, t.saturating_add(s.layer_ns)));
                     power * f
@@ -282,6 +290,7 @@ impl Machine {
             self.lasers.push(ll);
         }
         self.plan_layer_effects(s, truth, t);
+        self.plan_ct(s, &drift_factors);
         let z_um = (i64::from(k) + 1) * THICKNESS_UM as i64;
         batch.push_layer(LayerEvent { build: self.build.clone(), layer: k, phase: LayerPhase::Start, t_ns: t, z_um: Some(z_um), params, source_offset: offset });
         self.block = 0;

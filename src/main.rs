@@ -3,6 +3,7 @@
 
 mod admin;
 mod bench;
+mod fuse;
 mod reset;
 mod score;
 mod summary;
@@ -51,6 +52,23 @@ enum Cmd {
         /// Topology file.
         topology: PathBuf,
     },
+    /// Join a CT defect list (JSON lines or CSV) with the in-situ results of its builds, read from
+    /// the topology's PostgreSQL sink; writes `fused_defects` and `fusion_summaries` there
+    /// (replacing a previous fusion of the same builds) and prints precision and recall.
+    Fuse {
+        /// Topology whose results store holds the builds (its `[fusion]` sets the join).
+        #[arg(long)]
+        topology: PathBuf,
+        /// CT defect list.
+        #[arg(long)]
+        ct: PathBuf,
+        /// Only this build (default: every build in the list).
+        #[arg(long)]
+        build: Option<String>,
+        /// Also write the fused defects and summaries as JSON lines here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Write the simulated fleet of a topology (the demo's by default) as JSON lines.
     Simulate {
         /// Topology whose first simulator source is used.
@@ -62,6 +80,10 @@ enum Cmd {
         /// Where to write the injected anomalies' ground truth (JSON lines).
         #[arg(long)]
         truth: Option<PathBuf>,
+        /// Where to write the CT defect list the builds would get (CSV when the name ends in
+        /// `.csv`, JSON lines otherwise).
+        #[arg(long)]
+        ct: Option<PathBuf>,
         /// Override the number of machines.
         #[arg(long)]
         machines: Option<u32>,
@@ -225,7 +247,20 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Simulate { topology, out, truth, machines, layers, layer_ms, seed, score, anomaly_rate } => {
+        Cmd::Fuse { topology, ct, build, out } => {
+            let t = match load_topology(Some(&topology)) {
+                Ok(t) => t,
+                Err(c) => return c,
+            };
+            match fuse::run(&t, &ct, build.as_deref(), out.as_ref()) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("meltstream: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Simulate { topology, out, truth, ct, machines, layers, layer_ms, seed, score, anomaly_rate } => {
             let t = match load_topology(topology.as_ref()) {
                 Ok(t) => t,
                 Err(c) => return c,
@@ -254,7 +289,7 @@ fn main() -> ExitCode {
                     }
                 };
             }
-            match simulate(&cfg, &out, truth.as_ref()) {
+            match simulate(&cfg, &out, truth.as_ref(), ct.as_ref()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("meltstream: {e:#}");
@@ -288,7 +323,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn simulate(cfg: &meltstream_engine::topology::SimulatorConfig, out: &PathBuf, truth: Option<&PathBuf>) -> anyhow::Result<()> {
+fn simulate(cfg: &meltstream_engine::topology::SimulatorConfig, out: &PathBuf, truth: Option<&PathBuf>, ct: Option<&PathBuf>) -> anyhow::Result<()> {
     use std::io::Write;
     let mut sim = meltstream_engine::simulator::Simulator::new(cfg, 0);
     let mut w: Box<dyn Write> = if out.as_os_str() == "-" {
@@ -311,7 +346,25 @@ fn simulate(cfg: &meltstream_engine::topology::SimulatorConfig, out: &PathBuf, t
         }
         f.flush()?;
     }
+    if let Some(p) = ct {
+        write_ct_list(&sim, p)?;
+    }
     Ok(())
+}
+
+/// Writes the simulator's CT defect list: CSV for a `.csv` name, JSON lines otherwise.
+fn write_ct_list(sim: &meltstream_engine::simulator::Simulator, p: &PathBuf) -> anyhow::Result<()> {
+    let defects: Vec<_> = sim.ct_defects().into_iter().map(|d| d.defect).collect();
+    let mut s = String::new();
+    if p.extension().is_some_and(|e| e == "csv") {
+        meltstream_engine::fusion::ct::write_csv(&defects, &mut s);
+    } else {
+        for d in &defects {
+            s.push_str(&serde_json::to_string(d)?);
+            s.push('\n');
+        }
+    }
+    std::fs::write(p, s).with_context(|| format!("writing {}", p.display()))
 }
 
 fn run(t: Topology, quiet: bool) -> anyhow::Result<()> {

@@ -10,7 +10,6 @@
 mod support;
 
 use meltstream_engine::fusion::{fuse, Evidence, FusionParams};
-use meltstream_engine::records::OutputRecord;
 use meltstream_engine::simulator::kinds::AnomalyKind;
 use meltstream_engine::simulator::score::{detections, score};
 use meltstream_engine::simulator::Simulator;
@@ -103,14 +102,7 @@ async fn injected_anomalies_are_found_layer_by_layer_and_ct_defects_meet_their_e
     let builds: std::collections::BTreeSet<&str> = defects.iter().map(|d| d.build_id.as_str()).collect();
     for build in builds {
         let mut ev = Evidence::default();
-        for r in records.iter().filter(|r| r.build_id() == Some(build)) {
-            match r {
-                OutputRecord::Anomaly(a) => ev.anomalies.push(a.clone()),
-                OutputRecord::Grid(g) => ev.grids.push(g.clone()),
-                OutputRecord::SpcSignal(x) => ev.spc.push(x.clone()),
-                _ => {}
-            }
-        }
+        records.iter().filter(|r| r.build_id() == Some(build)).for_each(|r| ev.add(r));
         let (fused, summary) = fuse(build, &defects, &ev, &FusionParams::default());
         eprintln!("{}", serde_json::to_string(&summary).expect("json"));
         // The simulator's detectable defects (not the size cut): each planted one must be found.

@@ -69,6 +69,7 @@ pub mod admin;
 mod columns;
 mod connection;
 mod errors;
+pub mod fusion;
 mod schema;
 
 use std::collections::{BTreeMap, HashMap};
@@ -158,15 +159,7 @@ impl PgSink {
         }
         let mut client = self.pool.get().await.map_err(|e| self.pool_error(e))?;
         let tx = client.transaction().await.map_err(|e| self.db_error("begin migration", &e))?;
-        tx.batch_execute(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")).await.map_err(|e| self.db_error("lock for migration", &e))?;
-        tx.batch_execute(&self.sql.bootstrap).await.map_err(|e| self.db_error("create schema", &e))?;
-        for (version, what, sql) in &self.sql.migrations {
-            let applied = tx.query_opt(&self.sql.has_version, &[version]).await.map_err(|e| self.db_error("read schema version", &e))?;
-            if applied.is_none() {
-                tx.batch_execute(sql).await.map_err(|e| self.db_error(&format!("apply migration {version}"), &e))?;
-                tracing::info!(sink = %self.name, schema = %self.schema, "{what} (schema version {version})");
-            }
-        }
+        migrate_in(&tx, &self.sql, &self.name, &self.schema).await.map_err(|(stage, e)| self.db_error(&stage, &e))?;
         tx.commit().await.map_err(|e| self.db_error("commit migration", &e))?;
         self.migrated = true;
         Ok(())
@@ -278,6 +271,21 @@ impl PgSink {
         tx.commit().await.map_err(|e| self.db_error("commit", &e))?;
         Ok((inserted, claims))
     }
+}
+
+/// Creates or upgrades the schema inside `tx` (which it locks for migration); `who` names the
+/// sink or command in the log. On failure, the stage that failed and the error.
+async fn migrate_in(tx: &tokio_postgres::Transaction<'_>, sql: &Sql, who: &str, schema: &str) -> Result<(), (String, tokio_postgres::Error)> {
+    tx.batch_execute(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")).await.map_err(|e| ("lock for migration".to_owned(), e))?;
+    tx.batch_execute(&sql.bootstrap).await.map_err(|e| ("create schema".to_owned(), e))?;
+    for (version, what, statements) in &sql.migrations {
+        let applied = tx.query_opt(&sql.has_version, &[version]).await.map_err(|e| ("read schema version".to_owned(), e))?;
+        if applied.is_none() {
+            tx.batch_execute(statements).await.map_err(|e| (format!("apply migration {version}"), e))?;
+            tracing::info!(sink = %who, schema = %schema, "{what} (schema version {version})");
+        }
+    }
+    Ok(())
 }
 
 impl SinkWriter for PgSink {

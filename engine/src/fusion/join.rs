@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::analytics::grid::{cell_z_scores, GRID_DEVIATION_RULE};
-use crate::records::{Anomaly, GridMap, SpcSignal};
+use crate::records::{GridCell, OutputRecord};
 
 use super::ct::CtDefect;
 
@@ -50,15 +50,84 @@ impl Default for FusionParams {
     }
 }
 
+/// An alert, as fusion needs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvAnomaly {
+    /// Layer (layer-less alerts are no evidence).
+    pub layer: Option<u32>,
+    /// Rule.
+    pub rule: String,
+    /// Value that fired.
+    pub value: f64,
+    /// Position, when known.
+    pub x_mm: Option<f64>,
+    /// Same, y.
+    pub y_mm: Option<f64>,
+}
+
+/// A grid map, as fusion needs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvGrid {
+    /// Layer.
+    pub layer: u32,
+    /// Revision (the latest of a layer is used).
+    pub revision: u32,
+    /// Cell edge, mm.
+    pub cell_mm: f64,
+    /// Its cells.
+    pub cells: Vec<GridCell>,
+}
+
+/// An SPC signal, as fusion needs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvSpc {
+    /// Layer.
+    pub layer: u32,
+    /// Chart name.
+    pub spc: String,
+    /// The charted value.
+    pub value: f64,
+}
+
 /// A build's in-situ results, as stored.
 #[derive(Clone, Debug, Default)]
 pub struct Evidence {
     /// Its alerts.
-    pub anomalies: Vec<Anomaly>,
-    /// Its grid maps (every revision; the latest of each layer is used).
-    pub grids: Vec<GridMap>,
+    pub anomalies: Vec<EvAnomaly>,
+    /// Its grid maps (every revision).
+    pub grids: Vec<EvGrid>,
     /// Its SPC signals.
-    pub spc: Vec<SpcSignal>,
+    pub spc: Vec<EvSpc>,
+    /// Height of each layer's top above the plate, µm (from its layer events' `z_um`): maps a
+    /// defect's z to its layer when known, before the thickness does.
+    pub layer_tops_um: BTreeMap<u32, i64>,
+}
+
+impl Evidence {
+    /// Adds what a result record holds (anomalies, grids, SPC signals, layer tops).
+    pub fn add(&mut self, r: &OutputRecord) {
+        match r {
+            OutputRecord::Anomaly(a) => self.anomalies.push(EvAnomaly { layer: a.layer, rule: a.rule.clone(), value: a.value, x_mm: a.x_mm, y_mm: a.y_mm }),
+            OutputRecord::Grid(g) => self.grids.push(EvGrid { layer: g.layer, revision: g.revision, cell_mm: g.cell_mm, cells: g.cells.clone() }),
+            OutputRecord::SpcSignal(s) => self.spc.push(EvSpc { layer: s.layer, spc: s.spc.clone(), value: s.value }),
+            OutputRecord::LayerSummary(s) => {
+                if let Some(z) = s.z_um {
+                    self.layer_tops_um.insert(s.layer, z);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The layer holding height `z_mm`: the lowest layer whose top is at or above it, when
+    /// layer heights are known; ⌊(z − z₀) / thickness⌋ otherwise.
+    pub fn layer_of(&self, d: &CtDefect, p: &FusionParams) -> Option<u32> {
+        if self.layer_tops_um.is_empty() {
+            return d.layer(p.thickness_um, p.z0_mm);
+        }
+        let z_um = (d.z_mm - p.z0_mm) * 1000.0;
+        self.layer_tops_um.iter().find(|(_, top)| **top as f64 >= z_um).map(|(l, _)| *l)
+    }
 }
 
 /// Where a flag lies in its layer.
@@ -135,6 +204,8 @@ pub struct FusionSummary {
     pub missed: u32,
     /// Defects below `min_diameter_um` that nevertheless have evidence.
     pub detected_small: u32,
+    /// Defects above the build's last layer (or below the plate): not fused.
+    pub outside_layers: u32,
     /// In-situ flags (layer × source).
     pub flags: u32,
     /// Flags with a CT defect there.
@@ -164,7 +235,7 @@ fn flags(ev: &Evidence, p: &FusionParams) -> BTreeMap<u32, BTreeMap<String, Vec<
         };
         f.entry(layer).or_default().entry(format!("anomaly:{}", a.rule)).or_default().push(Item { geom, value: a.value });
     }
-    let mut latest: BTreeMap<u32, &GridMap> = BTreeMap::new();
+    let mut latest: BTreeMap<u32, &EvGrid> = BTreeMap::new();
     for g in &ev.grids {
         if latest.get(&g.layer).is_none_or(|o| o.revision < g.revision) {
             latest.insert(g.layer, g);
@@ -192,7 +263,10 @@ pub fn fuse(build_id: &str, defects: &[CtDefect], evidence: &Evidence, p: &Fusio
     let mut fused = Vec::with_capacity(defects.len());
     let mut s = FusionSummary { build_id: build_id.to_owned(), params: p.clone(), ..FusionSummary::default() };
     for d in defects.iter().filter(|d| d.build_id == build_id) {
-        let Some(layer) = d.layer(p.thickness_um, p.z0_mm) else { continue };
+        let Some(layer) = evidence.layer_of(d, p) else {
+            s.outside_layers += 1;
+            continue;
+        };
         let detectable = d.equivalent_diameter_um().is_some_and(|e| e >= p.min_diameter_um);
         let mut items = Vec::new();
         for (fl, sources) in near(layer) {
@@ -256,7 +330,7 @@ pub fn fuse(build_id: &str, defects: &[CtDefect], evidence: &Evidence, p: &Fusio
 mod tests {
     use super::*;
     use crate::fusion::ct::DefectType;
-    use crate::records::GridCell;
+    use crate::records::{Anomaly, GridMap};
 
     fn defect(id: &str, x: f64, y: f64, layer: u32, d_um: f64) -> CtDefect {
         CtDefect { build_id: "b".into(), defect_id: id.into(), x_mm: x, y_mm: y, z_mm: (f64::from(layer) + 0.5) * 0.03, volume_mm3: None, diameter_um: Some(d_um), defect_type: DefectType::Keyhole, confidence: None }
@@ -272,11 +346,9 @@ mod tests {
         let mut cells: Vec<GridCell> = (0..100).map(|i| GridCell { ix: i % 10, iy: i / 10, count: 500, mean: 2000.0 + f64::from(i % 7) }).collect();
         cells[43].mean = 1400.0;
         let grid = GridMap { build_id: "b".into(), layer: 10, revision: 0, channel: "c".into(), cell_mm: 20.0, cells_per_side: 20, outside_count: 0, cells };
-        let ev = Evidence {
-            anomalies: vec![anomaly(20, "hot_spot", Some((100.0, 100.0))), anomaly(30, "lack_of_fusion", None), anomaly(40, "hot_spot", Some((5.0, 5.0)))],
-            grids: vec![grid],
-            spc: Vec::new(),
-        };
+        let mut ev = Evidence::default();
+        let records = [anomaly(20, "hot_spot", Some((100.0, 100.0))), anomaly(30, "lack_of_fusion", None), anomaly(40, "hot_spot", Some((5.0, 5.0)))];
+        records.into_iter().map(OutputRecord::Anomaly).chain([OutputRecord::Grid(grid)]).for_each(|r| ev.add(&r));
         let defects = [
             defect("in-cell", 65.0, 85.0, 10, 150.0),      // inside cell (3, 4): 60–80 × 80–100
             defect("next-layer", 80.5, 85.0, 11, 150.0),   // 0.5 mm off the cell, one layer up

@@ -13,6 +13,7 @@ use crate::topology::engine_config::{EngineConfig, LatePolicy};
 use crate::topology::positions::Positions;
 use crate::topology::rules_config::RuleConfig;
 use crate::topology::sinks::{RecordKind, SinkConfig, SinkKind};
+use crate::fusion::FusionParams;
 use crate::topology::verdict_config::VerdictConfig;
 use crate::topology::spc_config::{SpcBaselineKind, SpcChartKind, SpcConfig, SpcStatistic, ENERGY_DENSITY_CHANNEL};
 use crate::topology::sources::{SimulatorConfig, SourceConfig, SourceKind};
@@ -296,5 +297,20 @@ pub(super) fn check_verdict(c: &mut Checker<'_>, v: &VerdictConfig, rules: &[(St
     }
     if !(0.0..=1.0).contains(&v.fail_data_quality) || v.fail_data_quality > v.min_data_quality {
         c.err("verdict.fail_data_quality", "expected a score in [0, min_data_quality]");
+    }
+}
+
+/// `[fusion]`: sizes and tolerances are finite and non-negative, the thickness positive.
+pub(super) fn check_fusion(c: &mut Checker<'_>, f: &FusionParams) {
+    for (key, v) in [("tolerance_mm", f.tolerance_mm), ("cell_z", f.cell_z), ("min_diameter_um", f.min_diameter_um)] {
+        if !(v >= 0.0 && v.is_finite()) {
+            c.err(&format!("fusion.{key}"), "expected a non-negative number");
+        }
+    }
+    if !(f.thickness_um > 0.0 && f.thickness_um.is_finite()) {
+        c.err("fusion.thickness_um", "expected a positive layer thickness in µm");
+    }
+    if !f.z0_mm.is_finite() {
+        c.err("fusion.z0_mm", "expected a number");
     }
 }

@@ -7,6 +7,7 @@ use crate::topology::engine_config::EngineConfig;
 use crate::topology::rules_config::RuleConfig;
 use crate::topology::sinks::{SinkConfig, SinkKind};
 use crate::topology::spc_config::SpcConfig;
+use crate::fusion::FusionParams;
 use crate::topology::verdict_config::VerdictConfig;
 use crate::topology::sources::{SourceConfig, SourceKind};
 use crate::topology::windows_config::WindowsConfig;
@@ -30,6 +31,8 @@ pub struct Topology {
     pub spc: Vec<SpcConfig>,
     /// How closed layers are judged.
     pub verdict: VerdictConfig,
+    /// How `meltstream fuse` joins CT defects with the results (`[fusion]`).
+    pub fusion: FusionParams,
     /// Sinks.
     pub sinks: Vec<SinkConfig>,
     /// The engine instance this process is (see [`Topology::for_instance`]); `None` for a

@@ -7,8 +7,9 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::topology::check::{check_engine, check_graph, check_simulator, check_spc, check_verdict, check_windows, positive, Checker};
+use crate::topology::check::{check_engine, check_graph, check_simulator, check_spc, check_fusion, check_verdict, check_windows, positive, Checker};
 use crate::topology::spc_config::SpcConfig;
+use crate::fusion::FusionParams;
 use crate::topology::verdict_config::VerdictConfig;
 use crate::topology::engine_config::EngineConfig;
 use crate::topology::positions::{line_of, Positions};
@@ -42,7 +43,7 @@ pub fn load(text: &str, file: &str, base_dir: &Path) -> Result<Topology, ConfigE
     let pos = Positions::new(text, doc.as_table());
     let root = toml::Table::deserialize(toml_edit::de::Deserializer::from(doc)).map_err(|e| not_toml(e.message(), e.span()))?;
     let mut c = Checker { file, pos, errors: Vec::new() };
-    let known = ["name", "engine", "sources", "windows", "rules", "spc", "verdict", "sinks"];
+    let known = ["name", "engine", "sources", "windows", "rules", "spc", "verdict", "fusion", "sinks"];
     for k in root.keys() {
         if !known.contains(&k.as_str()) {
             c.err(k, format!("unknown top-level key, expected one of: {}", known.join(", ")));
@@ -77,6 +78,11 @@ pub fn load(text: &str, file: &str, base_dir: &Path) -> Result<Topology, ConfigE
         .filter_map(|(key, t)| c.de::<RuleConfig>(&key, toml::Value::Table(t)).map(|r| (key, r)))
         .collect::<Vec<_>>();
 
+    let fusion: FusionParams = match root.get("fusion") {
+        Some(v) => c.de("fusion", v.clone()).unwrap_or_default(),
+        None => FusionParams::default(),
+    };
+    check_fusion(&mut c, &fusion);
     let verdict: VerdictConfig = match root.get("verdict") {
         Some(v) => c.de("verdict", v.clone()).unwrap_or_default(),
         None => VerdictConfig::default(),
@@ -117,7 +123,7 @@ pub fn load(text: &str, file: &str, base_dir: &Path) -> Result<Topology, ConfigE
             _ => {}
         }
     }
-    Ok(Topology { name, base_dir: base_dir.to_path_buf(), engine, sources, windows, rules: rules.into_iter().map(|(_, r)| r).collect(), spc: spc.into_iter().map(|(_, s)| s).collect(), verdict, sinks, instance: None })
+    Ok(Topology { name, base_dir: base_dir.to_path_buf(), engine, sources, windows, rules: rules.into_iter().map(|(_, r)| r).collect(), spc: spc.into_iter().map(|(_, s)| s).collect(), verdict, fusion, sinks, instance: None })
 }
 
 fn array_of_tables(c: &mut Checker<'_>, root: &toml::Table, key: &str) -> Vec<(String, toml::Table)> {

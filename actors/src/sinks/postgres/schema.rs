@@ -1,6 +1,6 @@
 //! The PostgreSQL sink's schema: its tables (migration 1; migration 2 adds the progress epoch,
 //! migration 3 the replay state, migration 4 the SPC signals, migration 5 layer verdicts and
-//! build reports), the statements that insert into them
+//! build reports, migration 6 the CT fusion results), the statements that insert into them
 //! and store and read the progress, and the names `reset_pipeline` empties. Statements are
 //! built once per schema name; nothing here talks to the server.
 
@@ -10,8 +10,20 @@ use super::columns::{AnomalyColumns, DeadLetterColumns, GridMapColumns, LateReco
 pub(super) const MIGRATION_LOCK: i64 = 0x6d65_6c74_7374_7265; // "meltstre"
 
 /// Every table holding rows of a pipeline, in the order `reset_pipeline` empties them.
-pub(super) const TABLES: [&str; 10] =
-    ["layer_summaries", "grid_maps", "window_results", "anomalies", "dead_letters", "late_records", "spc_signals", "layer_verdicts", "build_reports", "progress"];
+pub(super) const TABLES: [&str; 12] = [
+    "layer_summaries",
+    "grid_maps",
+    "window_results",
+    "anomalies",
+    "dead_letters",
+    "late_records",
+    "spc_signals",
+    "layer_verdicts",
+    "build_reports",
+    "fused_defects",
+    "fusion_summaries",
+    "progress",
+];
 
 /// `schema` quoted as an SQL identifier.
 pub(super) fn quote_ident(schema: &str) -> String {
@@ -236,6 +248,40 @@ impl Sql {
              );
              INSERT INTO {s}.schema_version (version) VALUES (5);"
         );
+        let v6 = format!(
+            "CREATE TABLE {s}.fused_defects (
+                 pipeline text NOT NULL,
+                 build_id text NOT NULL,
+                 defect_id text NOT NULL,
+                 layer int NOT NULL,
+                 x_mm double precision NOT NULL,
+                 y_mm double precision NOT NULL,
+                 z_mm double precision NOT NULL,
+                 diameter_um double precision,
+                 type text NOT NULL,
+                 detectable boolean NOT NULL,
+                 detected boolean NOT NULL,
+                 evidence_count int NOT NULL,
+                 record jsonb NOT NULL,
+                 written_at timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (pipeline, build_id, defect_id)
+             );
+             CREATE TABLE {s}.fusion_summaries (
+                 pipeline text NOT NULL,
+                 build_id text NOT NULL,
+                 defects int NOT NULL,
+                 detectable int NOT NULL,
+                 detected int NOT NULL,
+                 flags int NOT NULL,
+                 confirmed_flags int NOT NULL,
+                 recall double precision NOT NULL,
+                 precision double precision NOT NULL,
+                 record jsonb NOT NULL,
+                 written_at timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (pipeline, build_id)
+             );
+             INSERT INTO {s}.schema_version (version) VALUES (6);"
+        );
         let claim_epochs = format!(
             "INSERT INTO {s}.progress AS p (pipeline, topic, partition, resume_offset, emitted_through, epoch)
              SELECT $1, u.topic, u.partition, 0, 0, 1
@@ -311,7 +357,7 @@ impl Sql {
         let select_progress = format!("SELECT topic, partition, resume_offset, emitted_through, state FROM {s}.progress WHERE pipeline = $1");
         Sql {
             bootstrap,
-            migrations: vec![(1, "created the PostgreSQL tables", v1), (2, "added the progress epoch", v2), (3, "added the progress replay state", v3), (4, "added the SPC signals table", v4), (5, "added the layer verdicts and build reports", v5)],
+            migrations: vec![(1, "created the PostgreSQL tables", v1), (2, "added the progress epoch", v2), (3, "added the progress replay state", v3), (4, "added the SPC signals table", v4), (5, "added the layer verdicts and build reports", v5), (6, "added the CT fusion tables", v6)],
             has_version,
             claim_epochs,
             insert_layer_summaries,

@@ -239,7 +239,7 @@ impl SinkWriter for SqliteSink {
         let (name, pipeline) = (self.name.clone(), self.pipeline.clone());
         let rows = self.blocking(move |db, _| db.read_progress(&name, &pipeline)).await?;
         let mut stored = StoredProgress::new();
-        for (topic, partition, resume, emitted, state) in rows {
+        for ProgressRow { topic, partition, resume, emitted_through: emitted, state } in rows {
             let offset = |v: i64| u64::try_from(v).map_err(|_| errors::fatal(&self.name, format!("negative offset {v} stored for {topic}/{partition}")));
             let progress = Progress { resume: offset(resume)?, emitted_through: offset(emitted)? };
             match PartitionState::from_json(&state) {

@@ -93,7 +93,7 @@ impl Drop for Ownership {
     }
 }
 
-/// One partition's progress as stored.
+/// One partition's progress as stored (and read back).
 pub(super) struct ProgressRow {
     pub(super) topic: String,
     pub(super) partition: i32,
@@ -175,10 +175,12 @@ impl Db {
         Ok(inserted)
     }
 
-    /// The progress of `pipeline`: topic, partition, resume, emitted through, replay state.
-    pub(super) fn read_progress(&self, sink: &str, pipeline: &str) -> Result<Vec<(String, i32, i64, i64, String)>, SinkError> {
+    /// The progress of `pipeline`, per partition.
+    pub(super) fn read_progress(&self, sink: &str, pipeline: &str) -> Result<Vec<ProgressRow>, SinkError> {
         let mut stmt = self.conn.prepare_cached(SELECT_PROGRESS).map_err(|e| db_error(sink, "prepare progress query", &e))?;
-        let rows = stmt.query_map([pipeline], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))).map_err(|e| db_error(sink, "read progress", &e))?;
+        let rows = stmt
+            .query_map([pipeline], |r| Ok(ProgressRow { topic: r.get(0)?, partition: r.get(1)?, resume: r.get(2)?, emitted_through: r.get(3)?, state: r.get(4)? }))
+            .map_err(|e| db_error(sink, "read progress", &e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| db_error(sink, "read progress", &e))
     }
 

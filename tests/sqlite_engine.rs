@@ -2,7 +2,7 @@
 //! the results while the engine writes, a second engine on the same file is refused naming the
 //! owner, and an engine killed mid-run (or, with the fault hooks, aborted inside a transaction
 //! before `COMMIT`) leaves a sound file that a rerun completes to exactly what an uninterrupted
-//! run writes: nothing durable lost, nothing duplicated.
+//! run writes: nothing durable lost, nothing duplicated; `meltstream reset` then empties it.
 //!
 //! Needs no service: each test has its own temporary directory.
 
@@ -149,6 +149,13 @@ fn a_killed_engine_loses_nothing_durable_and_a_second_engine_is_refused() {
     child.kill().expect("SIGKILL");
     child.wait().expect("wait");
     rerun_completes(&dir, &db);
+
+    // `meltstream reset` empties the pipeline's rows and progress from the file.
+    let out = Command::new(env!("CARGO_BIN_EXE_meltstream")).arg("reset").arg(&topo).output().expect("meltstream reset");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && said.contains("sink results: deleted ") && said.contains("of pipeline \"fleet\""), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    let left = row_counts(&db, "fleet").expect("counts");
+    assert!(!left.is_empty() && left.values().all(|&n| n == 0), "rows left after reset: {left:?}");
 }
 
 /// With the fault hooks: the engine aborts inside its third transaction with rows, after the

@@ -16,7 +16,7 @@ pub(super) struct Table {
     pub(super) columns: &'static [&'static str],
 }
 
-/// The result tables, in the order of `rows::Kind`.
+/// The result tables, indexed as `rows.rs` buffers them (layer summaries 0, …, build reports 8).
 pub(super) const TABLES: [Table; 9] = [
     Table {
         name: "layer_summaries",

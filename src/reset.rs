@@ -1,7 +1,8 @@
 //! `meltstream reset TOPOLOGY`: makes a pipeline start over. Deletes the rows and the stored
-//! progress of its PostgreSQL sinks (one transaction per sink) and the offsets of its Kafka
-//! consumer groups (where the Kafka sinks store their progress). Records already in a Kafka
-//! output topic stay there. Run it with the engine stopped.
+//! progress of its PostgreSQL and SQLite sinks (one transaction per sink; an SQLite file an
+//! engine still owns is refused) and the offsets of its Kafka consumer groups (where the Kafka
+//! sinks store their progress). Records already in a Kafka output topic stay there. Run it with
+//! the engine stopped.
 
 use anyhow::Context;
 use rdkafka::admin::{AdminClient, AdminOptions};
@@ -9,10 +10,17 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::ClientConfig;
 
 use meltstream_actors::sinks::postgres::admin::reset_pipeline;
+use meltstream_actors::sinks::sqlite::admin::reset_pipeline as reset_sqlite_pipeline;
 use meltstream_engine::topology::{expand_env, SinkKind, SourceKind, Topology};
 
 /// Resets every store of `t`; prints what it did.
 pub fn run(t: &Topology) -> anyhow::Result<()> {
+    for s in &t.sinks {
+        if let SinkKind::Sqlite(q) = &s.kind {
+            let n = reset_sqlite_pipeline(&q.path, &q.pipeline).map_err(|e| anyhow::anyhow!("sink {}: {e}", s.name))?;
+            println!("sink {}: deleted {n} rows of pipeline {:?} in {}", s.name, q.pipeline, q.path.display());
+        }
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().context("runtime")?;
     rt.block_on(async {
         for s in &t.sinks {

@@ -38,6 +38,7 @@ fn flush_intervals(t: &Topology) -> Vec<(String, &'static str, u64)> {
             SinkKind::Null(_) => (s.name.clone(), "null", NULL_SINK_FLUSH_MS),
             SinkKind::File(c) => (s.name.clone(), "file", c.flush_ms),
             SinkKind::Postgres(c) => (s.name.clone(), "postgres", c.flush_ms),
+            SinkKind::Sqlite(c) => (s.name.clone(), "sqlite", c.flush_ms),
             SinkKind::Kafka(c) => (s.name.clone(), "kafka", c.flush_ms),
         })
         .collect()

@@ -28,6 +28,7 @@ use crate::sinks::file::{FileSink, NullSink, NULL_SINK_FLUSH_MS};
 use crate::sinks::kafka::KafkaSink;
 use crate::sinks::postgres::PgSink;
 use crate::sinks::sink_actor::{read_stored_progress, SinkActor, SinkArgs};
+use crate::sinks::sqlite::SqliteSink;
 use crate::sinks::writer::BoxedWriter;
 use crate::sources::file::{FileSource, FileSourceArgs, FileSourceMsg};
 use crate::sources::kafka::{KafkaSource, KafkaSourceArgs, KafkaSourceMsg};
@@ -310,6 +311,10 @@ fn make_writer(t: &Topology, name: &str, kind: &SinkKind, board: &ProgressBoard)
         SinkKind::Null(_) => (Box::new(NullSink), NULL_SINK_FLUSH_MS),
         SinkKind::Postgres(c) => {
             let w = PgSink::new(name, &expand_env(&c.url), &c.pipeline, &c.schema).map_err(|e| start_err(&format!("sink {name}"), e))?;
+            (Box::new(w), c.flush_ms)
+        }
+        SinkKind::Sqlite(c) => {
+            let w = SqliteSink::new(name, &c.path, &c.pipeline).map_err(|e| start_err(&format!("sink {name}"), e))?;
             (Box::new(w), c.flush_ms)
         }
         SinkKind::Kafka(c) => {

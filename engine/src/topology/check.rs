@@ -189,7 +189,8 @@ pub(super) fn check_names<'a>(c: &mut Checker<'_>, what: &str, names: impl Itera
 }
 
 /// The checks across components: unique names, valid rules, sinks that take records, one Kafka
-/// source for a Kafka sink, a late sink when the late policy needs one. `sources`, `sinks` and
+/// source for a Kafka sink, one SQLite sink per database file, a late sink when the late policy
+/// needs one. `sources`, `sinks` and
 /// `rules` carry their key (`sinks[1]`).
 pub(super) fn check_graph(c: &mut Checker<'_>, engine: &EngineConfig, sources: &[(String, SourceConfig)], sinks: &[(String, SinkConfig)], rules: &[(String, RuleConfig)]) {
     check_names(c, "sources", sources.iter().map(|(k, s)| (k.as_str(), s.name.as_str())));
@@ -215,6 +216,15 @@ pub(super) fn check_graph(c: &mut Checker<'_>, engine: &EngineConfig, sources: &
     for (key, s) in sinks {
         if matches!(s.kind, SinkKind::Kafka(_)) && kafka_sources != 1 {
             c.err(&format!("{key}.type"), format!("a Kafka sink commits the offsets of exactly one Kafka source's group; this topology has {kafka_sources}"));
+        }
+    }
+    // A database file has one owner (the sink's lock): a second sink on it could never start.
+    let mut files = HashSet::new();
+    for (key, s) in sinks {
+        if let SinkKind::Sqlite(q) = &s.kind {
+            if !files.insert(q.path.clone()) {
+                c.err(&format!("{key}.path"), format!("another sqlite sink already writes {:?}; a database file takes one sink (give this one its own file)", q.path.display().to_string()));
+            }
         }
     }
     let late_needs_sink = engine.late_policy == LatePolicy::LateSink;

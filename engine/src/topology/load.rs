@@ -14,7 +14,7 @@ use crate::topology::verdict_config::VerdictConfig;
 use crate::topology::engine_config::EngineConfig;
 use crate::topology::positions::{line_of, Positions};
 use crate::topology::rules_config::RuleConfig;
-use crate::topology::sinks::{FileSinkConfig, KafkaSinkConfig, PostgresSinkConfig, RecordKind, SinkConfig, SinkKind};
+use crate::topology::sinks::{FileSinkConfig, KafkaSinkConfig, PostgresSinkConfig, RecordKind, SinkConfig, SinkKind, SqliteSinkConfig};
 use crate::topology::sources::{FileSourceConfig, KafkaSourceConfig, R1Config, SimulatorConfig, SourceConfig, SourceKind};
 use crate::topology::windows_config::WindowsConfig;
 use crate::topology::errors::{ConfigError, ConfigErrors};
@@ -119,6 +119,7 @@ pub fn load(text: &str, file: &str, base_dir: &Path) -> Result<Topology, ConfigE
     for s in &mut sinks {
         match &mut s.kind {
             SinkKind::Postgres(p) if p.pipeline.is_empty() => p.pipeline = name.clone(),
+            SinkKind::Sqlite(p) if p.pipeline.is_empty() => p.pipeline = name.clone(),
             SinkKind::Kafka(k) if k.transactional_id.is_empty() => k.transactional_id = format!("meltstream-{name}-{}", s.name),
             _ => {}
         }
@@ -223,7 +224,7 @@ fn parse_source(c: &mut Checker<'_>, key: &str, mut t: toml::Table) -> Option<(S
 
 /// The sink registry: one arm per sink type.
 fn parse_sink(c: &mut Checker<'_>, key: &str, mut t: toml::Table) -> Option<(String, SinkConfig)> {
-    let (name, ty) = take_name_and_type(c, key, &mut t, &["file", "null", "postgres", "kafka"])?;
+    let (name, ty) = take_name_and_type(c, key, &mut t, &["file", "null", "postgres", "sqlite", "kafka"])?;
     let v = toml::Value::Table(t);
     let kind = match ty.as_str() {
         "file" => {
@@ -245,6 +246,14 @@ fn parse_sink(c: &mut Checker<'_>, key: &str, mut t: toml::Table) -> Option<(Str
             positive(c, &format!("{key}.flush_ms"), p.flush_ms);
             SinkKind::Postgres(p)
         }
+        "sqlite" => {
+            let p: SqliteSinkConfig = c.de(key, v)?;
+            if p.path.as_os_str().is_empty() {
+                c.err(&format!("{key}.path"), "expected a database file such as \"out/results.sqlite\"");
+            }
+            positive(c, &format!("{key}.flush_ms"), p.flush_ms);
+            SinkKind::Sqlite(p)
+        }
         "kafka" => {
             let k: KafkaSinkConfig = c.de(key, v)?;
             if k.brokers.trim().is_empty() {
@@ -257,7 +266,7 @@ fn parse_sink(c: &mut Checker<'_>, key: &str, mut t: toml::Table) -> Option<(Str
                 if matches!(r, RecordKind::LayerSummary | RecordKind::Grid | RecordKind::Window | RecordKind::SpcSignal | RecordKind::LayerVerdict | RecordKind::BuildReport) {
                     c.err(
                         &format!("{key}.records"),
-                        format!("{:?} cannot go to a Kafka sink exactly once (window results are deduplicated by key; a topic has none): use a postgres or file sink; expected anomaly, dead_letter or late", r.name()),
+                        format!("{:?} cannot go to a Kafka sink exactly once (window results are deduplicated by key; a topic has none): use a postgres, sqlite or file sink; expected anomaly, dead_letter or late", r.name()),
                     );
                 }
             }
@@ -303,6 +312,28 @@ mod tests {
         let good = format!("{head}[[spc]]\nname = \"a\"\nchannel = \"energy_density_j_mm3\"\nchart = \"cusum\"\n");
         let t = load(&good, "t.toml", Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(t.spc[0].statistic(), crate::topology::SpcStatistic::Value);
+    }
+
+    #[test]
+    fn a_sqlite_sink_loads_with_its_defaults_and_refuses_what_it_does_not_know() {
+        let head = "name = \"cell\"\n[[sources]]\nname = \"a\"\ntype = \"simulator\"\n[[sinks]]\nname = \"db\"\ntype = \"sqlite\"\n";
+        let t = load(&format!("{head}path = \"out/results.sqlite\"\n"), "t.toml", Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
+        let expected = SqliteSinkConfig { path: "out/results.sqlite".into(), pipeline: "cell".into(), records: RecordKind::ALL.to_vec(), flush_ms: 100 };
+        assert_eq!(t.sinks[0].kind, SinkKind::Sqlite(expected), "the pipeline defaults to the topology's name");
+
+        let errs = load(&format!("{head}path = \"r.sqlite\"\npathh = \"x\"\n"), "t.toml", Path::new(".")).unwrap_err().0;
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!((errs[0].line, errs[0].key.as_str()), (9, "sinks[0].pathh"));
+        assert_eq!(errs[0].message, "unknown field `pathh`, expected one of `path`, `pipeline`, `records`, `flush_ms`");
+
+        let errs = load(&format!("{head}path = \"\"\nflush_ms = 0\n[[sinks]]\nname = \"db2\"\ntype = \"sqlite\"\npath = \"r.sqlite\"\n[[sinks]]\nname = \"db3\"\ntype = \"sqlite\"\npath = \"r.sqlite\"\n"), "t.toml", Path::new(".")).unwrap_err().0;
+        let got: Vec<(usize, &str)> = errs.iter().map(|e| (e.line, e.key.as_str())).collect();
+        assert_eq!(got, vec![(8, "sinks[0].path"), (9, "sinks[0].flush_ms"), (17, "sinks[2].path")], "{errs:?}");
+        assert!(errs[2].message.contains("another sqlite sink already writes \"r.sqlite\""), "{}", errs[2].message);
+
+        let errs = load(&format!("{head}pipeline = \"p\"\n"), "t.toml", Path::new(".")).unwrap_err().0;
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].key == "sinks[0]" && errs[0].message.contains("missing field `path`"), "{errs:?}");
     }
 
     #[test]

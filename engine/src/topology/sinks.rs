@@ -1,5 +1,5 @@
 //! `[[sinks]]`: the record kinds a sink can take, the config struct of each sink type (file,
-//! null, PostgreSQL, Kafka) with their defaults, and [`SinkKind`], the tagged set of them. Plain
+//! null, PostgreSQL, SQLite, Kafka) with their defaults, and [`SinkKind`], the tagged set of them. Plain
 //! serde structs; which `type` picks which struct is the registry in `load`.
 
 use std::collections::BTreeMap;
@@ -120,6 +120,25 @@ fn default_pg_schema() -> String {
     "meltstream".into()
 }
 
+/// `type = "sqlite"` sink: an embedded SQLite database file with the PostgreSQL sink's tables,
+/// written in batches, each flush one transaction together with the source progress. One
+/// engine process owns the file at a time.
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteSinkConfig {
+    /// Database file (relative to the working directory); created with its directory.
+    pub path: PathBuf,
+    /// Pipeline name keying every row and the progress (default: the topology's name).
+    #[serde(default)]
+    pub pipeline: String,
+    /// Record kinds written.
+    #[serde(default = "all_kinds")]
+    pub records: Vec<RecordKind>,
+    /// Flush (one transaction) at least this often, ms.
+    #[serde(default = "default_flush_ms")]
+    pub flush_ms: u64,
+}
+
 /// `type = "kafka"` sink: a transactional producer; records and the source offsets that
 /// produced them commit together.
 #[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq)]
@@ -167,6 +186,8 @@ pub enum SinkKind {
     Null(NullSinkConfig),
     /// PostgreSQL tables.
     Postgres(PostgresSinkConfig),
+    /// SQLite database file.
+    Sqlite(SqliteSinkConfig),
     /// Kafka topic, transactional.
     Kafka(KafkaSinkConfig),
 }
@@ -178,6 +199,7 @@ impl SinkKind {
             SinkKind::File(c) => &c.records,
             SinkKind::Null(c) => &c.records,
             SinkKind::Postgres(c) => &c.records,
+            SinkKind::Sqlite(c) => &c.records,
             SinkKind::Kafka(c) => &c.records,
         }
     }

@@ -1,0 +1,277 @@
+//! The SQLite sink's schema: its tables (the PostgreSQL sink's, in SQLite types), the migrations
+//! that create them, and the statements that insert rows, store the progress and read it back.
+//! Statements are text built once; running them is `database.rs`'s, and nothing here touches a
+//! file.
+//!
+//! Types: `INTEGER` for integers and nanosecond times, `REAL` for floats, `TEXT` for strings,
+//! for the RFC 3339 times PostgreSQL keeps as `timestamptz` (UTC, microseconds, as the records
+//! write them) and for JSON (PostgreSQL's `jsonb` columns and `spc_signals.layers`, an `int[]`
+//! there: a JSON array here). The tables are ordinary (not `STRICT`) so that any sqlite3 shell
+//! or Python of the last years can read them.
+
+/// One table of results: its name and the columns a buffered row fills, in order, after
+/// `pipeline` (the insert binds the pipeline as `?1`, the row's values as `?2`, `?3`, …).
+pub(super) struct Table {
+    pub(super) name: &'static str,
+    pub(super) columns: &'static [&'static str],
+}
+
+/// The result tables, indexed as `rows.rs` buffers them (layer summaries 0, …, build reports 8).
+pub(super) const TABLES: [Table; 9] = [
+    Table {
+        name: "layer_summaries",
+        columns: &[
+            "build_id", "layer", "laser", "revision", "window_start", "window_start_ns", "window_end", "window_end_ns", "z_um", "sample_count", "late_count", "energy_density_j_mm3",
+            "energy_density_by_style_j_mm3", "channels", "rule_hits", "record",
+        ],
+    },
+    Table { name: "grid_maps", columns: &["build_id", "layer", "revision", "channel", "cell_mm", "cells_per_side", "outside_count", "cells"] },
+    Table {
+        name: "window_results",
+        columns: &["build_id", "\"window\"", "window_kind", "channel", "window_start", "window_start_ns", "window_end", "window_end_ns", "count", "mean", "min", "max", "std_dev"],
+    },
+    Table { name: "anomalies", columns: &["build_id", "layer", "laser", "laser_key", "time", "time_ns", "rule", "channel", "value", "op", "limit_value", "x_mm", "y_mm"] },
+    Table { name: "dead_letters", columns: &["source", "input", "topic", "\"partition\"", "kafka_offset", "reason_kind", "reason", "raw_prefix"] },
+    Table { name: "late_records", columns: &["build_id", "layer", "laser", "t0_ns", "sample_count", "source_offset", "watermark_ns"] },
+    Table {
+        name: "spc_signals",
+        columns: &[
+            "build_id", "spc", "chart", "channel", "statistic", "laser", "layer", "time", "time_ns", "rule", "value", "charted", "centre", "lower_limit", "upper_limit", "baseline_centre",
+            "baseline_sigma", "layers",
+        ],
+    },
+    Table { name: "layer_verdicts", columns: &["build_id", "layer", "verdict", "reasons", "time", "time_ns", "sample_count", "record"] },
+    Table { name: "build_reports", columns: &["build_id", "time", "time_ns", "layers", "layers_ok", "layers_warn", "layers_fail", "record"] },
+];
+
+/// Every table holding rows of a pipeline, in the order `reset_pipeline` empties them.
+pub(super) const PIPELINE_TABLES: [&str; 10] =
+    ["layer_summaries", "grid_maps", "window_results", "anomalies", "dead_letters", "late_records", "spc_signals", "layer_verdicts", "build_reports", "progress"];
+
+/// SQL default of the `written_at`, `updated_at` and `applied_at` columns: the wall clock as
+/// RFC 3339 UTC (milliseconds).
+macro_rules! now_utc {
+    () => {
+        "(strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))"
+    };
+}
+
+/// Creates the version table (every start, idempotent).
+pub(super) const BOOTSTRAP: &str = concat!("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL DEFAULT ", now_utc!(), ");");
+
+/// The newest schema version applied so far (NULL for a new file).
+pub(super) const CURRENT_VERSION: &str = "SELECT max(version) FROM schema_version";
+
+/// Records that migration `?1` is applied.
+pub(super) const ADD_VERSION: &str = "INSERT INTO schema_version (version) VALUES (?1)";
+
+/// The migrations in order: version, what it adds (for the log), its statements.
+pub(super) const MIGRATIONS: [(i64, &str, &str); 1] = [(1, "created the SQLite tables", V1)];
+
+/// Migration 1: every table at once (the PostgreSQL sink's five migrations, less the progress
+/// epoch: one process owns the file, so nothing is fenced).
+const V1: &str = concat!(
+    "CREATE TABLE layer_summaries (
+        pipeline TEXT NOT NULL,
+        build_id TEXT NOT NULL,
+        layer INTEGER NOT NULL,
+        laser INTEGER NOT NULL,
+        revision INTEGER NOT NULL,
+        window_start TEXT NOT NULL,
+        window_start_ns INTEGER NOT NULL,
+        window_end TEXT NOT NULL,
+        window_end_ns INTEGER NOT NULL,
+        z_um INTEGER,
+        sample_count INTEGER NOT NULL,
+        late_count INTEGER NOT NULL,
+        energy_density_j_mm3 REAL,
+        energy_density_by_style_j_mm3 TEXT NOT NULL,
+        channels TEXT NOT NULL,
+        rule_hits TEXT NOT NULL,
+        record TEXT NOT NULL,
+        written_at TEXT NOT NULL DEFAULT ", now_utc!(), ",
+        PRIMARY KEY (pipeline, build_id, layer, laser, revision)
+    );
+    CREATE TABLE grid_maps (
+        pipeline TEXT NOT NULL,
+        build_id TEXT NOT NULL,
+        layer INTEGER NOT NULL,
+        revision INTEGER NOT NULL,
+        channel TEXT NOT NULL,
+        cell_mm REAL NOT NULL,
+        cells_per_side INTEGER NOT NULL,
+        outside_count INTEGER NOT NULL,
+        cells TEXT NOT NULL,
+        written_at TEXT NOT NULL DEFAULT ", now_utc!(), ",
+        PRIMARY KEY (pipeline, build_id, layer, revision)
+    );
+    CREATE TABLE window_results (
+        pipeline TEXT NOT NULL,
+        build_id TEXT NOT NULL,
+        \"window\" TEXT NOT NULL,
+        window_kind TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        window_start TEXT NOT NULL,
+        window_start_ns INTEGER NOT NULL,
+        window_end TEXT NOT NULL,
+        window_end_ns INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        mean REAL NOT NULL,
+        min REAL NOT NULL,
+        max REAL NOT NULL,
+        std_dev REAL NOT NULL,
+        written_at TEXT NOT NULL DEFAULT ", now_utc!(), ",
+        PRIMARY KEY (pipeline, build_id, \"window\", window_start_ns)
+    );
+    CREATE TABLE anomalies (
+        pipeline TEXT NOT NULL,
+        build_id TEXT NOT NULL,
+        layer INTEGER,
+        laser INTEGER,
+        laser_key INTEGER NOT NULL,
+        time TEXT NOT NULL,
+        time_ns INTEGER NOT NULL,
+        rule TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        value REAL NOT NULL,
+        op TEXT NOT NULL,
+        limit_value REAL NOT NULL,
+        x_mm REAL,
+        y_mm REAL,
+        written_at TEXT NOT NULL DEFAULT ", now_utc!(), ",
+        PRIMARY KEY (pipeline, build_id, rule, laser_key, time_ns)
+    );
+    CREATE TABLE dead_letters (
+        pipeline TEXT NOT NULL,
+        source TEXT NOT NULL,
+        input INTEGER NOT NULL,
+        topic TEXT,
+        \"partition\" INTEGER,
+        kafka_offset INTEGER NOT NULL,
+        reason_kind TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        raw_prefix TEXT NOT NULL,
+        written_at TEXT NOT NULL DEFAULT ", now_utc!(), ",
+        PRIMARY KEY (pipeline, source, input, kafka_offset)
+    );
+    CREATE TABLE late_records (
+        pipeline TEXT NOT NULL,
+        build_id TEXT NOT NULL,
+        layer INTEGER,
+        laser INTEGER NOT NULL,
+        t0_ns INTEGER NOT NULL,
+        sample_count INTEGER NOT NULL,
+        source_offset INTEGER NOT NULL,
+        watermark_ns INTEGER NOT NULL,
+        written_at TEXT NOT NULL DEFAULT ", now_utc!(), ",
+        PRIMARY KEY (pipeline, build_id, source_offset, t0_ns, laser)
+    );
+    CREATE TABLE spc_signals (
+        pipeline TEXT NOT NULL,
+        build_id TEXT NOT NULL,
+        spc TEXT NOT NULL,
+        chart TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        statistic TEXT NOT NULL,
+        laser INTEGER NOT NULL,
+        layer INTEGER NOT NULL,
+        time TEXT NOT NULL,
+        time_ns INTEGER NOT NULL,
+        rule TEXT NOT NULL,
+        value REAL NOT NULL,
+        charted REAL NOT NULL,
+        centre REAL NOT NULL,
+        lower_limit REAL NOT NULL,
+        upper_limit REAL NOT NULL,
+        baseline_centre REAL NOT NULL,
+        baseline_sigma REAL NOT NULL,
+        layers TEXT NOT NULL,
+        written_at TEXT NOT NULL DEFAULT ", now_utc!(), ",
+        PRIMARY KEY (pipeline, build_id, spc, laser, layer, rule)
+    );
+    CREATE TABLE layer_verdicts (
+        pipeline TEXT NOT NULL,
+        build_id TEXT NOT NULL,
+        layer INTEGER NOT NULL,
+        verdict TEXT NOT NULL,
+        reasons TEXT NOT NULL,
+        time TEXT NOT NULL,
+        time_ns INTEGER NOT NULL,
+        sample_count INTEGER NOT NULL,
+        record TEXT NOT NULL,
+        written_at TEXT NOT NULL DEFAULT ", now_utc!(), ",
+        PRIMARY KEY (pipeline, build_id, layer)
+    );
+    CREATE TABLE build_reports (
+        pipeline TEXT NOT NULL,
+        build_id TEXT NOT NULL,
+        time TEXT NOT NULL,
+        time_ns INTEGER NOT NULL,
+        layers INTEGER NOT NULL,
+        layers_ok INTEGER NOT NULL,
+        layers_warn INTEGER NOT NULL,
+        layers_fail INTEGER NOT NULL,
+        record TEXT NOT NULL,
+        written_at TEXT NOT NULL DEFAULT ", now_utc!(), ",
+        PRIMARY KEY (pipeline, build_id)
+    );
+    CREATE TABLE progress (
+        pipeline TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        \"partition\" INTEGER NOT NULL,
+        resume_offset INTEGER NOT NULL,
+        emitted_through INTEGER NOT NULL,
+        state TEXT NOT NULL DEFAULT '{}',
+        updated_at TEXT NOT NULL DEFAULT ", now_utc!(), ",
+        PRIMARY KEY (pipeline, topic, \"partition\")
+    );"
+);
+
+/// Stores one partition's progress and replay state (`?1` pipeline, `?2` topic, `?3`
+/// partition, `?4` resume, `?5` emitted through, `?6` state).
+pub(super) const UPSERT_PROGRESS: &str = concat!(
+    "INSERT INTO progress (pipeline, topic, \"partition\", resume_offset, emitted_through, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+     ON CONFLICT (pipeline, topic, \"partition\") DO UPDATE
+     SET resume_offset = excluded.resume_offset, emitted_through = excluded.emitted_through, state = excluded.state, updated_at = ",
+    now_utc!()
+);
+
+/// The progress of pipeline `?1`: topic, partition, resume, emitted through, state.
+pub(super) const SELECT_PROGRESS: &str = "SELECT topic, \"partition\", resume_offset, emitted_through, state FROM progress WHERE pipeline = ?1";
+
+/// `INSERT INTO <table> (pipeline, <columns>) VALUES (?1, ?2, …) ON CONFLICT DO NOTHING`: one
+/// row, skipped when its key is already there.
+pub(super) fn insert(table: &Table) -> String {
+    let params: Vec<String> = (1..=table.columns.len() + 1).map(|i| format!("?{i}")).collect();
+    format!("INSERT INTO {} (pipeline, {}) VALUES ({}) ON CONFLICT DO NOTHING", table.name, table.columns.join(", "), params.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_insert_binds_the_pipeline_then_every_column() {
+        assert_eq!(
+            insert(&TABLES[5]),
+            "INSERT INTO late_records (pipeline, build_id, layer, laser, t0_ns, sample_count, source_offset, watermark_ns) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING"
+        );
+    }
+
+    #[test]
+    fn the_migrations_create_every_table_they_insert_into() {
+        let db = rusqlite::Connection::open_in_memory().expect("in-memory database");
+        db.execute_batch(BOOTSTRAP).expect("bootstrap");
+        for (_, _, sql) in MIGRATIONS {
+            db.execute_batch(sql).expect("migration");
+        }
+        for t in &TABLES {
+            db.prepare(&insert(t)).unwrap_or_else(|e| panic!("{}: {e}", t.name));
+        }
+        db.prepare(UPSERT_PROGRESS).expect("progress upsert");
+        db.prepare(SELECT_PROGRESS).expect("progress query");
+        for t in PIPELINE_TABLES {
+            db.prepare(&format!("DELETE FROM {t} WHERE pipeline = ?1")).unwrap_or_else(|e| panic!("{t}: {e}"));
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! `meltstream fuse`: the batch CT fusion a workflow task runs days after a build. Reads a CT
 //! defect list (JSON lines or CSV; bad rows are reported with their line and skipped), reads each
-//! build's in-situ evidence from the topology's results store (its first PostgreSQL sink), joins
+//! build's in-situ evidence from the topology's results store (its first PostgreSQL or SQLite
+//! sink), joins
 //! them (`meltstream_engine::fusion`, parameters from `[fusion]`), replaces the build's
 //! `fused_defects` and `fusion_summaries` rows in one transaction, and prints the summary.
 
@@ -10,10 +11,41 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use meltstream_actors::sinks::postgres::fusion::{read_evidence, write_fusion};
-use meltstream_engine::fusion::ct::read_list;
-use meltstream_engine::fusion::{fuse, FusionSummary};
+use meltstream_actors::sinks::{postgres, sqlite};
+use meltstream_engine::fusion::ct::{read_list, CtDefect};
+use meltstream_engine::fusion::{fuse, Evidence, FusedDefect, FusionSummary};
 use meltstream_engine::topology::{expand_env, SinkKind, Topology};
+
+/// Where a topology's results are durable.
+enum Store {
+    Postgres { url: String, schema: String, pipeline: String },
+    Sqlite { path: PathBuf, pipeline: String },
+}
+
+impl Store {
+    /// The first PostgreSQL or SQLite sink of `t`.
+    fn of(t: &Topology) -> Option<Store> {
+        t.sinks.iter().find_map(|s| match &s.kind {
+            SinkKind::Postgres(p) => Some(Store::Postgres { url: expand_env(&p.url), schema: p.schema.clone(), pipeline: p.pipeline.clone() }),
+            SinkKind::Sqlite(q) => Some(Store::Sqlite { path: q.path.clone(), pipeline: q.pipeline.clone() }),
+            _ => None,
+        })
+    }
+
+    fn read(&self, rt: &tokio::runtime::Runtime, build: &str) -> Result<Evidence, String> {
+        match self {
+            Store::Postgres { url, schema, pipeline } => rt.block_on(postgres::fusion::read_evidence(url, schema, pipeline, build)),
+            Store::Sqlite { path, pipeline } => sqlite::fusion::read_evidence(path, pipeline, build),
+        }
+    }
+
+    fn write(&self, rt: &tokio::runtime::Runtime, build: &str, fused: &[FusedDefect], summary: &FusionSummary) -> Result<(), String> {
+        match self {
+            Store::Postgres { url, schema, pipeline } => rt.block_on(postgres::fusion::write_fusion(url, schema, pipeline, build, fused, summary)),
+            Store::Sqlite { path, pipeline } => sqlite::fusion::write_fusion(path, pipeline, build, fused, summary),
+        }
+    }
+}
 
 /// Fuses the CT list `ct` with the results of `t`; only `build` when given.
 pub fn run(t: &Topology, ct: &Path, build: Option<&str>, out: Option<&PathBuf>) -> anyhow::Result<Vec<FusionSummary>> {
@@ -25,12 +57,31 @@ pub fn run(t: &Topology, ct: &Path, build: Option<&str>, out: Option<&PathBuf>) 
     if !bad.is_empty() {
         eprintln!("{}: {} of {} rows skipped", ct.display(), bad.len(), bad.len() + defects.len());
     }
-    let Some((url, schema, pipeline)) = t.sinks.iter().find_map(|s| match &s.kind {
-        SinkKind::Postgres(p) => Some((expand_env(&p.url), p.schema.clone(), p.pipeline.clone())),
+    let Some(store) = Store::of(t) else {
+        anyhow::bail!("topology {:?} has no PostgreSQL or SQLite sink: fusion reads the builds' results from where they are durable", t.name);
+    };
+    fuse_with(t, &store, &defects, build, out)
+}
+
+/// Fuses `defects` (the list of the simulator of `t`, at the end of a run whose `[fusion]` asks
+/// for it) with the results in the topology's store.
+pub fn run_simulated(t: &Topology) -> anyhow::Result<Vec<FusionSummary>> {
+    let Some(cfg) = t.sources.iter().find_map(|s| match &s.kind {
+        meltstream_engine::topology::SourceKind::Simulator(c) => Some(c),
         _ => None,
     }) else {
-        anyhow::bail!("topology {:?} has no PostgreSQL sink: fusion reads the build's results from where they are durable", t.name);
+        anyhow::bail!("[fusion] ct_list = \"simulator\" needs a simulator source");
     };
+    let mut sim = meltstream_engine::simulator::Simulator::new(cfg, 0);
+    while sim.next_batch().is_some() {}
+    let defects: Vec<CtDefect> = sim.ct_defects().into_iter().map(|d| d.defect).collect();
+    let Some(store) = Store::of(t) else {
+        anyhow::bail!("[fusion] ct_list needs a PostgreSQL or SQLite sink to read the results from");
+    };
+    fuse_with(t, &store, &defects, None, None)
+}
+
+fn fuse_with(t: &Topology, store: &Store, defects: &[CtDefect], build: Option<&str>, out: Option<&PathBuf>) -> anyhow::Result<Vec<FusionSummary>> {
     let builds: BTreeSet<&str> = defects.iter().map(|d| d.build_id.as_str()).filter(|b| build.is_none_or(|x| x == *b)).collect();
     let mut w = match out {
         Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)),
@@ -39,12 +90,9 @@ pub fn run(t: &Topology, ct: &Path, build: Option<&str>, out: Option<&PathBuf>) 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("runtime")?;
     let mut summaries = Vec::new();
     for b in builds {
-        let (fused, summary) = rt.block_on(async {
-            let ev = read_evidence(&url, &schema, &pipeline, b).await.map_err(|e| anyhow::anyhow!("build {b}: {e}"))?;
-            let (fused, summary) = fuse(b, &defects, &ev, &t.fusion);
-            write_fusion(&url, &schema, &pipeline, b, &fused, &summary).await.map_err(|e| anyhow::anyhow!("build {b}: {e}"))?;
-            anyhow::Ok((fused, summary))
-        })?;
+        let ev = store.read(&rt, b).map_err(|e| anyhow::anyhow!("build {b}: {e}"))?;
+        let (fused, summary) = fuse(b, defects, &ev, &t.fusion);
+        store.write(&rt, b, &fused, &summary).map_err(|e| anyhow::anyhow!("build {b}: {e}"))?;
         if let Some(w) = w.as_mut() {
             for f in &fused {
                 writeln!(w, "{}", serde_json::json!({"kind": "fused_defect", "build_id": b, "fused": f}))?;

@@ -368,6 +368,21 @@ fn write_ct_list(sim: &meltstream_engine::simulator::Simulator, p: &PathBuf) -> 
 }
 
 fn run(t: Topology, quiet: bool) -> anyhow::Result<()> {
+    let after = t.fusion.ct_list.is_some().then(|| t.clone());
+    let ended_by_itself = engine_run(t, quiet)?;
+    // The CT fusion of `[fusion] ct_list`, once the results are durable.
+    if let (Some(t), true) = (after, ended_by_itself) {
+        match t.fusion.ct_list.as_deref() {
+            Some("simulator") => fuse::run_simulated(&t).map(drop)?,
+            Some(path) => fuse::run(&t, &t.base_dir.join(path), None, None).map(drop)?,
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+/// Runs the engine until its sources end or a signal stops it; whether it ended by itself.
+fn engine_run(t: Topology, quiet: bool) -> anyhow::Result<bool> {
     let prometheus = admin::install_metrics();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     rt.block_on(async move {
@@ -445,7 +460,7 @@ fn run(t: Topology, quiet: bool) -> anyhow::Result<()> {
         if !quiet {
             summary::print_final(&stats);
         }
-        Ok(())
+        Ok(!signalled.load(std::sync::atomic::Ordering::SeqCst))
     })
 }
 

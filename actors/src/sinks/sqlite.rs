@@ -65,6 +65,7 @@
 pub mod admin;
 mod database;
 mod errors;
+pub mod fusion;
 mod rows;
 mod schema;
 

@@ -42,11 +42,16 @@ pub struct FusionParams {
     pub thickness_um: f64,
     /// Height of the plate surface in the CT frame, mm.
     pub z0_mm: f64,
+    /// A CT defect list `meltstream run` fuses when a run ends by itself (its sources ended):
+    /// `"simulator"` for the list the topology's simulator writes, or a file (relative to the
+    /// topology). Unset: only `meltstream fuse` fuses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ct_list: Option<String>,
 }
 
 impl Default for FusionParams {
     fn default() -> Self {
-        FusionParams { layers_k: 1, tolerance_mm: 1.0, cell_z: 4.0, min_diameter_um: 50.0, thickness_um: 30.0, z0_mm: 0.0 }
+        FusionParams { layers_k: 1, tolerance_mm: 1.0, cell_z: 4.0, min_diameter_um: 50.0, thickness_um: 30.0, z0_mm: 0.0, ct_list: None }
     }
 }
 

@@ -103,6 +103,14 @@ pub fn load(text: &str, file: &str, base_dir: &Path) -> Result<Topology, ConfigE
         c.err("sinks", "a topology needs at least one [[sinks]] entry");
     }
     check_graph(&mut c, &engine, &sources, &sinks, &rules);
+    if let Some(list) = &fusion.ct_list {
+        if !sinks.iter().any(|(_, s)| matches!(s.kind, SinkKind::Postgres(_) | SinkKind::Sqlite(_))) {
+            c.err("fusion.ct_list", "fusion reads the results back from where they are durable: add a postgres or sqlite sink");
+        }
+        if list == "simulator" && !sources.iter().any(|(_, s)| matches!(s.kind, SourceKind::Simulator(_))) {
+            c.err("fusion.ct_list", "\"simulator\" names the CT list of the topology's simulator source, and there is none");
+        }
+    }
     if !c.errors.is_empty() {
         c.errors.sort_by_key(|e| e.line);
         return Err(ConfigErrors(c.errors));

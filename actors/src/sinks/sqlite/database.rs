@@ -193,7 +193,7 @@ impl Db {
 
 /// Creates or upgrades the schema in one transaction (idempotent). A file whose schema is newer
 /// than this engine's is refused: it was written by a newer meltstream.
-fn migrate(conn: &mut Connection, sink: &str, path: &Path) -> Result<(), SinkError> {
+pub(super) fn migrate(conn: &mut Connection, sink: &str, path: &Path) -> Result<(), SinkError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| db_error(sink, "begin migration", &e))?;
     tx.execute_batch(BOOTSTRAP).map_err(|e| db_error(sink, "create the version table", &e))?;
     let current: Option<i64> = tx.query_row(CURRENT_VERSION, [], |r| r.get(0)).map_err(|e| db_error(sink, "read the schema version", &e))?;

@@ -45,8 +45,20 @@ pub(super) const TABLES: [Table; 9] = [
 ];
 
 /// Every table holding rows of a pipeline, in the order `reset_pipeline` empties them.
-pub(super) const PIPELINE_TABLES: [&str; 10] =
-    ["layer_summaries", "grid_maps", "window_results", "anomalies", "dead_letters", "late_records", "spc_signals", "layer_verdicts", "build_reports", "progress"];
+pub(super) const PIPELINE_TABLES: [&str; 12] = [
+    "layer_summaries",
+    "grid_maps",
+    "window_results",
+    "anomalies",
+    "dead_letters",
+    "late_records",
+    "spc_signals",
+    "layer_verdicts",
+    "build_reports",
+    "fused_defects",
+    "fusion_summaries",
+    "progress",
+];
 
 /// SQL default of the `written_at`, `updated_at` and `applied_at` columns: the wall clock as
 /// RFC 3339 UTC (milliseconds).
@@ -66,7 +78,42 @@ pub(super) const CURRENT_VERSION: &str = "SELECT max(version) FROM schema_versio
 pub(super) const ADD_VERSION: &str = "INSERT INTO schema_version (version) VALUES (?1)";
 
 /// The migrations in order: version, what it adds (for the log), its statements.
-pub(super) const MIGRATIONS: [(i64, &str, &str); 1] = [(1, "created the SQLite tables", V1)];
+pub(super) const MIGRATIONS: [(i64, &str, &str); 2] = [(1, "created the SQLite tables", V1), (2, "added the CT fusion tables", V2)];
+
+/// Migration 2: the results of `meltstream fuse` (PostgreSQL's migration 6).
+const V2: &str = concat!(
+    "CREATE TABLE fused_defects (
+        pipeline TEXT NOT NULL,
+        build_id TEXT NOT NULL,
+        defect_id TEXT NOT NULL,
+        layer INTEGER NOT NULL,
+        x_mm REAL NOT NULL,
+        y_mm REAL NOT NULL,
+        z_mm REAL NOT NULL,
+        diameter_um REAL,
+        type TEXT NOT NULL,
+        detectable INTEGER NOT NULL,
+        detected INTEGER NOT NULL,
+        evidence_count INTEGER NOT NULL,
+        record TEXT NOT NULL,
+        written_at TEXT NOT NULL DEFAULT ", now_utc!(), ",
+        PRIMARY KEY (pipeline, build_id, defect_id)
+    );
+    CREATE TABLE fusion_summaries (
+        pipeline TEXT NOT NULL,
+        build_id TEXT NOT NULL,
+        defects INTEGER NOT NULL,
+        detectable INTEGER NOT NULL,
+        detected INTEGER NOT NULL,
+        flags INTEGER NOT NULL,
+        confirmed_flags INTEGER NOT NULL,
+        recall REAL NOT NULL,
+        \"precision\" REAL NOT NULL,
+        record TEXT NOT NULL,
+        written_at TEXT NOT NULL DEFAULT ", now_utc!(), ",
+        PRIMARY KEY (pipeline, build_id)
+    );"
+);
 
 /// Migration 1: every table at once (the PostgreSQL sink's five migrations, less the progress
 /// epoch: one process owns the file, so nothing is fenced).

@@ -227,6 +227,8 @@ async fn records_and_progress_are_written_once_and_read_back() {
             ("anomalies", 2),
             ("build_reports", 1),
             ("dead_letters", 1),
+            ("fused_defects", 0),
+            ("fusion_summaries", 0),
             ("grid_maps", 1),
             ("late_records", 1),
             ("layer_summaries", 1),

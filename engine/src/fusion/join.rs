@@ -5,8 +5,8 @@
 //! an SPC chart), each with its geometry — points (anomalies with x/y), rectangles (grid cells
 //! whose robust z-score against their layer lies beyond `cell_z`), or the whole layer
 //! (anomalies without x/y, SPC signals: they name a laser, not a place). Layer-less alerts
-//! (machine-log rules) and `grid_deviation` alerts (their cells are already evidence) are not
-//! flags.
+//! (machine-log rules), `grid_deviation` alerts and SPC alerts (`spc:<chart>:<test>`: their cells
+//! and signals are already evidence) are not flags.
 //!
 //! A defect in layer L is *detected* when a flag of layers L − k … L + k has geometry within
 //! `tolerance_mm` of it (the whole layer always is); a flag is *confirmed* when a detectable CT
@@ -233,7 +233,8 @@ pub struct FusionSummary {
 fn flags(ev: &Evidence, p: &FusionParams) -> BTreeMap<u32, BTreeMap<String, Vec<Item>>> {
     let mut f: BTreeMap<u32, BTreeMap<String, Vec<Item>>> = BTreeMap::new();
     for a in &ev.anomalies {
-        let Some(layer) = a.layer.filter(|_| a.rule != GRID_DEVIATION_RULE) else { continue };
+        // Grid deviation and SPC alerts repeat evidence their cells and signals already give.
+        let Some(layer) = a.layer.filter(|_| a.rule != GRID_DEVIATION_RULE && !a.rule.starts_with("spc:")) else { continue };
         let geom = match (a.x_mm, a.y_mm) {
             (Some(x), Some(y)) => Geom::Point(x, y),
             _ => Geom::Layer,

@@ -159,7 +159,7 @@ impl Fixture {
     /// The topology of a pipeline: the same for the reference and the chaos run but for names.
     fn topology_text(&self, p: &Pipeline, policy: &str) -> String {
         let lateness = if policy == "update" { format!("allowed_lateness_ms = {}", self.timing.allowed_lateness_ms) } else { String::new() };
-        let pg_records = if policy == "late_sink" { r#"["layer_summary", "grid", "window", "anomaly", "dead_letter", "late", "spc_signal", "layer_verdict", "build_report"]"# } else { r#"["layer_summary", "grid", "window", "anomaly", "dead_letter", "spc_signal", "layer_verdict", "build_report"]"# };
+        let pg_records = if policy == "late_sink" { r#"["layer_summary", "grid", "window", "anomaly", "dead_letter", "late", "spc_signal", "layer_verdict", "build_report", "data_quality"]"# } else { r#"["layer_summary", "grid", "window", "anomaly", "dead_letter", "spc_signal", "layer_verdict", "build_report", "data_quality"]"# };
         format!(
             r#"name = "{name}"
 [engine]
@@ -577,6 +577,7 @@ fn check_reference(policy: &str, scale: &Scale, r: &Snapshot) -> Vec<String> {
     need(r.count("spc_signals") > 0, "no SPC signal");
     need(r.rows_where("layer_verdicts", |v| v["verdict"] == "fail") > 0, "no failed layer");
     need(r.count("build_reports") > 0, "no build report");
+    need(r.count("data_quality") > 0, "no data quality record");
     need(r.rows_where("anomalies", |a| a["rule"].as_str().is_some_and(|x| x.starts_with("spc:"))) > 0, "no SPC alert");
     // Every late record is late: with `drop`, each layer holds exactly the samples sent in time.
     let per_layer = |b: &str| if b.starts_with("sim-") { u64::from(scale.sample_rate_hz) * scale.layer_ms / 1000 } else { scale.layer_ms * 1000 / scale.seed_period_us as u64 };

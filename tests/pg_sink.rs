@@ -226,6 +226,7 @@ async fn records_and_progress_are_written_once_and_read_back() {
         let expected = counts(&[
             ("anomalies", 2),
             ("build_reports", 1),
+            ("data_quality", 0),
             ("dead_letters", 1),
             ("fused_defects", 0),
             ("fusion_summaries", 0),

@@ -271,12 +271,33 @@ pub struct LayerVerdict {
     pub spc_signals: BTreeMap<String, u32>,
     /// Energy-density rule hits per rule that fired.
     pub energy_density_hits: BTreeMap<String, u32>,
-    /// Data quality: the lowest completeness of its lasers (null when no laser's sample period
-    /// is known, as with one-sample messages).
+    /// Data quality: the lowest score of its lasers (distinct samples received ÷ expected, see
+    /// [`DataQuality`]; null when no laser's sample period is known, as with one-sample messages).
     pub data_quality: Option<f64>,
     /// Per laser, samples received against those expected from its sample period over the
     /// layer's exposure (`start` to `end`), at most 1.
     pub completeness: BTreeMap<String, f64>,
+}
+
+/// The data quality of one closed layer of a build, per laser.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DataQuality {
+    /// Build.
+    pub build_id: String,
+    /// Layer.
+    pub layer: u32,
+    /// End of the layer's window.
+    pub time: String,
+    /// Same, ns.
+    pub time_ns: i64,
+    /// Exposure judged (the layer window's span), ms.
+    pub exposure_ms: f64,
+    /// The lowest laser score, 0–1.
+    pub score: f64,
+    /// Below `[verdict] min_data_quality`.
+    pub below_threshold: bool,
+    /// Per laser (lasers with a known sample period).
+    pub lasers: BTreeMap<String, crate::windows::layer_window::LaserQuality>,
 }
 
 /// One of a build report's worst layers.
@@ -361,6 +382,8 @@ pub enum OutputRecord {
     LayerVerdict(LayerVerdict),
     /// Summary of an ended build.
     BuildReport(BuildReport),
+    /// Data quality of a closed layer.
+    DataQuality(DataQuality),
 }
 
 impl OutputRecord {
@@ -376,6 +399,7 @@ impl OutputRecord {
             OutputRecord::SpcSignal(_) => RecordKind::SpcSignal,
             OutputRecord::LayerVerdict(_) => RecordKind::LayerVerdict,
             OutputRecord::BuildReport(_) => RecordKind::BuildReport,
+            OutputRecord::DataQuality(_) => RecordKind::DataQuality,
         }
     }
 
@@ -388,6 +412,7 @@ impl OutputRecord {
             OutputRecord::SpcSignal(s) => 192 + s.layers.len() * 4,
             OutputRecord::LayerVerdict(v) => 192 + v.reasons.iter().map(|r| r.len() + 24).sum::<usize>() + 48 * (v.rule_hits.len() + v.spc_signals.len()),
             OutputRecord::BuildReport(r) => 512 + 96 * r.worst_layers.len() + 64 * (r.rule_hits.len() + r.spc_signals.len() + r.energy_density_by_style_j_mm3.len()),
+            OutputRecord::DataQuality(q) => 192 + 128 * q.lasers.len(),
             OutputRecord::LayerSummary(_) | OutputRecord::Window(_) | OutputRecord::Anomaly(_) | OutputRecord::Late(_) => 128,
         }
     }
@@ -404,6 +429,7 @@ impl OutputRecord {
             OutputRecord::SpcSignal(s) => format!("spc_signal/{}/{}/{}/{}/{}", s.build_id, s.spc, s.laser, s.layer, s.rule),
             OutputRecord::LayerVerdict(v) => format!("layer_verdict/{}/{}", v.build_id, v.layer),
             OutputRecord::BuildReport(r) => format!("build_report/{}", r.build_id),
+            OutputRecord::DataQuality(q) => format!("data_quality/{}/{}", q.build_id, q.layer),
         }
     }
 
@@ -418,6 +444,7 @@ impl OutputRecord {
             OutputRecord::SpcSignal(s) => Some(&s.build_id),
             OutputRecord::LayerVerdict(v) => Some(&v.build_id),
             OutputRecord::BuildReport(r) => Some(&r.build_id),
+            OutputRecord::DataQuality(q) => Some(&q.build_id),
             OutputRecord::DeadLetter(_) => None,
         }
     }

@@ -28,6 +28,7 @@ pub const TABLES: &[(&str, &[&str])] = &[
     ("spc_signals", &["build_id", "spc", "laser", "layer", "rule"]),
     ("layer_verdicts", &["build_id", "layer"]),
     ("build_reports", &["build_id"]),
+    ("data_quality", &["build_id", "layer"]),
 ];
 
 /// Columns left out of the comparison: set by the database at write time, or naming the run.

@@ -17,6 +17,7 @@
 //! | `spc_signals` | SPC out-of-control point (`layers` an `int[]`) | `pipeline, build_id, spc, laser, layer, rule` |
 //! | `layer_verdicts` | verdict on a closed layer (`reasons` and the whole `record` as `jsonb`) | `pipeline, build_id, layer` |
 //! | `build_reports` | report of an ended build (the whole `record` as `jsonb`) | `pipeline, build_id` |
+//! | `data_quality` | data quality of a closed layer (the whole `record` as `jsonb`) | `pipeline, build_id, layer` |
 //! | `progress` | Kafka partition | `pipeline, topic, partition` |
 //!
 //! Times are stored both as `timestamptz` (microseconds, computed in SQL from the record's
@@ -135,7 +136,7 @@ impl PgSink {
     /// Rows buffered since the last successful flush.
     pub fn buffered_rows(&self) -> usize {
         let b = &self.buffers;
-        b.layer_summaries.len() + b.grid_maps.len() + b.window_results.len() + b.anomalies.len() + b.dead_letters.len() + b.late_records.len() + b.spc_signals.len() + b.layer_verdicts.len() + b.build_reports.len()
+        b.layer_summaries.len() + b.grid_maps.len() + b.window_results.len() + b.anomalies.len() + b.dead_letters.len() + b.late_records.len() + b.spc_signals.len() + b.layer_verdicts.len() + b.build_reports.len() + b.data_quality.len()
     }
 
     /// Classifies a database error of `stage`, logging it.
@@ -197,7 +198,7 @@ impl PgSink {
     async fn write_transaction(&self, checkpoint: &Checkpoint) -> Result<(Vec<(&'static str, u64)>, Vec<((String, i32), (u64, i64))>), SinkError> {
         let b = &self.buffers;
         let p = &self.pipeline;
-        let batches: [(&'static str, usize, &str, Vec<Param<'_>>); 9] = [
+        let batches: [(&'static str, usize, &str, Vec<Param<'_>>); 10] = [
             ("layer_summaries", b.layer_summaries.len(), &self.sql.insert_layer_summaries, b.layer_summaries.params(p)),
             ("grid_maps", b.grid_maps.len(), &self.sql.insert_grid_maps, b.grid_maps.params(p)),
             ("window_results", b.window_results.len(), &self.sql.insert_window_results, b.window_results.params(p)),
@@ -207,6 +208,7 @@ impl PgSink {
             ("spc_signals", b.spc_signals.len(), &self.sql.insert_spc_signals, b.spc_signals.params(p)),
             ("layer_verdicts", b.layer_verdicts.len(), &self.sql.insert_layer_verdicts, b.layer_verdicts.params(p)),
             ("build_reports", b.build_reports.len(), &self.sql.insert_build_reports, b.build_reports.params(p)),
+            ("data_quality", b.data_quality.len(), &self.sql.insert_data_quality, b.data_quality.params(p)),
         ];
         // One entry per partition (an upsert may not touch a row twice); the latest wins.
         let latest: BTreeMap<(&str, i32), &Progress> = checkpoint.entries.iter().map(|((topic, partition), p)| ((topic.as_str(), *partition), p)).collect();

@@ -189,7 +189,16 @@ impl RouterState {
         let base = (*seen).max(restored);
         batch.max_t_before = Arc::new(batch.max_t_steps(base));
         *seen = base.max(batch.max_t_ns);
+        // Per input: records read, and how far behind arrival its event time runs.
+        let input = span.input.to_string();
+        metrics::counter!("meltstream_input_records_total", "input" => input.clone()).increment(batch.records);
+        if batch.max_t_ns > TimeNs::MIN {
+            metrics::gauge!("meltstream_input_event_time_skew_seconds", "input" => input.clone()).set((origin - batch.max_t_ns) as f64 / 1e9);
+        }
         let (parts, dead) = batch.split_by_build();
+        if !dead.is_empty() {
+            metrics::counter!("meltstream_input_dead_letters_total", "input" => input).increment(dead.len() as u64);
+        }
         // One part per build plus the router's own (dead letters).
         let _ = self.args.commit.cast(CommitMsg::Register(span, parts.len() as u32 + 1));
         for (build, part) in parts {

@@ -181,33 +181,41 @@ fn a_panicking_operator_is_dead_lettered_and_loses_nothing_else() {
     assert!(!dead[1].hold.is_empty(), "the layer's dead letter holds the layer's offsets until durable");
 }
 
-/// Layer verdicts judge data quality: a laser missing a fifth of its blocks in one layer makes
-/// that layer warn with its completeness, the complete layers are `ok`, and the build report
-/// counts them.
+/// Data quality per layer: completeness catches a laser that lost a tenth of its blocks (layer
+/// 1); a run of five lost blocks is one gap, a repeated block counts as duplicate samples and
+/// fills no hole (layer 2). Both layers warn with their reasons, the complete one is `ok`, and
+/// the build report counts them.
 #[test]
-fn a_layer_with_missing_samples_warns_on_its_data_quality() {
+fn data_quality_finds_lost_blocks_gaps_and_duplicates() {
     use crate::input::encode::write_json_lines;
     use crate::simulator::Simulator;
     use crate::topology::SimulatorConfig;
-    let cfg = SimulatorConfig { machines: 1, lasers: 2, sample_rate_hz: 10_000, layers: 3, layer_ms: 100, recoat_ms: 20, anomalies: false, ..SimulatorConfig::default() };
+    // 10 kHz in 1 ms blocks: 200 blocks of 10 samples per laser and layer.
+    let cfg = SimulatorConfig { machines: 1, lasers: 2, sample_rate_hz: 10_000, layers: 3, layer_ms: 200, recoat_ms: 20, anomalies: false, ..SimulatorConfig::default() };
     let mut sim = Simulator::new(&cfg, 0);
     let mut text = String::new();
     while let Some(b) = sim.next_batch() {
         write_json_lines(&b, &mut text);
     }
-    // Every fifth block of laser 2 in layer 1 is lost.
-    let mut n = 0;
-    let lines: Vec<&str> = text
-        .lines()
-        .filter(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).expect("simulator JSON");
-            if v["type"] == "block" && v["layer"] == 1 && v["laser"] == 2 {
-                n += 1;
-                return n % 5 != 0;
+    let mut seen: std::collections::BTreeMap<(u64, u64), u32> = Default::default();
+    let mut lines: Vec<&str> = Vec::new();
+    for l in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).expect("simulator JSON");
+        if v["type"] == "block" {
+            let key = (v["layer"].as_u64().expect("layer"), v["laser"].as_u64().expect("laser"));
+            let n = seen.entry(key).or_default();
+            *n += 1;
+            match key {
+                // Every tenth block of laser 2 in layer 1 is lost.
+                (1, 2) if *n % 10 == 0 => continue,
+                // Blocks 6–10 of laser 1 in layer 2 are lost; block 15 arrives twice.
+                (2, 1) if (6..=10).contains(n) => continue,
+                (2, 1) if *n == 15 => lines.push(l),
+                _ => {}
             }
-            true
-        })
-        .collect();
+        }
+        lines.push(l);
+    }
     let mut d = Decoder::new(0, DecodeLimits::default());
     let mut batch = RecordBatch::with_capacity(lines.len());
     for (i, l) in lines.iter().enumerate() {
@@ -221,10 +229,18 @@ fn a_layer_with_missing_samples_warns_on_its_data_quality() {
     p.process(&batch, &ctx, &mut out);
     p.on_input_watermark(TimeNs::MAX, &ctx, &mut out);
     let verdicts: Vec<_> = out.iter().filter_map(|e| if let OutputRecord::LayerVerdict(v) = &e.record { Some(v.clone()) } else { None }).collect();
-    assert_eq!(verdicts.iter().map(|v| (v.layer, v.verdict.as_str())).collect::<Vec<_>>(), vec![(0, "ok"), (1, "warn"), (2, "ok")], "{verdicts:?}");
-    let q = verdicts[1].completeness["2"];
-    assert!((q - 0.8).abs() < 0.01 && verdicts[1].completeness["1"] == 1.0, "{:?}", verdicts[1]);
-    assert!(verdicts[1].reasons[0].starts_with("data quality 0.8"), "{:?}", verdicts[1].reasons);
+    assert_eq!(verdicts.iter().map(|v| (v.layer, v.verdict.as_str())).collect::<Vec<_>>(), vec![(0, "ok"), (1, "warn"), (2, "warn")], "{verdicts:?}");
+    let dq: Vec<_> = out.iter().filter_map(|e| if let OutputRecord::DataQuality(q) = &e.record { Some(q.clone()) } else { None }).collect();
+    assert_eq!(dq.len(), 3);
+    assert_eq!((dq[0].score, dq[0].below_threshold, dq[0].lasers["1"].gaps), (1.0, false, 0));
+    let lost = &dq[1].lasers["2"];
+    assert_eq!((lost.samples, lost.expected, lost.blocks, lost.gaps, lost.duplicate_samples), (1800, 2000, 180, 0, 0), "{lost:?}");
+    assert!((dq[1].score - 0.9).abs() < 1e-9 && dq[1].below_threshold, "{:?}", dq[1]);
+    assert!(verdicts[1].reasons[0].starts_with("data quality 0.900"), "{:?}", verdicts[1].reasons);
+    let holed = &dq[2].lasers["1"];
+    assert_eq!((holed.samples, holed.blocks, holed.gaps, holed.duplicate_samples), (1960, 196, 1, 10), "{holed:?}");
+    assert!((holed.gap_ms - 5.0).abs() < 1e-9 && (holed.score - 0.975).abs() < 1e-9, "{holed:?}");
+    assert!((verdicts[2].completeness["1"] - 0.98).abs() < 1e-9, "completeness counts the duplicate, the score does not");
     let report = out.iter().find_map(|e| if let OutputRecord::BuildReport(r) = &e.record { Some(r.clone()) } else { None }).expect("a build report");
-    assert_eq!((report.layers, report.layers_ok, report.layers_warn, report.worst_layers[0].layer), (3, 2, 1, 1));
+    assert_eq!((report.layers, report.layers_ok, report.layers_warn, report.worst_layers[0].layer), (3, 1, 2, 1));
 }

@@ -42,6 +42,7 @@ impl Operator for LayerStats {
         }
         if h.dt_ns > 0 && h.len > 1 {
             la.dt_ns = if la.dt_ns == 0 { h.dt_ns } else { la.dt_ns.min(h.dt_ns) };
+            la.spans.push((h.t0_ns, h.t0_ns.saturating_add(h.dt_ns.saturating_mul(i64::from(h.len)))));
         }
     }
 

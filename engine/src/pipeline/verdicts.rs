@@ -27,7 +27,8 @@ use crate::offset_ledger::HoldSet;
 use crate::pipeline::build_book::BuildBook;
 use crate::pipeline::operator::{Ctx, LayerResult, Operator};
 use crate::pipeline::threshold_rules::op_str;
-use crate::records::{BuildReport, Emitted, LayerVerdict, OutputRecord, Spread, WorstLayer};
+use crate::records::{BuildReport, DataQuality, Emitted, LayerVerdict, OutputRecord, Spread, WorstLayer};
+use crate::windows::layer_window::LaserQuality;
 
 const OK: u8 = 0;
 const WARN: u8 = 1;
@@ -141,16 +142,24 @@ impl Operator for LayerVerdicts {
                 _ => {}
             }
         }
-        // Data quality: each laser's completeness over the layer's exposure.
-        let span = w.end_ns() - w.start_ns();
-        let completeness: BTreeMap<String, f64> = w.lasers.iter().enumerate().filter(|(_, a)| a.sample_count() > 0).filter_map(|(l, a)| a.completeness(span).map(|c| (l.to_string(), c))).collect();
-        let quality = completeness.values().copied().reduce(f64::min);
+        // Data quality: each laser's distinct samples against those expected over the exposure.
+        let (start, end) = (w.start_ns(), w.end_ns());
+        let lasers: BTreeMap<String, LaserQuality> = w.lasers.iter().enumerate().filter(|(_, a)| a.sample_count() > 0).filter_map(|(l, a)| a.quality(start, end).map(|q| (l.to_string(), q))).collect();
+        let completeness: BTreeMap<String, f64> = w.lasers.iter().enumerate().filter(|(_, a)| a.sample_count() > 0).filter_map(|(l, a)| a.completeness(end - start).map(|c| (l.to_string(), c))).collect();
+        let quality = lasers.values().map(|q| q.score).reduce(f64::min);
         if let Some(q) = quality.filter(|q| *q < v.min_data_quality) {
-            let worst: Vec<String> = completeness.iter().filter(|(_, c)| **c < v.min_data_quality).map(|(l, c)| format!("laser {l} {:.1} %", c * 100.0)).collect();
-            judge(q < v.fail_data_quality, format!("data quality {q:.3} < {}: samples received of those expected: {}", v.min_data_quality, worst.join(", ")), &mut severity);
+            let worst: Vec<String> = lasers
+                .iter()
+                .filter(|(_, x)| x.score < v.min_data_quality)
+                .map(|(l, x)| format!("laser {l} {:.1} % ({} gaps, {} duplicate samples)", x.score * 100.0, x.gaps, x.duplicate_samples))
+                .collect();
+            judge(q < v.fail_data_quality, format!("data quality {q:.3} < {}: distinct samples received of those expected: {}", v.min_data_quality, worst.join(", ")), &mut severity);
+        }
+        if let Some(score) = quality {
+            let dq = DataQuality { build_id: build.clone(), layer: r.layer, time: format_rfc3339(end), time_ns: end, exposure_ms: (end - start) as f64 / 1e6, score, below_threshold: score < v.min_data_quality, lasers };
+            out.push(Emitted { record: OutputRecord::DataQuality(dq), hold: r.hold.clone(), origin_wall_ns: r.origin_wall_ns, position: None });
         }
         let sample_count: u64 = w.lasers.iter().map(|a| a.sample_count()).sum();
-        let end = w.end_ns();
         // The tally for the report.
         let t = &mut self.tally;
         for (laser, _) in w.lasers.iter().enumerate().filter(|(_, a)| a.sample_count() > 0) {

@@ -271,7 +271,7 @@ fn parse_sink(c: &mut Checker<'_>, key: &str, mut t: toml::Table) -> Option<(Str
                 c.err(&format!("{key}.topic"), "expected a topic name");
             }
             for r in &k.records {
-                if matches!(r, RecordKind::LayerSummary | RecordKind::Grid | RecordKind::Window | RecordKind::SpcSignal | RecordKind::LayerVerdict | RecordKind::BuildReport) {
+                if matches!(r, RecordKind::LayerSummary | RecordKind::Grid | RecordKind::Window | RecordKind::SpcSignal | RecordKind::LayerVerdict | RecordKind::BuildReport | RecordKind::DataQuality) {
                     c.err(
                         &format!("{key}.records"),
                         format!("{:?} cannot go to a Kafka sink exactly once (window results are deduplicated by key; a topic has none): use a postgres, sqlite or file sink; expected anomaly, dead_letter or late", r.name()),

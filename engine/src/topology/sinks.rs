@@ -29,11 +29,13 @@ pub enum RecordKind {
     LayerVerdict,
     /// Summaries of ended builds.
     BuildReport,
+    /// Data quality of closed layers.
+    DataQuality,
 }
 
 impl RecordKind {
     /// Every kind.
-    pub const ALL: [RecordKind; 9] = [
+    pub const ALL: [RecordKind; 10] = [
         RecordKind::LayerSummary,
         RecordKind::Grid,
         RecordKind::Window,
@@ -43,6 +45,7 @@ impl RecordKind {
         RecordKind::SpcSignal,
         RecordKind::LayerVerdict,
         RecordKind::BuildReport,
+        RecordKind::DataQuality,
     ];
 
     /// Its name in topologies and in the records' `kind` field.
@@ -57,6 +60,7 @@ impl RecordKind {
             RecordKind::SpcSignal => "spc_signal",
             RecordKind::LayerVerdict => "layer_verdict",
             RecordKind::BuildReport => "build_report",
+            RecordKind::DataQuality => "data_quality",
         }
     }
 }

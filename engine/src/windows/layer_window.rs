@@ -25,9 +25,65 @@ pub struct LaserAgg {
     /// The shortest sample period of its blocks, ns (0: none known, e.g. one-sample messages):
     /// what the samples expected over the layer's exposure are counted in.
     pub dt_ns: i64,
+    /// The sample intervals of its blocks, `[t0, t0 + len × dt)` (blocks with a known period):
+    /// what data quality finds holes and overlaps in.
+    pub spans: Vec<(TimeNs, TimeNs)>,
+}
+
+/// One laser's data quality in one layer.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LaserQuality {
+    /// Samples received.
+    pub samples: u64,
+    /// Samples its sample period gives over the layer's exposure.
+    pub expected: u64,
+    /// Blocks received.
+    pub blocks: u64,
+    /// Samples that cover time already covered (duplicated or overlapping blocks).
+    pub duplicate_samples: u64,
+    /// Holes in the stream longer than three block lengths (the exposure's edges included).
+    pub gaps: u32,
+    /// Their total length, ms.
+    pub gap_ms: f64,
+    /// Distinct samples received ÷ expected, at most 1: duplicates do not fill holes.
+    pub score: f64,
 }
 
 impl LaserAgg {
+    /// Its data quality over the exposure `[start, end)`; `None` when the period is unknown.
+    pub fn quality(&self, start: TimeNs, end: TimeNs) -> Option<LaserQuality> {
+        let dt = self.dt_ns;
+        if dt <= 0 || end <= start {
+            return None;
+        }
+        let mut spans = self.spans.clone();
+        spans.sort_unstable();
+        let mut lens: Vec<i64> = spans.iter().map(|(a, b)| b - a).collect();
+        lens.sort_unstable();
+        let block = lens.get(lens.len() / 2).copied().unwrap_or(dt).max(dt);
+        let (mut covered_to, mut dup_ns, mut gaps, mut gap_ns) = (start, 0i64, 0u32, 0i64);
+        let mut hole = |from: i64, to: i64| {
+            if to - from > 3 * block {
+                gaps += 1;
+                gap_ns += to - from;
+            }
+        };
+        for &(a, b) in &spans {
+            if a < covered_to {
+                dup_ns += (b.min(covered_to) - a.max(start)).max(0);
+            } else {
+                hole(covered_to, a);
+            }
+            covered_to = covered_to.max(b);
+        }
+        hole(covered_to, end);
+        let samples = self.sample_count();
+        let expected = ((end - start) / dt).max(1) as u64;
+        let duplicate_samples = (dup_ns / dt).max(0) as u64;
+        let score = (samples.saturating_sub(duplicate_samples) as f64 / expected as f64).min(1.0);
+        Some(LaserQuality { samples, expected, blocks: self.spans.len() as u64, duplicate_samples, gaps, gap_ms: gap_ns as f64 / 1e6, score })
+    }
+
     /// Samples received against those expected over `span_ns` of exposure at its sample period,
     /// at most 1; `None` when the period is unknown.
     pub fn completeness(&self, span_ns: i64) -> Option<f64> {

@@ -5,7 +5,7 @@
 
 use tokio_postgres::types::ToSql;
 
-use meltstream_engine::records::{Anomaly, DeadLetterRecord, GridMap, LateRecord, LayerSummary, OutputRecord, SpcSignal, WindowResult, LayerVerdict, BuildReport};
+use meltstream_engine::records::{Anomaly, DeadLetterRecord, GridMap, LateRecord, LayerSummary, OutputRecord, SpcSignal, WindowResult, LayerVerdict, BuildReport, DataQuality};
 
 /// A statement parameter.
 pub(super) type Param<'a> = &'a (dyn ToSql + Sync);
@@ -408,6 +408,29 @@ impl BuildReportColumns {
     }
 }
 
+columns! {
+    /// Buffered `data_quality` rows.
+    DataQualityColumns {
+        build_id: String = "text",
+        layer: i32 = "int",
+        time_ns: i64 = "bigint",
+        score: f64 = "float8",
+        record: String = "text",
+    }
+}
+
+impl DataQualityColumns {
+    fn push(&mut self, q: &DataQuality, record: &OutputRecord) -> Result<(), String> {
+        let (layer, record) = (int(q.layer, "layer")?, json_text(record)?);
+        self.build_id.push(pg_text(&q.build_id));
+        self.layer.push(layer);
+        self.time_ns.push(q.time_ns);
+        self.score.push(q.score);
+        self.record.push(record);
+        Ok(())
+    }
+}
+
 /// Rows written but not yet flushed, per table.
 #[derive(Default)]
 pub(super) struct Buffers {
@@ -420,6 +443,7 @@ pub(super) struct Buffers {
     pub(super) spc_signals: SpcSignalColumns,
     pub(super) layer_verdicts: LayerVerdictColumns,
     pub(super) build_reports: BuildReportColumns,
+    pub(super) data_quality: DataQualityColumns,
 }
 
 impl Buffers {
@@ -434,6 +458,7 @@ impl Buffers {
             OutputRecord::SpcSignal(s) => self.spc_signals.push(s),
             OutputRecord::LayerVerdict(v) => self.layer_verdicts.push(v, record),
             OutputRecord::BuildReport(r) => self.build_reports.push(r, record),
+            OutputRecord::DataQuality(q) => self.data_quality.push(q, record),
         }
     }
 
@@ -447,6 +472,7 @@ impl Buffers {
         self.spc_signals.append(&mut other.spc_signals);
         self.layer_verdicts.append(&mut other.layer_verdicts);
         self.build_reports.append(&mut other.build_reports);
+        self.data_quality.append(&mut other.data_quality);
     }
 
     pub(super) fn clear(&mut self) {
@@ -459,6 +485,7 @@ impl Buffers {
         self.spc_signals.clear();
         self.layer_verdicts.clear();
         self.build_reports.clear();
+        self.data_quality.clear();
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -471,6 +498,7 @@ impl Buffers {
             && self.spc_signals.len() == 0
             && self.layer_verdicts.len() == 0
             && self.build_reports.len() == 0
+            && self.data_quality.len() == 0
     }
 }
 

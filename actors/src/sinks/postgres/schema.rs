@@ -1,16 +1,16 @@
 //! The PostgreSQL sink's schema: its tables (migration 1; migration 2 adds the progress epoch,
 //! migration 3 the replay state, migration 4 the SPC signals, migration 5 layer verdicts and
-//! build reports, migration 6 the CT fusion results), the statements that insert into them
+//! build reports, migration 6 the CT fusion results, migration 7 data quality), the statements that insert into them
 //! and store and read the progress, and the names `reset_pipeline` empties. Statements are
 //! built once per schema name; nothing here talks to the server.
 
-use super::columns::{AnomalyColumns, DeadLetterColumns, GridMapColumns, LateRecordColumns, LayerSummaryColumns, SpcSignalColumns, WindowResultColumns, LayerVerdictColumns, BuildReportColumns};
+use super::columns::{AnomalyColumns, BuildReportColumns, DataQualityColumns, DeadLetterColumns, GridMapColumns, LateRecordColumns, LayerSummaryColumns, LayerVerdictColumns, SpcSignalColumns, WindowResultColumns};
 
 /// Key of the advisory lock that serialises schema migrations across engines.
 pub(super) const MIGRATION_LOCK: i64 = 0x6d65_6c74_7374_7265; // "meltstre"
 
 /// Every table holding rows of a pipeline, in the order `reset_pipeline` empties them.
-pub(super) const TABLES: [&str; 12] = [
+pub(super) const TABLES: [&str; 13] = [
     "layer_summaries",
     "grid_maps",
     "window_results",
@@ -20,6 +20,7 @@ pub(super) const TABLES: [&str; 12] = [
     "spc_signals",
     "layer_verdicts",
     "build_reports",
+    "data_quality",
     "fused_defects",
     "fusion_summaries",
     "progress",
@@ -63,6 +64,7 @@ pub(super) struct Sql {
     pub(super) insert_spc_signals: String,
     pub(super) insert_layer_verdicts: String,
     pub(super) insert_build_reports: String,
+    pub(super) insert_data_quality: String,
     pub(super) upsert_progress: String,
     pub(super) select_progress: String,
 }
@@ -282,6 +284,20 @@ impl Sql {
              );
              INSERT INTO {s}.schema_version (version) VALUES (6);"
         );
+        let v7 = format!(
+            "CREATE TABLE {s}.data_quality (
+                 pipeline text NOT NULL,
+                 build_id text NOT NULL,
+                 layer int NOT NULL,
+                 time timestamptz NOT NULL,
+                 time_ns bigint NOT NULL,
+                 score double precision NOT NULL,
+                 record jsonb NOT NULL,
+                 written_at timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (pipeline, build_id, layer)
+             );
+             INSERT INTO {s}.schema_version (version) VALUES (7);"
+        );
         let claim_epochs = format!(
             "INSERT INTO {s}.progress AS p (pipeline, topic, partition, resume_offset, emitted_through, epoch)
              SELECT $1, u.topic, u.partition, 0, 0, 1
@@ -346,6 +362,12 @@ impl Sql {
             &format!("u.build_id, {}, u.time_ns, u.layers, u.layers_ok, u.layers_warn, u.layers_fail, u.record::jsonb", ts("u.time_ns")),
             BuildReportColumns::unnest(),
         );
+        let insert_data_quality = insert(
+            &s,
+            "data_quality (pipeline, build_id, layer, time, time_ns, score, record)",
+            &format!("u.build_id, u.layer, {}, u.time_ns, u.score, u.record::jsonb", ts("u.time_ns")),
+            DataQualityColumns::unnest(),
+        );
         let upsert_progress = format!(
             "INSERT INTO {s}.progress AS p (pipeline, topic, partition, resume_offset, emitted_through, epoch, state)
              SELECT $1, u.topic, u.partition, u.resume_offset, u.emitted_through, u.epoch, u.state
@@ -357,7 +379,7 @@ impl Sql {
         let select_progress = format!("SELECT topic, partition, resume_offset, emitted_through, state FROM {s}.progress WHERE pipeline = $1");
         Sql {
             bootstrap,
-            migrations: vec![(1, "created the PostgreSQL tables", v1), (2, "added the progress epoch", v2), (3, "added the progress replay state", v3), (4, "added the SPC signals table", v4), (5, "added the layer verdicts and build reports", v5), (6, "added the CT fusion tables", v6)],
+            migrations: vec![(1, "created the PostgreSQL tables", v1), (2, "added the progress epoch", v2), (3, "added the progress replay state", v3), (4, "added the SPC signals table", v4), (5, "added the layer verdicts and build reports", v5), (6, "added the CT fusion tables", v6), (7, "added the data quality table", v7)],
             has_version,
             claim_epochs,
             insert_layer_summaries,
@@ -369,6 +391,7 @@ impl Sql {
             insert_spc_signals,
             insert_layer_verdicts,
             insert_build_reports,
+            insert_data_quality,
             upsert_progress,
             select_progress,
         }

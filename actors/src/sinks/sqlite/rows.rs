@@ -205,6 +205,7 @@ fn row(record: &OutputRecord) -> Result<(usize, Vec<Value>), String> {
             8,
             vec![text(&r.build_id), time(r.time_ns), i(r.time_ns), i(r.layers.into()), i(r.layers_ok.into()), i(r.layers_warn.into()), i(r.layers_fail.into()), json(record)?],
         ),
+        OutputRecord::DataQuality(q) => (9, vec![text(&q.build_id), i(q.layer.into()), time(q.time_ns), i(q.time_ns), real(q.score, "score")?, json(record)?]),
     })
 }
 

@@ -16,8 +16,8 @@ pub(super) struct Table {
     pub(super) columns: &'static [&'static str],
 }
 
-/// The result tables, indexed as `rows.rs` buffers them (layer summaries 0, …, build reports 8).
-pub(super) const TABLES: [Table; 9] = [
+/// The result tables, indexed as `rows.rs` buffers them (layer summaries 0, …, data quality 9).
+pub(super) const TABLES: [Table; 10] = [
     Table {
         name: "layer_summaries",
         columns: &[
@@ -42,10 +42,11 @@ pub(super) const TABLES: [Table; 9] = [
     },
     Table { name: "layer_verdicts", columns: &["build_id", "layer", "verdict", "reasons", "time", "time_ns", "sample_count", "record"] },
     Table { name: "build_reports", columns: &["build_id", "time", "time_ns", "layers", "layers_ok", "layers_warn", "layers_fail", "record"] },
+    Table { name: "data_quality", columns: &["build_id", "layer", "time", "time_ns", "score", "record"] },
 ];
 
 /// Every table holding rows of a pipeline, in the order `reset_pipeline` empties them.
-pub(super) const PIPELINE_TABLES: [&str; 12] = [
+pub(super) const PIPELINE_TABLES: [&str; 13] = [
     "layer_summaries",
     "grid_maps",
     "window_results",
@@ -55,6 +56,7 @@ pub(super) const PIPELINE_TABLES: [&str; 12] = [
     "spc_signals",
     "layer_verdicts",
     "build_reports",
+    "data_quality",
     "fused_defects",
     "fusion_summaries",
     "progress",
@@ -78,7 +80,22 @@ pub(super) const CURRENT_VERSION: &str = "SELECT max(version) FROM schema_versio
 pub(super) const ADD_VERSION: &str = "INSERT INTO schema_version (version) VALUES (?1)";
 
 /// The migrations in order: version, what it adds (for the log), its statements.
-pub(super) const MIGRATIONS: [(i64, &str, &str); 2] = [(1, "created the SQLite tables", V1), (2, "added the CT fusion tables", V2)];
+pub(super) const MIGRATIONS: [(i64, &str, &str); 3] = [(1, "created the SQLite tables", V1), (2, "added the CT fusion tables", V2), (3, "added the data quality table", V3)];
+
+/// Migration 3: data quality per closed layer (PostgreSQL's migration 7).
+const V3: &str = concat!(
+    "CREATE TABLE data_quality (
+        pipeline TEXT NOT NULL,
+        build_id TEXT NOT NULL,
+        layer INTEGER NOT NULL,
+        time TEXT NOT NULL,
+        time_ns INTEGER NOT NULL,
+        score REAL NOT NULL,
+        record TEXT NOT NULL,
+        written_at TEXT NOT NULL DEFAULT ", now_utc!(), ",
+        PRIMARY KEY (pipeline, build_id, layer)
+    );"
+);
 
 /// Migration 2: the results of `meltstream fuse` (PostgreSQL's migration 6).
 const V2: &str = concat!(

@@ -13,7 +13,9 @@
 //!
 //! The checker (`chaos/checker.rs`) then compares every sink of the chaos run with the
 //! reference — the PostgreSQL result tables row by row and the alert topic read with
-//! `read_committed`, each alert once per source position — and prints what differs.
+//! `read_committed`, each alert once per source position — and prints what differs. Last, the
+//! simulated builds' CT defect list is fused (as `meltstream fuse` does) against the evidence each
+//! pipeline stored: every fused defect and summary must be the reference's.
 //!
 //! `cargo test` runs a small configuration. `MELTSTREAM_CHAOS=large` (what `scripts/chaos`
 //! sets) runs about a million records with twenty or more kills; `MELTSTREAM_CHAOS_SEED`
@@ -597,6 +599,41 @@ fn check_reference(policy: &str, scale: &Scale, r: &Snapshot) -> Vec<String> {
     missing
 }
 
+/// CT fusion over what each pipeline stored (read back from PostgreSQL, as `meltstream fuse`
+/// does): the simulated builds' CT list meets the same evidence in the chaos run as in the
+/// reference, defect by defect, and gives the same summary.
+async fn fusion_matches(f: &Fixture, cfg: &Config, refp: &Pipeline, p: &Pipeline) -> Vec<String> {
+    use meltstream_actors::sinks::postgres::fusion::read_evidence;
+    use meltstream_engine::fusion::{fuse, FusionParams};
+    let mut sim = meltstream_engine::simulator::Simulator::new(&input_log::simulator_config(&cfg.scale, cfg.seed), 0);
+    while sim.next_batch().is_some() {}
+    let defects: Vec<_> = sim.ct_defects().into_iter().map(|d| d.defect).collect();
+    let builds: std::collections::BTreeSet<String> = defects.iter().map(|d| d.build_id.clone()).collect();
+    let mut out = Vec::new();
+    let mut fused_total = 0;
+    for b in &builds {
+        let read = |name: String| async move { read_evidence(&f.db_url, &f.schema, &name, b).await };
+        let (want, got) = match (read(refp.name.clone()).await, read(p.name.clone()).await) {
+            (Ok(w), Ok(g)) => (fuse(b, &defects, &w, &FusionParams::default()), fuse(b, &defects, &g, &FusionParams::default())),
+            (Err(e), _) | (_, Err(e)) => {
+                out.push(format!("fusion: cannot read the evidence of {b}: {e}"));
+                continue;
+            }
+        };
+        fused_total += want.0.len();
+        if want.1 != got.1 {
+            out.push(format!("fusion of {b} differs: reference {:?}, chaos run {:?}", want.1, got.1));
+        } else if let Some((w, g)) = want.0.iter().zip(&got.0).find(|(w, g)| w != g) {
+            out.push(format!("fusion of {b}: defect {} differs: reference {w:?}, chaos run {g:?}", w.defect.defect_id));
+        }
+    }
+    eprintln!("fusion: {fused_total} CT defects of {} builds fused against each pipeline's stored evidence", builds.len());
+    if fused_total == 0 {
+        out.push("fusion: no CT defect to fuse".into());
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_runs_equal_the_uninterrupted_reference() {
     let cfg = Config::from_env();
@@ -642,6 +679,7 @@ async fn chaos_runs_equal_the_uninterrupted_reference() {
             failures.push(format!("[{policy}] {e}"));
         }
         failures.extend(incidents.into_iter().map(|i| format!("[{policy}] {i}")));
+        failures.extend(fusion_matches(&f, &cfg, &refp, &p).await.into_iter().map(|i| format!("[{policy}] {i}")));
     }
     eprintln!("chaos harness done in {:.0} s; seed {}; logs in {}", started.elapsed().as_secs_f64(), cfg.seed, f.dir.display());
     assert!(failures.is_empty(), "chaos harness, seed {} (logs in {}):\n{}", cfg.seed, f.dir.display(), failures.join("\n"));

@@ -50,6 +50,20 @@ pub struct Timing {
     pub allowed_lateness_ms: i64,
 }
 
+/// The simulated fleet of the log (its CT defect list is the one the harness fuses).
+pub fn simulator_config(scale: &Scale, seed: u64) -> SimulatorConfig {
+    SimulatorConfig {
+        machines: scale.machines,
+        lasers: scale.lasers,
+        sample_rate_hz: scale.sample_rate_hz,
+        layers: scale.layers,
+        layer_ms: scale.layer_ms,
+        recoat_ms: scale.recoat_ms,
+        seed: seed % 1_000_003,
+        ..SimulatorConfig::default()
+    }
+}
+
 /// One input record: written to `partition` with `key`.
 pub struct Record {
     pub partition: i32,
@@ -147,16 +161,7 @@ pub fn generate(scale: &Scale, seed: u64, timing: Timing, partitions: i32) -> In
 
     // The simulated fleet: blocks, layer events (start with parameters, end, recoat, build end)
     // and machine logs, with injected anomalies.
-    let cfg = SimulatorConfig {
-        machines: scale.machines,
-        lasers: scale.lasers,
-        sample_rate_hz: scale.sample_rate_hz,
-        layers: scale.layers,
-        layer_ms: scale.layer_ms,
-        recoat_ms: scale.recoat_ms,
-        seed: seed % 1_000_003,
-        ..SimulatorConfig::default()
-    };
+    let cfg = simulator_config(scale, seed);
     let mut sim = Simulator::new(&cfg, 0);
     let mut text = String::new();
     while let Some(b) = sim.next_batch() {

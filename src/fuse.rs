@@ -11,41 +11,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use meltstream_actors::sinks::{postgres, sqlite};
 use meltstream_engine::fusion::ct::{read_list, CtDefect};
-use meltstream_engine::fusion::{fuse, Evidence, FusedDefect, FusionSummary};
-use meltstream_engine::topology::{expand_env, SinkKind, Topology};
+use meltstream_engine::fusion::{fuse, FusionSummary};
+use meltstream_engine::topology::Topology;
 
-/// Where a topology's results are durable.
-enum Store {
-    Postgres { url: String, schema: String, pipeline: String },
-    Sqlite { path: PathBuf, pipeline: String },
-}
-
-impl Store {
-    /// The first PostgreSQL or SQLite sink of `t`.
-    fn of(t: &Topology) -> Option<Store> {
-        t.sinks.iter().find_map(|s| match &s.kind {
-            SinkKind::Postgres(p) => Some(Store::Postgres { url: expand_env(&p.url), schema: p.schema.clone(), pipeline: p.pipeline.clone() }),
-            SinkKind::Sqlite(q) => Some(Store::Sqlite { path: q.path.clone(), pipeline: q.pipeline.clone() }),
-            _ => None,
-        })
-    }
-
-    fn read(&self, rt: &tokio::runtime::Runtime, build: &str) -> Result<Evidence, String> {
-        match self {
-            Store::Postgres { url, schema, pipeline } => rt.block_on(postgres::fusion::read_evidence(url, schema, pipeline, build)),
-            Store::Sqlite { path, pipeline } => sqlite::fusion::read_evidence(path, pipeline, build),
-        }
-    }
-
-    fn write(&self, rt: &tokio::runtime::Runtime, build: &str, fused: &[FusedDefect], summary: &FusionSummary) -> Result<(), String> {
-        match self {
-            Store::Postgres { url, schema, pipeline } => rt.block_on(postgres::fusion::write_fusion(url, schema, pipeline, build, fused, summary)),
-            Store::Sqlite { path, pipeline } => sqlite::fusion::write_fusion(path, pipeline, build, fused, summary),
-        }
-    }
-}
+use crate::store::Store;
 
 /// Fuses the CT list `ct` with the results of `t`; only `build` when given.
 pub fn run(t: &Topology, ct: &Path, build: Option<&str>, out: Option<&PathBuf>) -> anyhow::Result<Vec<FusionSummary>> {

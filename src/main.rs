@@ -3,9 +3,11 @@
 
 mod admin;
 mod bench;
+mod export;
 mod fuse;
 mod reset;
 mod score;
+mod store;
 mod summary;
 
 use std::path::PathBuf;
@@ -68,6 +70,23 @@ enum Cmd {
         /// Also write the fused defects and summaries as JSON lines here.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Write Parquet files for the ML side from the topology's PostgreSQL or SQLite results: layer
+    /// features (per layer and laser) and fused defects, per build and layer range, each file
+    /// written atomically; a second export replaces, never duplicates (docs/operations.md).
+    Export {
+        /// Topology whose results store holds the builds.
+        #[arg(long)]
+        topology: PathBuf,
+        /// Directory to write into.
+        #[arg(long)]
+        out: PathBuf,
+        /// Only this build (default: every build with results).
+        #[arg(long)]
+        build: Option<String>,
+        /// Layers per layer-features file.
+        #[arg(long, default_value_t = 50)]
+        layers_per_file: u32,
     },
     /// Write the simulated fleet of a topology (the demo's by default) as JSON lines.
     Simulate {
@@ -241,6 +260,23 @@ fn main() -> ExitCode {
             }
             match run(t, quiet) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("meltstream: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Export { topology, out, build, layers_per_file } => {
+            let t = match load_topology(Some(&topology)) {
+                Ok(t) => t,
+                Err(c) => return c,
+            };
+            match export::run(&t, &out, build.as_deref(), layers_per_file) {
+                Ok(files) => {
+                    let rows: usize = files.iter().map(|f| f.rows).sum();
+                    println!("wrote {} Parquet files ({rows} rows) into {}", files.len(), out.display());
+                    ExitCode::SUCCESS
+                }
                 Err(e) => {
                     eprintln!("meltstream: {e:#}");
                     ExitCode::FAILURE

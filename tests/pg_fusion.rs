@@ -5,7 +5,12 @@
 //! the simulator's detectable defects (recall ≥ 0.95, precision ≥ 0.9), skips a bad CT row with
 //! its line number, and a second run replaces the first instead of adding to it.
 //!
-//! Needs `DATABASE_URL`; `./scripts/test` provides it (scripts/services/postgres.sh).
+//! Then `meltstream export` writes the layer features and fused defects as Parquet; pyarrow (the
+//! project's Python venv) reads them back, and they equal the PostgreSQL rows; a second export
+//! replaces its files.
+//!
+//! Needs `DATABASE_URL` and `MELTSTREAM_PYTHON`; `./scripts/test` provides them
+//! (scripts/services/postgres.sh, scripts/services/pyenv.sh).
 
 mod support;
 
@@ -150,6 +155,59 @@ fn batch_fusion_reads_the_stored_results_and_replaces_its_own() {
         meltstream(&["fuse", "--topology", topo, "--ct", ct.to_str().expect("path"), "--build", "sim-001"]);
         assert_eq!(count("fused_defects"), rows);
         assert_eq!(count("fusion_summaries"), 2);
+
+        // Parquet, read back with pyarrow.
+        let pq = dir.join("parquet");
+        let out = meltstream(&["export", "--topology", topo, "--out", pq.to_str().expect("path"), "--layers-per-file", "16"]);
+        assert!(String::from_utf8_lossy(&out.stdout).contains("wrote 8 Parquet files"), "2 builds × 3 layer ranges + 2 fused: {}", String::from_utf8_lossy(&out.stdout));
+        let read_back = || {
+            let python = std::env::var("MELTSTREAM_PYTHON").unwrap_or_else(|_| panic!("MELTSTREAM_PYTHON is not set: run the suite through ./scripts/test (scripts/services/pyenv.sh installs pyarrow)"));
+            let script = "import sys, json, pyarrow.dataset as ds\n\
+                          for name in ['layer_features', 'fused_defects']:\n\
+                          \x20   t = ds.dataset(sys.argv[1] + '/' + name, format='parquet').to_table()\n\
+                          \x20   print(json.dumps({'table': name, 'rows': t.to_pylist()}, default=str))\n";
+            let out = Command::new(python).arg("-c").arg(script).arg(&pq).output().expect("run python");
+            assert!(out.status.success(), "pyarrow: {}", String::from_utf8_lossy(&out.stderr));
+            let tables: BTreeMap<String, Vec<serde_json::Value>> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).expect("json");
+                    (v["table"].as_str().expect("table").to_owned(), v["rows"].as_array().expect("rows").clone())
+                })
+                .collect();
+            tables
+        };
+        let tables = read_back();
+        let features = &tables["layer_features"];
+        let pg_features = sql(format!(
+            "SELECT s.build_id, s.layer, s.laser, s.record->'channels'->'photodiode_on_axis'->>'mean', v.verdict, (d.record->'lasers'->(s.laser::text)->>'score')
+             FROM \"{schema}\".layer_summaries s
+             JOIN \"{schema}\".layer_verdicts v USING (pipeline, build_id, layer)
+             LEFT JOIN \"{schema}\".data_quality d USING (pipeline, build_id, layer)"
+        ));
+        assert_eq!(features.len(), pg_features.len(), "one feature row per layer and laser");
+        for r in &pg_features {
+            let (b, layer, laser) = (r[0].clone().expect("b"), r[1].clone().expect("layer"), r[2].clone().expect("laser"));
+            let f = features
+                .iter()
+                .find(|f| f["build_id"] == b.as_str() && f["layer"].to_string() == layer && f["laser"].to_string() == laser)
+                .unwrap_or_else(|| panic!("no feature row for {b} layer {layer} laser {laser}"));
+            let mean: f64 = r[3].clone().expect("mean").parse().expect("number");
+            assert!((f["photodiode_on_axis_mean"].as_f64().expect("mean") - mean).abs() < 1e-9 * mean.abs(), "{f} against {r:?}");
+            assert_eq!(f["verdict"].as_str(), r[4].as_deref(), "{f}");
+            assert_eq!(f["data_quality"].as_f64(), r[5].as_deref().map(|q| q.parse::<f64>().expect("score")), "{f}");
+        }
+        let fused = &tables["fused_defects"];
+        assert_eq!(fused.len(), rows, "one fused row per CT defect");
+        let pg_fused = sql(format!("SELECT build_id, defect_id, detected FROM \"{schema}\".fused_defects"));
+        for r in &pg_fused {
+            let f = fused.iter().find(|f| f["build_id"] == r[0].as_deref().unwrap_or("") && f["defect_id"] == r[1].as_deref().unwrap_or("")).expect("fused row");
+            assert_eq!(f["detected"].as_bool(), Some(r[2].as_deref() == Some("t")), "{f}");
+        }
+        // A second export replaces its files: the same rows, no copies.
+        meltstream(&["export", "--topology", topo, "--out", pq.to_str().expect("path"), "--layers-per-file", "16"]);
+        let again = read_back();
+        assert_eq!((again["layer_features"].len(), again["fused_defects"].len()), (features.len(), fused.len()));
     }));
     let dropped = rt.block_on(query_text(&url, &format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")));
     if let Err(e) = result {

@@ -1,7 +1,8 @@
 //! CT fusion over the PostgreSQL results store (`meltstream fuse`): reads a build's evidence
 //! (alerts, grid maps, SPC signals, layer heights) from the sink's tables and replaces the
 //! build's fused defects and fusion summary in one transaction, so a re-run (a revised CT list)
-//! leaves exactly one result per defect. Never used on the data path.
+//! leaves exactly one result per defect; and reads back what `meltstream export` turns into Parquet.
+//! Never used on the data path.
 
 use meltstream_engine::fusion::join::{EvAnomaly, EvGrid, EvSpc};
 use meltstream_engine::fusion::{Evidence, FusedDefect, FusionSummary};
@@ -92,4 +93,27 @@ pub async fn write_fusion(url: &str, schema: &str, pipeline: &str, build: &str, 
     .await
     .map_err(err("cannot insert the fusion summary"))?;
     tx.commit().await.map_err(err("cannot commit"))
+}
+
+/// The `record` column (JSON text) of `table`'s rows of `build` for `pipeline` (`table` is one
+/// of the tables that keep the whole record: layer_summaries, layer_verdicts, build_reports,
+/// data_quality, fused_defects).
+pub async fn records(url: &str, schema: &str, pipeline: &str, build: &str, table: &str) -> Result<Vec<String>, String> {
+    let client = connect(url).await?;
+    let s = quote_ident(schema);
+    let rows = client.query(&format!("SELECT record::text FROM {s}.{} WHERE pipeline = $1 AND build_id = $2", quote_ident(table)), &[&pipeline, &build]).await.map_err(err(table))?;
+    rows.iter().map(|r| r.try_get(0).map_err(err(table))).collect()
+}
+
+/// `build`'s SPC signals for `pipeline`: (layer, laser, chart, rule).
+pub async fn spc_rows(url: &str, schema: &str, pipeline: &str, build: &str) -> Result<Vec<(u32, u8, String, String)>, String> {
+    let client = connect(url).await?;
+    let s = quote_ident(schema);
+    let rows = client.query(&format!("SELECT layer, laser, spc, rule FROM {s}.spc_signals WHERE pipeline = $1 AND build_id = $2"), &[&pipeline, &build]).await.map_err(err("spc_signals"))?;
+    rows.iter()
+        .map(|r| {
+            let (layer, laser): (i32, i32) = (r.try_get(0).map_err(err("spc_signals.layer"))?, r.try_get(1).map_err(err("spc_signals.laser"))?);
+            Ok((u32::try_from(layer).unwrap_or(0), u8::try_from(laser).unwrap_or(0), r.try_get(2).map_err(err("spc_signals.spc"))?, r.try_get(3).map_err(err("spc_signals.rule"))?))
+        })
+        .collect()
 }

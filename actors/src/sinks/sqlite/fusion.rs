@@ -1,7 +1,7 @@
 //! CT fusion over the embedded SQLite results store (`meltstream fuse`, and the end of a demo
 //! run): reads a build's evidence from the sink's tables and replaces its fused defects and
-//! fusion summary in one transaction. Blocking; never used on the data path. It takes no
-//! ownership of the file (the engine's writes and these touch different tables; SQLite
+//! fusion summary in one transaction; and reads back what `meltstream export` turns into
+//! Parquet. Blocking; never used on the data path. It takes no ownership of the file (the engine's writes and these touch different tables; SQLite
 //! serialises the writers), so it can run while an engine writes the same file.
 
 use std::path::Path;
@@ -94,4 +94,22 @@ pub fn write_fusion(path: &Path, pipeline: &str, build: &str, fused: &[FusedDefe
     )
     .map_err(err("cannot insert the fusion summary"))?;
     tx.commit().map_err(err("cannot commit"))
+}
+
+/// The `record` column (JSON text) of `table`'s rows of `build` for `pipeline` (a table that
+/// keeps the whole record: layer_summaries, layer_verdicts, build_reports, data_quality,
+/// fused_defects).
+pub fn records(path: &Path, pipeline: &str, build: &str, table: &str) -> Result<Vec<String>, String> {
+    let conn = open(path)?;
+    let mut st = conn.prepare(&format!("SELECT record FROM \"{}\" WHERE pipeline = ?1 AND build_id = ?2", table.replace('"', "\"\""))).map_err(err(table))?;
+    let rows = st.query_map([pipeline, build], |r| r.get(0)).map_err(err(table))?;
+    rows.collect::<Result<Vec<String>, _>>().map_err(err(table))
+}
+
+/// `build`'s SPC signals for `pipeline`: (layer, laser, chart, rule).
+pub fn spc_rows(path: &Path, pipeline: &str, build: &str) -> Result<Vec<(u32, u8, String, String)>, String> {
+    let conn = open(path)?;
+    let mut st = conn.prepare("SELECT layer, laser, spc, rule FROM spc_signals WHERE pipeline = ?1 AND build_id = ?2").map_err(err("spc_signals"))?;
+    let rows = st.query_map([pipeline, build], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).map_err(err("spc_signals"))?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(err("spc_signals"))
 }

@@ -43,7 +43,7 @@ fn filled_window(grid: GridSpec) -> LayerWindow {
 }
 
 fn bench_close(c: &mut Criterion) {
-    let grid = GridSpec { cell_mm: 20.0, plate_mm: 400.0 };
+    let grid = GridSpec { cell_mm: 20.0, plate_mm: 400.0, deviation_z: None };
     let w = filled_window(grid);
     let close = |w: &LayerWindow| {
         let sums = w.summaries("sim-0", 1, &RULES, 30.0);

@@ -47,7 +47,7 @@ fn bench_stats(c: &mut Criterion) {
     let mut g = c.benchmark_group("stats");
     let batches = layer_batches();
     let samples: u64 = batches.iter().map(RecordBatch::sample_count).sum();
-    let grid = GridSpec { cell_mm: 20.0, plate_mm: 400.0 };
+    let grid = GridSpec { cell_mm: 20.0, plate_mm: 400.0, deviation_z: None };
     g.throughput(Throughput::Elements(samples));
     g.bench_function("layer_window_accumulate", |b| {
         b.iter(|| {

@@ -88,7 +88,7 @@ struct Feature {
     s: LayerSummary,
     layer: u32,
     verdict: Option<(String, u32)>,
-    quality: Option<meltstream_engine::windows::layer_window::LaserQuality>,
+    quality: Option<meltstream_engine::records::LaserQuality>,
     spc: Vec<String>,
 }
 

@@ -7,6 +7,7 @@ mod export;
 mod fuse;
 mod reset;
 mod score;
+mod simulate;
 mod store;
 mod summary;
 
@@ -325,7 +326,7 @@ fn main() -> ExitCode {
                     }
                 };
             }
-            match simulate(&cfg, &out, truth.as_ref(), ct.as_ref()) {
+            match simulate::write(&cfg, &out, truth.as_ref(), ct.as_ref()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("meltstream: {e:#}");
@@ -357,50 +358,6 @@ fn main() -> ExitCode {
             }
         },
     }
-}
-
-fn simulate(cfg: &meltstream_engine::topology::SimulatorConfig, out: &PathBuf, truth: Option<&PathBuf>, ct: Option<&PathBuf>) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut sim = meltstream_engine::simulator::Simulator::new(cfg, 0);
-    let mut w: Box<dyn Write> = if out.as_os_str() == "-" {
-        Box::new(std::io::BufWriter::new(std::io::stdout().lock()))
-    } else {
-        Box::new(std::io::BufWriter::new(std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?))
-    };
-    let mut s = String::new();
-    while let Some(b) = sim.next_batch() {
-        s.clear();
-        meltstream_engine::input::encode::write_json_lines(&b, &mut s);
-        w.write_all(s.as_bytes())?;
-    }
-    w.flush()?;
-    if let Some(p) = truth {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?);
-        for a in sim.ground_truth() {
-            serde_json::to_writer(&mut f, a)?;
-            f.write_all(b"\n")?;
-        }
-        f.flush()?;
-    }
-    if let Some(p) = ct {
-        write_ct_list(&sim, p)?;
-    }
-    Ok(())
-}
-
-/// Writes the simulator's CT defect list: CSV for a `.csv` name, JSON lines otherwise.
-fn write_ct_list(sim: &meltstream_engine::simulator::Simulator, p: &PathBuf) -> anyhow::Result<()> {
-    let defects: Vec<_> = sim.ct_defects().into_iter().map(|d| d.defect).collect();
-    let mut s = String::new();
-    if p.extension().is_some_and(|e| e == "csv") {
-        meltstream_engine::fusion::ct::write_csv(&defects, &mut s);
-    } else {
-        for d in &defects {
-            s.push_str(&serde_json::to_string(d)?);
-            s.push('\n');
-        }
-    }
-    std::fs::write(p, s).with_context(|| format!("writing {}", p.display()))
 }
 
 fn run(t: Topology, quiet: bool) -> anyhow::Result<()> {

@@ -279,6 +279,25 @@ pub struct LayerVerdict {
     pub completeness: BTreeMap<String, f64>,
 }
 
+/// One laser's data quality in one layer.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LaserQuality {
+    /// Samples received.
+    pub samples: u64,
+    /// Samples its sample period gives over the layer's exposure.
+    pub expected: u64,
+    /// Blocks received.
+    pub blocks: u64,
+    /// Samples that cover time already covered (duplicated or overlapping blocks).
+    pub duplicate_samples: u64,
+    /// Holes in the stream longer than three block lengths (the exposure's edges included).
+    pub gaps: u32,
+    /// Their total length, ms.
+    pub gap_ms: f64,
+    /// Distinct samples received ÷ expected, at most 1: duplicates do not fill holes.
+    pub score: f64,
+}
+
 /// The data quality of one closed layer of a build, per laser.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DataQuality {
@@ -297,7 +316,7 @@ pub struct DataQuality {
     /// Below `[verdict] min_data_quality`.
     pub below_threshold: bool,
     /// Per laser (lasers with a known sample period).
-    pub lasers: BTreeMap<String, crate::windows::layer_window::LaserQuality>,
+    pub lasers: BTreeMap<String, LaserQuality>,
 }
 
 /// One of a build report's worst layers.

@@ -67,9 +67,11 @@
 //! buffers the rest of the batch, so one result never halts the pipeline.
 
 pub mod admin;
+#[macro_use]
 mod columns;
 mod connection;
 mod errors;
+mod judgement_columns;
 pub mod fusion;
 mod schema;
 

@@ -11,6 +11,8 @@ pub struct GridSpec {
     pub cell_mm: f64,
     /// Plate edge, mm.
     pub plate_mm: f64,
+    /// z of the grid deviation alert (`[windows] grid_deviation_z`), if any.
+    pub deviation_z: Option<f64>,
 }
 
 impl GridSpec {
@@ -111,7 +113,7 @@ mod tests {
 
     #[test]
     fn cells_by_hand() {
-        let mut g = Grid::new(GridSpec { cell_mm: 10.0, plate_mm: 30.0 });
+        let mut g = Grid::new(GridSpec { cell_mm: 10.0, plate_mm: 30.0, deviation_z: None });
         g.push(&[1.0, 9.9, 10.0, 29.0, -1.0, 30.0], &[1.0, 2.0, 0.0, 29.0, 5.0, 5.0], &[1.0, 3.0, 5.0, 7.0, 9.0, 9.0]);
         let r = g.to_record("b", 1, 0, "c", 10.0);
         assert_eq!(r.outside_count, 2);

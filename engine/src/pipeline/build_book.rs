@@ -13,9 +13,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::input::batch::BlockHeader;
-use crate::input::event::NO_LAYER;
+use crate::input::event::{BuildId, Channel, LayerEvent, LayerPhase, TimeNs, NO_LAYER};
 use crate::input::reject::{DeadLetter, RejectReason};
-use crate::input::event::{BuildId, Channel, LayerEvent, LayerPhase, TimeNs};
 use crate::analytics::grid::GridSpec;
 use crate::windows::layer_window::LayerWindow;
 use crate::offset_ledger::{Hold, HoldSet};
@@ -39,8 +38,6 @@ pub struct BuildSettings {
     pub grid: GridSpec,
     /// Channel of the grid map.
     pub grid_channel: Channel,
-    /// z of the grid deviation alert, if any.
-    pub grid_deviation_z: Option<f64>,
     /// Time windows.
     pub time_windows: Vec<TimeWindowSpec>,
     /// Rules.
@@ -68,9 +65,8 @@ impl BuildSettings {
             late_policy: t.engine.late_policy,
             allowed_lateness_ns: t.engine.allowed_lateness_ms as i64 * ms,
             layer_gap_ns: t.engine.layer_gap_timeout_ms as i64 * ms,
-            grid: GridSpec { cell_mm: t.windows.grid_cell_mm, plate_mm: t.windows.plate_mm },
+            grid: GridSpec { cell_mm: t.windows.grid_cell_mm, plate_mm: t.windows.plate_mm, deviation_z: t.windows.grid_deviation_z },
             grid_channel: Channel::parse(&t.windows.grid_channel).unwrap_or(Channel::PhotodiodeOnAxis),
-            grid_deviation_z: t.windows.grid_deviation_z,
             time_windows: t.windows.time.iter().map(TimeWindowSpec::compile).collect(),
             rules: t.rules.iter().map(Rule::compile).collect(),
             spc: t.spc.iter().map(SpcSpec::compile).collect(),

@@ -39,7 +39,7 @@ impl Operator for GridMaps {
         let s = &book.settings;
         let record = g.to_record(&book.build, r.layer, r.revision, s.grid_channel.name(), s.grid.cell_mm);
         // Judged once, on the layer's first result (like the energy-density rules).
-        let alert = s.grid_deviation_z.filter(|_| r.first()).and_then(|z| deviation_alert(&record, z, w.end_ns()));
+        let alert = s.grid.deviation_z.filter(|_| r.first()).and_then(|z| deviation_alert(&record, z, w.end_ns()));
         out.push(Emitted { record: OutputRecord::Grid(record), hold: r.hold.clone(), origin_wall_ns: r.origin_wall_ns, position: None });
         if let Some(a) = alert {
             book.counters.anomalies += 1;

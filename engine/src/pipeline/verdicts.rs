@@ -27,8 +27,7 @@ use crate::offset_ledger::HoldSet;
 use crate::pipeline::build_book::BuildBook;
 use crate::pipeline::operator::{Ctx, LayerResult, Operator};
 use crate::pipeline::threshold_rules::op_str;
-use crate::records::{BuildReport, DataQuality, Emitted, LayerVerdict, OutputRecord, Spread, WorstLayer};
-use crate::windows::layer_window::LaserQuality;
+use crate::records::{BuildReport, DataQuality, Emitted, LaserQuality, LayerVerdict, OutputRecord, Spread, WorstLayer};
 
 const OK: u8 = 0;
 const WARN: u8 = 1;

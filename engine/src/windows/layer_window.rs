@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use crate::input::event::{Channel, LaserParams, TimeNs, N_CHANNELS};
 use crate::analytics::grid::{Grid, GridSpec};
 use crate::offset_ledger::HoldSet;
-use crate::records::LayerSummary;
+use crate::records::{LaserQuality, LayerSummary};
 use crate::analytics::stats::ChannelAgg;
 use crate::input::time::format_rfc3339;
 
@@ -28,25 +28,6 @@ pub struct LaserAgg {
     /// The sample intervals of its blocks, `[t0, t0 + len × dt)` (blocks with a known period):
     /// what data quality finds holes and overlaps in.
     pub spans: Vec<(TimeNs, TimeNs)>,
-}
-
-/// One laser's data quality in one layer.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct LaserQuality {
-    /// Samples received.
-    pub samples: u64,
-    /// Samples its sample period gives over the layer's exposure.
-    pub expected: u64,
-    /// Blocks received.
-    pub blocks: u64,
-    /// Samples that cover time already covered (duplicated or overlapping blocks).
-    pub duplicate_samples: u64,
-    /// Holes in the stream longer than three block lengths (the exposure's edges included).
-    pub gaps: u32,
-    /// Their total length, ms.
-    pub gap_ms: f64,
-    /// Distinct samples received ÷ expected, at most 1: duplicates do not fill holes.
-    pub score: f64,
 }
 
 impl LaserAgg {

@@ -4,7 +4,8 @@
 //! and store and read the progress, and the names `reset_pipeline` empties. Statements are
 //! built once per schema name; nothing here talks to the server.
 
-use super::columns::{AnomalyColumns, BuildReportColumns, DataQualityColumns, DeadLetterColumns, GridMapColumns, LateRecordColumns, LayerSummaryColumns, LayerVerdictColumns, SpcSignalColumns, WindowResultColumns};
+use super::columns::{AnomalyColumns, DeadLetterColumns, GridMapColumns, LateRecordColumns, LayerSummaryColumns, SpcSignalColumns, WindowResultColumns};
+use super::judgement_columns::{BuildReportColumns, DataQualityColumns, LayerVerdictColumns};
 
 /// Key of the advisory lock that serialises schema migrations across engines.
 pub(super) const MIGRATION_LOCK: i64 = 0x6d65_6c74_7374_7265; // "meltstre"

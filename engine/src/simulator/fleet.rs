@@ -69,6 +69,8 @@ impl Simulator {
             noise: noise_table(cfg.seed, (2 * block_len).max(8192)),
             log_keys: ["chamber_pressure_mbar", "gas_flow_m3_h", "o2_ppm", "plate_temp_c"].map(Arc::from),
             power_drift_pct_per_layer: cfg.power_drift_pct_per_layer,
+            // Bursts of 1 to 10 blocks: 5.5 on average.
+            loss_start: cfg.block_loss_pct / 100.0 / 5.5,
         };
         let start = parse_rfc3339_ns(&cfg.start_time).unwrap_or(DEFAULT_START_NS);
         let mut machines = Vec::with_capacity(cfg.machines as usize);
@@ -92,6 +94,8 @@ impl Simulator {
                 regions: Vec::new(),
                 ct_rng: SplitMix(cfg.seed ^ u64::from(i).wrapping_mul(0x9E6C_63D0_676A_9A99) ^ 0x4354),
                 ct: Vec::new(),
+                loss_rng: SplitMix(cfg.seed ^ u64::from(i).wrapping_mul(0xA076_1D64_78BD_642F) ^ 0x4C4F_5353),
+                losing: Vec::new(),
                 plans,
                 lasers: Vec::with_capacity(setup.lasers),
             };
@@ -230,6 +234,26 @@ mod tests {
     fn pd_sum(batches: &[RecordBatch]) -> f64 {
         let ch = Channel::PhotodiodeOnAxis.index();
         batches.iter().flat_map(|b| b.blocks.iter().flat_map(move |h| b.column(h, ch).unwrap_or(&[]).iter())).map(|v| f64::from(*v)).sum()
+    }
+
+    /// `block_loss_pct` drops about that share of the blocks, in bursts, and leaves every kept
+    /// block as the lossless fleet has it.
+    #[test]
+    fn lost_blocks_are_a_share_of_the_fleet_and_the_rest_unchanged() {
+        let blocks = |loss: f64| {
+            let mut sim = Simulator::new(&SimulatorConfig { block_loss_pct: loss, ..fleet(9, 100) }, 0);
+            let mut out = std::collections::BTreeMap::new();
+            while let Some(b) = sim.next_batch() {
+                for h in &b.blocks {
+                    out.insert((h.build, h.layer, h.laser, h.t0_ns), b.column(h, Channel::TemperatureC.index()).map(|c| c.to_vec()));
+                }
+            }
+            out
+        };
+        let (all, lossy) = (blocks(0.0), blocks(5.0));
+        let lost = all.len() - lossy.len();
+        assert!((0.03..0.07).contains(&(lost as f64 / all.len() as f64)), "{lost} of {} blocks lost", all.len());
+        assert!(lossy.iter().all(|(k, v)| all.get(k) == Some(v)), "a kept block differs from the lossless fleet's");
     }
 
     #[test]

@@ -64,6 +64,8 @@ pub(super) struct Setup {
     pub(super) noise: Vec<f32>,
     pub(super) log_keys: [Arc<str>; 4],
     pub(super) power_drift_pct_per_layer: f64,
+    /// Chance that a block starts a burst of lost blocks (`block_loss_pct` ÷ the mean burst).
+    pub(super) loss_start: f64,
 }
 
 /// One machine running one build.
@@ -88,6 +90,10 @@ pub(super) struct Machine {
     pub(super) ct_rng: SplitMix,
     /// The CT defect list so far.
     pub(super) ct: Vec<SimDefect>,
+    /// Generator of the lost blocks (apart from the samples').
+    pub(super) loss_rng: SplitMix,
+    /// Per laser, blocks still to lose of its current burst.
+    pub(super) losing: Vec<u32>,
     pub(super) plans: Vec<Plan>,
     pub(super) lasers: Vec<LaserLayer>,
 }
@@ -298,6 +304,26 @@ impl Machine {
         self.stage = if s.blocks_per_layer > 0 && s.lasers > 0 { Stage::Blocks } else { Stage::LayerEnd };
     }
 
+    /// Whether laser `j`'s block is lost on the way (`block_loss_pct`): a burst of 1 to 10 of
+    /// its blocks starts with the configured chance.
+    fn lose_block(&mut self, s: &Setup, j: usize) -> bool {
+        if s.loss_start <= 0.0 {
+            return false;
+        }
+        if self.losing.len() <= j {
+            self.losing.resize(j + 1, 0);
+        }
+        if self.losing[j] > 0 {
+            self.losing[j] -= 1;
+            return true;
+        }
+        if self.loss_rng.unit() < s.loss_start {
+            self.losing[j] = self.loss_rng.below(10) as u32;
+            return true;
+        }
+        false
+    }
+
     /// The current layer's machine-wide effects (fogging, streaks, shadows), each recorded in
     /// the ground truth for the layer.
     fn plan_layer_effects(&mut self, s: &Setup, truth: &mut Vec<InjectedAnomaly>, t: TimeNs) {
@@ -364,7 +390,9 @@ impl Machine {
         cols.channels[Channel::LaserPowerW.index()] = Some(power);
         cols.x_mm = Some(xs);
         cols.y_mm = Some(ys);
-        batch.push_block(&self.build, self.layer, (j + 1) as u8, t0, dt, n as u32, cols, offset);
+        if !self.lose_block(s, j) {
+            batch.push_block(&self.build, self.layer, (j + 1) as u8, t0, dt, n as u32, cols, offset);
+        }
         self.laser += 1;
         if self.laser >= s.lasers {
             self.laser = 0;

@@ -162,6 +162,9 @@ pub(super) fn check_simulator(c: &mut Checker<'_>, key: &str, s: &SimulatorConfi
     if !(s.power_drift_pct_per_layer >= 0.0 && s.power_drift_pct_per_layer < 100.0) {
         c.err(&format!("{key}.power_drift_pct_per_layer"), "expected a percentage per layer in [0, 100)");
     }
+    if !(s.block_loss_pct >= 0.0 && s.block_loss_pct < 100.0) {
+        c.err(&format!("{key}.block_loss_pct"), "expected a percentage of blocks in [0, 100)");
+    }
     if !(s.anomaly_rate_per_layer >= 0.0 && s.anomaly_rate_per_layer <= 16.0) {
         c.err(&format!("{key}.anomaly_rate_per_layer"), "expected anomalies per layer in [0, 16]");
     }

@@ -56,6 +56,9 @@ pub struct SimulatorConfig {
     /// much less power each layer, from the middle of the build on (percent per layer; 0: none), so
     /// that a baseline on the first layers is in control.
     pub power_drift_pct_per_layer: f64,
+    /// Sample blocks lost on the way (percent of all blocks, in bursts of 1 to 10 blocks of one
+    /// laser): what the data-quality records see. 0: none.
+    pub block_loss_pct: f64,
     /// Blocks per batch handed to the engine.
     pub batch_blocks: usize,
     /// Event time of the first sample, RFC 3339.
@@ -81,6 +84,7 @@ impl Default for SimulatorConfig {
             anomaly_from_layer: 1,
             anomaly_kinds: AnomalyKind::LOCAL.to_vec(),
             power_drift_pct_per_layer: 0.0,
+            block_loss_pct: 0.0,
             batch_blocks: 64,
             start_time: "2024-01-15T10:30:00Z".into(),
             build_prefix: "sim-".into(),

@@ -9,3 +9,21 @@ pub mod postgres;
 pub mod sink_actor;
 pub mod sqlite;
 pub mod writer;
+
+/// Every table holding rows of a pipeline in a results store (PostgreSQL and SQLite alike), in
+/// the order `meltstream reset` empties them.
+pub(crate) const PIPELINE_TABLES: [&str; 13] = [
+    "layer_summaries",
+    "grid_maps",
+    "window_results",
+    "anomalies",
+    "dead_letters",
+    "late_records",
+    "spc_signals",
+    "layer_verdicts",
+    "build_reports",
+    "data_quality",
+    "fused_defects",
+    "fusion_summaries",
+    "progress",
+];

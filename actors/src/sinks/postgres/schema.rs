@@ -10,22 +10,7 @@ use super::judgement_columns::{BuildReportColumns, DataQualityColumns, LayerVerd
 /// Key of the advisory lock that serialises schema migrations across engines.
 pub(super) const MIGRATION_LOCK: i64 = 0x6d65_6c74_7374_7265; // "meltstre"
 
-/// Every table holding rows of a pipeline, in the order `reset_pipeline` empties them.
-pub(super) const TABLES: [&str; 13] = [
-    "layer_summaries",
-    "grid_maps",
-    "window_results",
-    "anomalies",
-    "dead_letters",
-    "late_records",
-    "spc_signals",
-    "layer_verdicts",
-    "build_reports",
-    "data_quality",
-    "fused_defects",
-    "fusion_summaries",
-    "progress",
-];
+pub(super) use crate::sinks::PIPELINE_TABLES as TABLES;
 
 /// `schema` quoted as an SQL identifier.
 pub(super) fn quote_ident(schema: &str) -> String {

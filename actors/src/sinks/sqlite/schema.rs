@@ -45,22 +45,7 @@ pub(super) const TABLES: [Table; 10] = [
     Table { name: "data_quality", columns: &["build_id", "layer", "time", "time_ns", "score", "record"] },
 ];
 
-/// Every table holding rows of a pipeline, in the order `reset_pipeline` empties them.
-pub(super) const PIPELINE_TABLES: [&str; 13] = [
-    "layer_summaries",
-    "grid_maps",
-    "window_results",
-    "anomalies",
-    "dead_letters",
-    "late_records",
-    "spc_signals",
-    "layer_verdicts",
-    "build_reports",
-    "data_quality",
-    "fused_defects",
-    "fusion_summaries",
-    "progress",
-];
+pub(super) use crate::sinks::PIPELINE_TABLES;
 
 /// SQL default of the `written_at`, `updated_at` and `applied_at` columns: the wall clock as
 /// RFC 3339 UTC (milliseconds).

@@ -378,7 +378,7 @@ fn run(t: Topology, quiet: bool) -> anyhow::Result<()> {
 fn engine_run(t: Topology, quiet: bool) -> anyhow::Result<bool> {
     let prometheus = admin::install_metrics();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
-    rt.block_on(async move {
+    let res = rt.block_on(async move {
         let name = t.name.clone();
         let admin_addr = t.engine.admin_addr.clone();
         let summary_ms = t.engine.summary_interval_ms;
@@ -454,7 +454,12 @@ fn engine_run(t: Topology, quiet: bool) -> anyhow::Result<bool> {
             summary::print_final(&stats);
         }
         Ok(!signalled.load(std::sync::atomic::Ordering::SeqCst))
-    })
+    });
+    // The engine is down (its supervisor waited for its tree). A blocking task still running
+    // (a decode or a store call that outlived its actor) must not keep the process from
+    // ending: dropping the runtime would wait for it without bound.
+    rt.shutdown_timeout(std::time::Duration::from_secs(10));
+    res
 }
 
 fn handle_shutdown_fn(h: &meltstream_actors::EngineHandle) -> impl FnOnce() + Send + 'static {

@@ -174,7 +174,10 @@ impl Actor for Supervisor {
             *st.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(msg);
             st.crashed.store(true, Ordering::SeqCst);
             st.restart.store(st.restart_on_failure, Ordering::SeqCst);
-            myself.stop_children(None);
+            // Wait for the tree to be down before saying so: a Kafka source closes its consumer
+            // in its `post_stop` (up to 30 s), and a caller that gives up on the engine next
+            // must not tear the runtime down under a consumer still closing.
+            myself.stop_children_and_wait(None, Some(std::time::Duration::from_secs(45))).await;
             myself.stop(Some("failed".into()));
         }
         Ok(())

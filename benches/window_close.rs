@@ -46,7 +46,7 @@ fn bench_close(c: &mut Criterion) {
     let grid = GridSpec { cell_mm: 20.0, plate_mm: 400.0, deviation_z: None };
     let w = filled_window(grid);
     let close = |w: &LayerWindow| {
-        let sums = w.summaries("sim-0", 1, &RULES, 30.0);
+        let sums = w.summaries("sim-0", 1, &RULES, 30.0, None);
         let map = w.grid.as_ref().map(|g| g.to_record("sim-0", 1, 0, Channel::PhotodiodeOnAxis.name(), grid.cell_mm));
         (sums, map)
     };

@@ -61,7 +61,7 @@ fn fuse_with(t: &Topology, store: &Store, defects: &[CtDefect], build: Option<&s
     let mut summaries = Vec::new();
     for b in builds {
         let ev = store.read(&rt, b).map_err(|e| anyhow::anyhow!("build {b}: {e}"))?;
-        let (fused, summary) = fuse(b, defects, &ev, &t.fusion);
+        let (fused, summary) = fuse(b, defects, &ev, &t.fusion_params(b));
         store.write(&rt, b, &fused, &summary).map_err(|e| anyhow::anyhow!("build {b}: {e}"))?;
         if let Some(w) = w.as_mut() {
             for f in &fused {

@@ -182,6 +182,8 @@ fn records() -> Vec<Emitted> {
                 spc_signals: [("pd_mean".to_owned(), 1)].into(),
                 sample_count: 138,
                 data_quality: None,
+                planned_energy_density_by_style_j_mm3: Default::default(),
+                build_info: None,
             }),
             None,
         ),

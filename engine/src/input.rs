@@ -6,6 +6,7 @@
 //! Imports flow downwards: `event` ← `reject` ← `batch` ← `wire` ← `flat_parser` ← `decode`.
 
 pub mod batch;
+pub mod build_info;
 pub mod decode;
 pub mod encode;
 pub mod event;

@@ -377,6 +377,13 @@ pub struct BuildReport {
     pub sample_count: u64,
     /// Data quality over the layers that have one.
     pub data_quality: Option<Spread>,
+    /// Energy density per style as planned in the build's description, J/mm³ (empty without
+    /// one).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub planned_energy_density_by_style_j_mm3: BTreeMap<String, f64>,
+    /// The build's description (`[build_info]`), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_info: Option<crate::input::build_info::BuildInfo>,
 }
 
 /// Any output record, tagged by `kind`.

@@ -9,12 +9,13 @@
 //!
 //! # Layout
 //! The config types, one file per component (`engine_config`, `sources`, `sinks`,
-//! `windows_config`, `rules_config`, `spc_config`, `verdict_config`), own no logic; `graph` holds the checked [`Topology`] and
+//! `windows_config`, `build_info_config`, `rules_config`, `spc_config`, `verdict_config`), own no logic; `graph` holds the checked [`Topology`] and
 //! `errors` what is wrong with one; `positions` maps keys to lines; `load` parses and runs the
 //! registry; `check` validates. This file only declares them and re-exports what callers use
 //! (the files below never import it).
 
 
+pub mod build_info_config;
 pub mod check;
 pub mod engine_config;
 pub mod env;

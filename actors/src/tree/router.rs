@@ -126,6 +126,27 @@ impl RouterState {
         Ok(actor)
     }
 
+    /// The description of `build` in `[build_info] dir`, read when its processor starts. A file
+    /// that cannot be read or is wrong is logged and counted; the build goes on without it.
+    fn build_info(&self, build: &BuildId) -> Option<Arc<meltstream_engine::input::build_info::BuildInfo>> {
+        let dir = self.args.settings.build_info_dir.as_deref()?;
+        match meltstream_engine::input::build_info::load(dir, build) {
+            Ok(Some(info)) => {
+                tracing::info!(build_id = %build, machine = info.machine.as_deref().unwrap_or(""), material = info.material.as_deref().unwrap_or(""), "build description joined");
+                Some(Arc::new(info))
+            }
+            Ok(None) => {
+                metrics::counter!("meltstream_build_info_missing_total").increment(1);
+                None
+            }
+            Err(e) => {
+                tracing::warn!(build_id = %build, error = %e, "the build's description cannot be used; the build goes on without it");
+                metrics::counter!("meltstream_build_info_errors_total").increment(1);
+                None
+            }
+        }
+    }
+
     /// The actor of `build`, started (or unparked) on its first batch from `input`, whose
     /// records before that batch had `data_max_t` as their largest event time.
     /// `at` is the offset of the batch's first record: none of the build's records lies between
@@ -142,6 +163,7 @@ impl RouterState {
             return self.unpark(myself, build).await;
         }
         let mut processor = BuildPipeline::new(build.clone(), self.args.settings.clone());
+        processor.set_info(self.build_info(build));
         // What an earlier run (or this one, for a build that ended) decided for it.
         let (decisions, replay_from) = self.args.board.decisions(input, build);
         processor.resume(decisions, replay_from.max(at));

@@ -70,7 +70,7 @@ impl SpcSpec {
     }
 
     /// Laser `laser`'s point of layer window `w`, when it has one.
-    pub fn point(&self, w: &LayerWindow, laser: usize, default_thickness_um: f64) -> Option<f64> {
+    pub fn point(&self, w: &LayerWindow, laser: usize, default_thickness_um: f64, plan: Option<&crate::input::build_info::BuildInfo>) -> Option<f64> {
         let v = match self.target {
             SpcTarget::Channel(ch, stat) => {
                 let a = w.lasers.get(laser)?.channels[ch.index()].as_ref()?;
@@ -81,7 +81,7 @@ impl SpcSpec {
                 }
             }
             SpcTarget::EnergyDensity => {
-                let by_style = w.energy_by_style(laser as u8, default_thickness_um);
+                let by_style = w.energy_by_style(laser as u8, default_thickness_um, plan);
                 by_style.get("core").or_else(|| by_style.values().next()).copied()?
             }
         };

@@ -9,6 +9,7 @@
 //!
 //! [`BuildPipeline`]: crate::pipeline::build_pipeline::BuildPipeline
 
+use crate::input::build_info::BuildInfo;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -48,6 +49,8 @@ pub struct BuildSettings {
     pub verdict: VerdictConfig,
     /// Default layer thickness, µm.
     pub default_thickness_um: f64,
+    /// Where the builds' descriptions are (`[build_info] dir`, resolved), if anywhere.
+    pub build_info_dir: Option<std::path::PathBuf>,
     /// Out-of-orderness bound of the watermark, ns: a build applies `max_t − bound` of its
     /// input record by record (see `RecordBatch::max_t_before`).
     pub watermark_bound_ns: i64,
@@ -72,6 +75,7 @@ impl BuildSettings {
             spc: t.spc.iter().map(SpcSpec::compile).collect(),
             verdict: t.verdict.clone(),
             default_thickness_um: t.engine.default_layer_thickness_um,
+            build_info_dir: t.build_info.dir.as_ref().map(|d| t.base_dir.join(d)),
             watermark_bound_ns: t.engine.watermark_bound_ms as i64 * ms,
             #[cfg(feature = "fault-injection")]
             fault_panic_on_temperature: None,
@@ -130,6 +134,8 @@ pub struct BuildBook {
     pub settings: Arc<BuildSettings>,
     /// Running counts; operators add theirs.
     pub counters: BuildCounters,
+    /// The build's description (`[build_info]`), when it has one.
+    pub info: Option<Arc<BuildInfo>>,
     layers: BTreeMap<u32, LayerWindow>,
     max_closed_layer: Option<u32>,
     watermark: TimeNs,
@@ -152,6 +158,7 @@ impl BuildBook {
             build,
             settings,
             counters: BuildCounters::default(),
+            info: None,
             layers: BTreeMap::new(),
             max_closed_layer: None,
             watermark: TimeNs::MIN,

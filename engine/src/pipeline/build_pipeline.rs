@@ -102,6 +102,11 @@ impl BuildPipeline {
         self.ops.push(op);
     }
 
+    /// Joins the build's description (`[build_info]`) to it.
+    pub fn set_info(&mut self, info: Option<std::sync::Arc<crate::input::build_info::BuildInfo>>) {
+        self.book.info = info;
+    }
+
     /// Treats every layer as already final: for a build that ended, whose late records must
     /// not reopen windows.
     pub fn mark_ended(&mut self) {

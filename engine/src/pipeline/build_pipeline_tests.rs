@@ -244,3 +244,71 @@ fn data_quality_finds_lost_blocks_gaps_and_duplicates() {
     let report = out.iter().find_map(|e| if let OutputRecord::BuildReport(r) = &e.record { Some(r.clone()) } else { None }).expect("a build report");
     assert_eq!((report.layers, report.layers_ok, report.layers_warn, report.worst_layers[0].layer), (3, 1, 2, 1));
 }
+
+/// A build's description fills in what its layer events leave out: the planned parameters give
+/// the energy density of a laser whose layer events carry none (instead of one estimated from
+/// the measured power and speed), and the build report carries the description with the
+/// planned energy density per style.
+#[test]
+fn a_build_description_gives_the_planned_energy_density() {
+    use crate::input::build_info::BuildInfo;
+    use crate::input::encode::write_json_lines;
+    use crate::simulator::Simulator;
+    use crate::topology::SimulatorConfig;
+    let cfg = SimulatorConfig { machines: 1, lasers: 2, sample_rate_hz: 10_000, layers: 2, layer_ms: 100, recoat_ms: 20, anomalies: false, ..SimulatorConfig::default() };
+    let mut sim = Simulator::new(&cfg, 0);
+    let mut text = String::new();
+    while let Some(b) = sim.next_batch() {
+        write_json_lines(&b, &mut text);
+    }
+    // Layer events without their parameters.
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).expect("simulator JSON");
+            if let Some(o) = v.as_object_mut() {
+                o.remove("params");
+            }
+            v.to_string()
+        })
+        .collect();
+    let info = BuildInfo::parse(
+        "build_id = \"sim-001\"\nmachine = \"m1\"\nlayer_thickness_um = 40.0\n[[styles]]\nstyle = \"core\"\npower_w = 300.0\nscan_speed_mm_s = 1000.0\nhatch_spacing_mm = 0.1\n[[styles]]\nstyle = \"core\"\nlaser = 2\npower_w = 200.0\nscan_speed_mm_s = 1000.0\nhatch_spacing_mm = 0.1\n",
+        false,
+    )
+    .expect("description");
+    let run = |info: Option<Arc<BuildInfo>>| {
+        let mut d = Decoder::new(0, DecodeLimits::default());
+        let mut batch = RecordBatch::with_capacity(lines.len());
+        for (i, l) in lines.iter().enumerate() {
+            d.decode(l.as_bytes(), i as u64, NOW, &mut batch);
+        }
+        batch.span.next_offset = lines.len() as u64;
+        batch.max_t_before = Arc::new(batch.max_t_steps(TimeNs::MIN));
+        let mut p = BuildPipeline::new(BuildId::from("sim-001"), demo_settings());
+        p.set_info(info);
+        let ctx = Ctx { hold: Some((0, 0)), now_wall_ns: NOW, origin_wall_ns: NOW };
+        let mut out = Vec::new();
+        p.process(&batch, &ctx, &mut out);
+        p.on_input_watermark(TimeNs::MAX, &ctx, &mut out);
+        out
+    };
+    let planned = run(Some(Arc::new(info.clone())));
+    let summaries: Vec<_> = planned.iter().filter_map(|e| if let OutputRecord::LayerSummary(s) = &e.record { Some(s.clone()) } else { None }).collect();
+    assert_eq!(summaries.len(), 4);
+    for s in &summaries {
+        // 300 W / (1000 mm/s · 0.1 mm · 0.04 mm) = 75 J/mm³; laser 2's own plan: 50.
+        let want = if s.laser == 2 { 50.0 } else { 75.0 };
+        assert!(s.energy_density_j_mm3.is_some_and(|e| (e - want).abs() < 1e-9), "{s:?}");
+        assert_eq!(s.energy_density_by_style_j_mm3.keys().collect::<Vec<_>>(), vec!["core"]);
+    }
+    let report = planned.iter().find_map(|e| if let OutputRecord::BuildReport(r) = &e.record { Some(r.clone()) } else { None }).expect("a build report");
+    assert_eq!(report.build_info.as_ref(), Some(&info));
+    assert!((report.planned_energy_density_by_style_j_mm3["core"] - 62.5).abs() < 1e-9, "{:?}", report.planned_energy_density_by_style_j_mm3);
+    // Without a description: estimated from the measured channels, and said so.
+    let measured = run(None);
+    let s = measured.iter().find_map(|e| if let OutputRecord::LayerSummary(s) = &e.record { Some(s.clone()) } else { None }).expect("a summary");
+    assert!(s.energy_density_by_style_j_mm3.contains_key("measured") || s.energy_density_j_mm3.is_none(), "{s:?}");
+    let report = measured.iter().find_map(|e| if let OutputRecord::BuildReport(r) = &e.record { Some(r.clone()) } else { None }).expect("a build report");
+    assert!(report.build_info.is_none() && report.planned_energy_density_by_style_j_mm3.is_empty());
+}

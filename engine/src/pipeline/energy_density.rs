@@ -29,7 +29,7 @@ impl Operator for EnergyDensityRules {
         let mut fired = 0;
         // The lasers with samples, as in the layer's summaries.
         for laser in w.lasers.iter().enumerate().filter(|(_, a)| a.sample_count() > 0).map(|(l, _)| l) {
-            let by_style = w.energy_by_style(laser as u8, book.settings.default_thickness_um);
+            let by_style = w.energy_by_style(laser as u8, book.settings.default_thickness_um, book.info.as_deref());
             let Some(e) = by_style.get("core").or_else(|| by_style.values().next()).copied() else { continue };
             for rule in book.settings.rules.iter().filter(|x| x.target == RuleTarget::EnergyDensity && x.op.fires(e, x.limit)) {
                 fired += 1;

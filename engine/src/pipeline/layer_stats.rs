@@ -49,7 +49,7 @@ impl Operator for LayerStats {
     fn on_layer_result(&mut self, r: &LayerResult, book: &mut BuildBook, out: &mut Vec<Emitted>) {
         let Some(w) = book.window(r.layer) else { return };
         let names: Vec<&str> = book.settings.rules.iter().map(|r| r.name.as_str()).collect();
-        for s in w.summaries(&book.build, r.layer, &names, book.settings.default_thickness_um) {
+        for s in w.summaries(&book.build, r.layer, &names, book.settings.default_thickness_um, book.info.as_deref()) {
             out.push(Emitted { record: OutputRecord::LayerSummary(s), hold: r.hold.clone(), origin_wall_ns: r.origin_wall_ns, position: None });
         }
     }

@@ -114,7 +114,7 @@ impl Operator for SpcCharts {
         let mut alerts = 0;
         for spec in specs {
             for &laser in &lasers {
-                let Some(x) = spec.point(w, laser, settings.default_thickness_um) else { continue };
+                let Some(x) = spec.point(w, laser, settings.default_thickness_um, book.info.as_deref()) else { continue };
                 let track = self.state.track(spec, laser as u8);
                 let (signals, base) = chart_point(track, spec, r.layer, x);
                 let Some(base) = base else { continue };

@@ -162,7 +162,7 @@ impl Operator for LayerVerdicts {
         // The tally for the report.
         let t = &mut self.tally;
         for (laser, _) in w.lasers.iter().enumerate().filter(|(_, a)| a.sample_count() > 0) {
-            for (style, e) in w.energy_by_style(laser as u8, settings.default_thickness_um) {
+            for (style, e) in w.energy_by_style(laser as u8, settings.default_thickness_um, book.info.as_deref()) {
                 t.energy.entry(style).or_default().add(e);
             }
         }
@@ -232,6 +232,8 @@ impl Operator for LayerVerdicts {
             spc_signals: t.spc.clone(),
             sample_count: t.samples,
             data_quality: (t.quality.0 > 0).then(|| t.quality.spread()),
+            planned_energy_density_by_style_j_mm3: book.info.as_ref().map(|i| i.planned_energy(book.settings.default_thickness_um)).unwrap_or_default(),
+            build_info: book.info.as_deref().cloned(),
         };
         let mut hold = self.last_hold.clone();
         for h in ctx.hold_set().iter() {

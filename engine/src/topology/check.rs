@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 
 use crate::analytics::rules::{CmpOp, LOG_PREFIX};
 use crate::input::event::Channel;
+use crate::topology::build_info_config::BuildInfoConfig;
 use crate::topology::engine_config::{EngineConfig, LatePolicy};
 use crate::topology::positions::Positions;
 use crate::topology::rules_config::RuleConfig;
@@ -310,6 +311,16 @@ pub(super) fn check_verdict(c: &mut Checker<'_>, v: &VerdictConfig, rules: &[(St
     }
     if !(0.0..=1.0).contains(&v.fail_data_quality) || v.fail_data_quality > v.min_data_quality {
         c.err("verdict.fail_data_quality", "expected a score in [0, min_data_quality]");
+    }
+}
+
+/// `[build_info]`: the directory exists and every description in it reads and checks.
+pub(super) fn check_build_info(c: &mut Checker<'_>, b: &BuildInfoConfig, base_dir: &std::path::Path) {
+    let Some(dir) = &b.dir else { return };
+    if let Err(errors) = crate::input::build_info::read_dir(&base_dir.join(dir)) {
+        for e in errors {
+            c.err("build_info.dir", e);
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use crate::topology::build_info_config::BuildInfoConfig;
 use crate::topology::engine_config::EngineConfig;
 use crate::topology::rules_config::RuleConfig;
 use crate::topology::sinks::{SinkConfig, SinkKind};
@@ -35,12 +36,34 @@ pub struct Topology {
     pub fusion: FusionParams,
     /// Sinks.
     pub sinks: Vec<SinkConfig>,
+    /// Where the builds' descriptions are (`[build_info]`).
+    pub build_info: BuildInfoConfig,
     /// The engine instance this process is (see [`Topology::for_instance`]); `None` for a
     /// single process.
     pub instance: Option<String>,
 }
 
 impl Topology {
+    /// The fusion parameters of `build`: `[fusion]`, with the layer thickness of the build's
+    /// description when it gives one (a description that cannot be read gives nothing here;
+    /// the engine logged it when the build ran).
+    pub fn fusion_params(&self, build: &str) -> FusionParams {
+        let mut p = self.fusion.clone();
+        if let Ok(Some(t)) = self.build_info(build).map(|i| i.and_then(|i| i.layer_thickness_um)) {
+            p.thickness_um = t;
+        }
+        p
+    }
+
+    /// The description of `build` (`[build_info] dir`), if the topology has a directory and it
+    /// holds one; an error names the file and what is wrong.
+    pub fn build_info(&self, build: &str) -> Result<Option<crate::input::build_info::BuildInfo>, String> {
+        match &self.build_info.dir {
+            Some(dir) => crate::input::build_info::load(&self.base_dir.join(dir), build),
+            None => Ok(None),
+        }
+    }
+
     /// Makes this topology the one of engine instance `id`, one of several processes running the
     /// same file in one consumer group (`meltstream run --instance ID`, or `MELTSTREAM_INSTANCE`):
     /// each Kafka source's static member id (`group.instance.id`, unless its `properties` set

@@ -7,7 +7,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::topology::check::{check_engine, check_graph, check_simulator, check_spc, check_fusion, check_verdict, check_windows, positive, Checker};
+use crate::topology::build_info_config::BuildInfoConfig;
+use crate::topology::check::{check_build_info, check_engine, check_graph, check_simulator, check_spc, check_fusion, check_verdict, check_windows, positive, Checker};
 use crate::topology::spc_config::SpcConfig;
 use crate::fusion::FusionParams;
 use crate::topology::verdict_config::VerdictConfig;
@@ -43,7 +44,7 @@ pub fn load(text: &str, file: &str, base_dir: &Path) -> Result<Topology, ConfigE
     let pos = Positions::new(text, doc.as_table());
     let root = toml::Table::deserialize(toml_edit::de::Deserializer::from(doc)).map_err(|e| not_toml(e.message(), e.span()))?;
     let mut c = Checker { file, pos, errors: Vec::new() };
-    let known = ["name", "engine", "sources", "windows", "rules", "spc", "verdict", "fusion", "sinks"];
+    let known = ["name", "engine", "sources", "windows", "rules", "spc", "verdict", "fusion", "build_info", "sinks"];
     for k in root.keys() {
         if !known.contains(&k.as_str()) {
             c.err(k, format!("unknown top-level key, expected one of: {}", known.join(", ")));
@@ -83,6 +84,11 @@ pub fn load(text: &str, file: &str, base_dir: &Path) -> Result<Topology, ConfigE
         None => FusionParams::default(),
     };
     check_fusion(&mut c, &fusion);
+    let build_info: BuildInfoConfig = match root.get("build_info") {
+        Some(v) => c.de("build_info", v.clone()).unwrap_or_default(),
+        None => BuildInfoConfig::default(),
+    };
+    check_build_info(&mut c, &build_info, base_dir);
     let verdict: VerdictConfig = match root.get("verdict") {
         Some(v) => c.de("verdict", v.clone()).unwrap_or_default(),
         None => VerdictConfig::default(),
@@ -132,7 +138,7 @@ pub fn load(text: &str, file: &str, base_dir: &Path) -> Result<Topology, ConfigE
             _ => {}
         }
     }
-    Ok(Topology { name, base_dir: base_dir.to_path_buf(), engine, sources, windows, rules: rules.into_iter().map(|(_, r)| r).collect(), spc: spc.into_iter().map(|(_, s)| s).collect(), verdict, fusion, sinks, instance: None })
+    Ok(Topology { name, base_dir: base_dir.to_path_buf(), engine, sources, windows, rules: rules.into_iter().map(|(_, r)| r).collect(), spc: spc.into_iter().map(|(_, s)| s).collect(), verdict, fusion, sinks, build_info, instance: None })
 }
 
 fn array_of_tables(c: &mut Checker<'_>, root: &toml::Table, key: &str) -> Vec<(String, toml::Table)> {
@@ -342,6 +348,24 @@ mod tests {
         let errs = load(&format!("{head}pipeline = \"p\"\n"), "t.toml", Path::new(".")).unwrap_err().0;
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(errs[0].key == "sinks[0]" && errs[0].message.contains("missing field `path`"), "{errs:?}");
+    }
+
+    #[test]
+    fn build_descriptions_are_checked_before_anything_starts() {
+        let dir = std::env::temp_dir().join(format!("meltstream-check-build-info-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("builds")).unwrap();
+        std::fs::write(dir.join("builds/b1.toml"), "build_id = \"b1\"\nlayer_thickness_um = 30.0\n").unwrap();
+        let text = "name = \"x\"\n[[sources]]\nname = \"a\"\ntype = \"simulator\"\n[[sinks]]\nname = \"o\"\ntype = \"null\"\n[build_info]\ndir = \"builds\"\n";
+        let t = load(text, "x.toml", &dir).expect("a good description");
+        assert_eq!(t.build_info("b1").unwrap().and_then(|i| i.layer_thickness_um), Some(30.0));
+        assert_eq!(t.fusion_params("b1").thickness_um, 30.0);
+        std::fs::write(dir.join("builds/b2.json"), r#"{"build_id": "b2", "styles": [{"style": "core", "power_w": -1, "scan_speed_mm_s": 1, "hatch_spacing_mm": 1}]}"#).unwrap();
+        let errs = load(text, "x.toml", &dir).unwrap_err().0;
+        assert_eq!((errs.len(), errs[0].line, errs[0].key.as_str()), (1, 9, "build_info.dir"), "{errs:?}");
+        assert!(errs[0].message.contains("b2.json") && errs[0].message.contains("styles[0].power_w"), "{errs:?}");
+        let missing = load(&text.replace("\"builds\"", "\"nowhere\""), "x.toml", &dir).unwrap_err().0;
+        assert!(missing[0].message.contains("nowhere"), "{missing:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

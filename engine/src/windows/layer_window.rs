@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::input::build_info::BuildInfo;
 use crate::input::event::{Channel, LaserParams, TimeNs, N_CHANNELS};
 use crate::analytics::grid::{Grid, GridSpec};
 use crate::offset_ledger::HoldSet;
@@ -151,13 +152,21 @@ impl LayerWindow {
     }
 
     /// Energy density per style of `laser`, J/mm³, from the layer's parameters or, failing them,
-    /// from the mean power, speed and hatch of the samples and the default thickness.
-    pub fn energy_by_style(&self, laser: u8, default_thickness_um: f64) -> BTreeMap<String, f64> {
+    /// from the build's planned ones (`plan`) or, failing those, from the mean power, speed and
+    /// hatch of the samples and the planned (else the default) thickness.
+    pub fn energy_by_style(&self, laser: u8, default_thickness_um: f64, plan: Option<&BuildInfo>) -> BTreeMap<String, f64> {
+        let default_thickness_um = plan.and_then(|p| p.layer_thickness_um).unwrap_or(default_thickness_um);
         let mut m = BTreeMap::new();
         for p in self.params.iter().filter(|p| p.laser == laser) {
             let e = p.energy_density_j_mm3();
             if e.is_finite() {
                 m.insert(p.style.clone(), e);
+            }
+        }
+        // No parameters in the layer's events: the build's planned ones, else the measured.
+        if m.is_empty() {
+            if let Some(p) = plan {
+                m = p.planned_energy_by_style(laser, default_thickness_um);
             }
         }
         if m.is_empty() {
@@ -175,7 +184,7 @@ impl LayerWindow {
     }
 
     /// The summaries of every laser with samples.
-    pub fn summaries(&self, build_id: &str, layer: u32, rule_names: &[&str], default_thickness_um: f64) -> Vec<LayerSummary> {
+    pub fn summaries(&self, build_id: &str, layer: u32, rule_names: &[&str], default_thickness_um: f64, plan: Option<&BuildInfo>) -> Vec<LayerSummary> {
         let (start, end) = (self.start_ns(), self.end_ns());
         let mut out = Vec::new();
         for (laser, agg) in self.lasers.iter().enumerate() {
@@ -183,7 +192,7 @@ impl LayerWindow {
             if count == 0 {
                 continue;
             }
-            let by_style = self.energy_by_style(laser as u8, default_thickness_um);
+            let by_style = self.energy_by_style(laser as u8, default_thickness_um, plan);
             let main = by_style.get("core").or_else(|| by_style.values().next()).copied();
             out.push(LayerSummary {
                 build_id: build_id.to_owned(),

@@ -210,7 +210,13 @@ flush_ms = 50
         // The reset test waits for the stopped engine's static member to leave the group, and
         // "lost" loses its session while the broker is away: a short session. The others keep
         // the default 45 s, which outlasts the broker restart.
-        session = if pipeline == "again" || pipeline == "lost" || pipeline == "two" { "[sources.properties]\n\"session.timeout.ms\" = \"6000\"\n" } else { "" },
+        // "lost" also logs its group protocol (librdkafka's `cgrp` debug), for a consumer that
+        // would not rejoin.
+        session = match pipeline {
+            "lost" => "[sources.properties]\n\"session.timeout.ms\" = \"6000\"\n\"debug\" = \"cgrp\"\n",
+            "again" | "two" => "[sources.properties]\n\"session.timeout.ms\" = \"6000\"\n",
+            _ => "",
+        },
         // Builds that go quiet while the broker is away or a process paused are parked (the
         // results must not change); elsewhere they never idle.
         build_idle = if pipeline == "bounce" || pipeline == "two" { 1000 } else { 600_000 },
@@ -306,7 +312,8 @@ async fn broker_away(f: &Fixture, reference: &(BTreeMap<String, Vec<String>>, Ve
     let topo = topology(f, pipeline);
     let half = f.lines.len() / 2;
     f.produce(pipeline, 0..half).await;
-    let child = spawn(f, &topo, 0);
+    let debug: &[(&str, &str)] = if pipeline == "lost" { &[("RUST_LOG", "info,librdkafka=debug")] } else { &[] };
+    let child = spawn_with(f, &topo, 0, debug);
     started(f, pipeline).await;
     service("kafka.sh", "stop-server");
     tokio::time::sleep(Duration::from_secs(secs)).await;

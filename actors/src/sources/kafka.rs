@@ -328,6 +328,17 @@ impl Reader {
         }
     }
 
+    /// How long the group session has been lost without a new assignment, once beyond `limit`
+    /// (then the clock starts again, so that a fence is asked for once).
+    fn not_rejoined(&self, limit: Duration) -> Option<Duration> {
+        let mut lost = self.partitions.lost_since.lock().unwrap_or_else(|e| e.into_inner());
+        let waited = lost.as_ref()?.elapsed();
+        (waited > limit && !self.consumer.context().fenced.load(Ordering::SeqCst)).then(|| {
+            *lost = None;
+            waited
+        })
+    }
+
     async fn flush_all(&mut self, stop: &mut watch::Receiver<bool>) -> bool {
         let inputs: Vec<InputId> = self.parts.iter().filter(|(_, p)| !p.raw.msgs.is_empty()).map(|(i, _)| *i).collect();
         for i in inputs {
@@ -340,12 +351,23 @@ impl Reader {
 
     async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let linger = Duration::from_millis(self.args.config.linger_ms.max(1));
+        // A consumer that lost its group session rejoins by itself once the coordinator answers;
+        // one that has not been assigned anything long after (a broker back for long) is
+        // replaced: the engine starts again from the stored progress.
+        let session_ms: u64 = self.args.config.properties.get("session.timeout.ms").and_then(|v| v.parse().ok()).unwrap_or(45_000);
+        let rejoin_limit = Duration::from_millis(session_ms.saturating_mul(10)).max(Duration::from_secs(120));
         let mut tick = tokio::time::interval(linger);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = stop.changed() => break,
                 _ = tick.tick() => {
+                    if let Some(waited) = self.not_rejoined(rejoin_limit) {
+                        let reason = format!("source {}: the consumer lost its group session and did not rejoin within {} s; starting again with a new consumer", self.args.ctx.name, waited.as_secs());
+                        tracing::error!(source = %self.args.ctx.name, "{reason}");
+                        metrics::counter!("meltstream_kafka_rejoin_timeouts_total", "source" => self.args.ctx.name.clone()).increment(1);
+                        self.consumer.context().fence(reason);
+                    }
                     self.refresh_inputs();
                     if !self.flush_all(&mut stop).await { break; }
                 }

@@ -41,6 +41,9 @@ pub(super) struct Partitions {
     pub(super) admit: tokio::sync::Notify,
     /// Moves whenever `assigned` changes (the reading task caches it).
     pub(super) version: AtomicU64,
+    /// When the group session was lost (partitions revoked as lost), until the group assigns
+    /// again: the reading task gives up on a consumer that does not rejoin (see `Reader::run`).
+    pub(super) lost_since: Mutex<Option<std::time::Instant>>,
 }
 
 impl Partitions {
@@ -121,6 +124,7 @@ impl Hooks {
             return;
         }
         self.publish_membership(consumer);
+        *self.partitions.lost_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let tps: Vec<TopicPartition> = tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
         if tps.is_empty() {
             // Nothing new, but the rebalance waits for the call (it is what lets the group
@@ -153,6 +157,9 @@ impl Hooks {
         }
         // Closing the consumer revokes everything: the engine is draining, and the partitions
         // just end. Otherwise their builds go, before the group moves on.
+        if lost && !stopping {
+            self.partitions.lost_since.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(std::time::Instant::now);
+        }
         if !stopping && !revoked.is_empty() {
             for &input in &revoked {
                 self.board.revoke(input);

@@ -61,6 +61,8 @@ pub struct EngineStats {
     builds: Mutex<BTreeMap<String, BuildCounters>>,
     latency_us: Mutex<BTreeMap<(LatencyKind, LatencyStage), hdrhistogram::Histogram<u64>>>,
     committed: Mutex<BTreeMap<u64, u64>>,
+    /// What sources and sinks report for `/health/ready`.
+    pub health: crate::health::Health,
 }
 
 impl EngineStats {

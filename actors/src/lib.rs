@@ -6,8 +6,8 @@
 //! - `sources/`: file, simulator (and R1), Kafka;
 //! - `sinks/`: the sink actor and its writer trait; file and null, PostgreSQL, Kafka;
 //! - below them all, `ports` (the messages and contexts that cross rooms), `progress` (the
-//!   exactly-once handoff of source progress into the sinks), `engine_stats` (live counters) and
-//!   `retry` (backoff for transient failures).
+//!   exactly-once handoff of source progress into the sinks), `engine_stats` (live counters, with
+//!   `health`: what readiness is judged on) and `retry` (backoff for transient failures).
 //!
 //! Imports flow one way: `tree` → `sources`, `sinks` → `ports`, `progress`, `engine_stats`,
 //! `retry`. A source or a sink never imports the tree.
@@ -18,6 +18,8 @@
 #![warn(missing_docs)]
 
 pub mod engine_stats;
+pub mod health;
+pub mod log_limit;
 pub mod memory_budget;
 pub mod ports;
 pub mod progress;

@@ -70,6 +70,7 @@ impl SourceCtx {
 
     /// Tells the router and the supervisor that this input has ended.
     pub fn ended(&self) {
+        self.stats.health.source(&self.name, crate::health::SourceState::Ended, crate::ports::clock::now_wall_ns());
         let _ = self.router.cast(RouterMsg::InputEnded(self.input));
         let _ = self.supervisor.cast(SupervisorMsg::SourceDone(self.input));
     }

@@ -81,8 +81,8 @@ pub struct SinkActor;
 
 /// Writes `records` (or, with `None`, flushes), retrying a retryable failure with exponential
 /// backoff (50 ms doubling to 5 s); a fatal one fails the actor.
-async fn write_with_retries(name: &str, writer: &mut BoxedWriter, records: &[Emitted]) -> Result<(), ActorProcessingErr> {
-    retry(
+async fn write_with_retries(name: &str, stats: &EngineStats, writer: &mut BoxedWriter, records: &[Emitted]) -> Result<(), ActorProcessingErr> {
+    let written = retry(
         Backoff::exponential(Duration::from_millis(50), Duration::from_secs(5)),
         &mut (writer, records),
         |(writer, records)| writer.write(records),
@@ -91,11 +91,15 @@ async fn write_with_retries(name: &str, writer: &mut BoxedWriter, records: &[Emi
             if let SinkError::Retryable { sink, message } = e {
                 tracing::warn!(sink = %sink, error = %message, backoff_ms = backoff.as_millis() as u64, "sink write failed, retrying");
             }
+            stats.health.sink_failing(name, &e.to_string(), now_wall_ns());
             metrics::counter!("meltstream_sink_retries_total", "sink" => name.to_owned()).increment(1);
         },
     )
-    .await
-    .map_err(|e| Box::new(e) as ActorProcessingErr)
+    .await;
+    if written.is_ok() {
+        stats.health.sink_writing(name, now_wall_ns());
+    }
+    written.map_err(|e| Box::new(e) as ActorProcessingErr)
 }
 
 /// What a transactional sink stored, retrying while its service is unreachable (up to a minute,
@@ -215,6 +219,7 @@ impl SinkState {
         // its partitions within the session timeout and then writes nothing.
         let started = std::time::Instant::now();
         let name = self.args.name.clone();
+        let stats = self.args.stats.clone();
         let draining = self.draining;
         let flushed = retry(
             Backoff::exponential(Duration::from_millis(50), Duration::from_secs(5)),
@@ -231,6 +236,7 @@ impl SinkState {
             |e| matches!(e, SinkError::Retryable { .. }) || (matches!(e, SinkError::Fenced { .. }) && !draining && started.elapsed() < FENCED_GRACE),
             |e, backoff| {
                 tracing::warn!(sink = %name, error = %e, backoff_ms = backoff.as_millis() as u64, "sink flush failed, retrying");
+                stats.health.sink_failing(&name, &e.to_string(), now_wall_ns());
                 metrics::counter!("meltstream_sink_retries_total", "sink" => name.clone()).increment(1);
             },
         )
@@ -254,6 +260,8 @@ impl SinkState {
             self.args.board.stored_by(&self.args.name, &checkpoint);
         }
         let now = now_wall_ns();
+        self.args.stats.health.sink_durable(&self.args.name, now);
+        metrics::histogram!("meltstream_sink_commit_seconds", "sink" => self.args.name.clone()).record(started.elapsed().as_secs_f64());
         record_latencies(&self.args.stats, &self.args.name, LatencyStage::Durable, now, &self.origins);
         self.origins.clear();
         let n = self.buffered as u64;
@@ -293,6 +301,7 @@ impl Actor for SinkActor {
 
     async fn pre_start(&self, myself: ActorRef<SinkMsg>, args: SinkArgs) -> Result<SinkState, ActorProcessingErr> {
         myself.send_interval(args.flush_every, || SinkMsg::Tick);
+        args.stats.health.sink_started(&args.name);
         if let Some(stored) = &args.stored {
             args.board.expect_sink(&args.name, stored);
         }
@@ -322,7 +331,7 @@ impl Actor for SinkActor {
                     }
                 }
                 if !records.is_empty() {
-                    write_with_retries(&st.args.name, &mut st.args.writer, &records).await?;
+                    write_with_retries(&st.args.name, &st.args.stats, &mut st.args.writer, &records).await?;
                 }
                 let at_sink: Vec<(LatencyKind, i64)> = records.iter().map(|r| (LatencyKind::of(&r.record), r.origin_wall_ns)).collect();
                 record_latencies(&st.args.stats, &st.args.name, LatencyStage::AtSink, now_wall_ns(), &at_sink);

@@ -369,6 +369,8 @@ impl Reader {
                         self.consumer.context().fence(reason);
                     }
                     self.refresh_inputs();
+                    let held = self.partitions.lock_assigned().len();
+                    self.args.ctx.stats.health.source(&self.args.ctx.name, crate::health::SourceState::Running { partitions: Some(held) }, now_wall_ns());
                     if !self.flush_all(&mut stop).await { break; }
                 }
                 _ = self.partitions.admit.notified() => self.admit().await,

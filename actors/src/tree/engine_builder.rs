@@ -224,7 +224,7 @@ impl EngineBuilder {
             build_idle: Duration::from_millis(e.build_idle_timeout_ms),
             restarts: RestartBudget::new(e.max_restarts, e.max_restart_window_s as i64 * 1_000_000_000),
             stats: stats.clone(),
-            dead_letters: DeadLetterDesk { source_names: source_names.clone(), board: board.clone(), stats: stats.clone() },
+            dead_letters: DeadLetterDesk { source_names: source_names.clone(), board: board.clone(), stats: stats.clone(), log: Arc::new(Default::default()) },
             board: board.clone(),
         };
         let (router, _) = Actor::spawn_linked(None, Router, router_args, sup_cell.clone()).await.map_err(|e| start_err("router", e))?;
@@ -243,7 +243,18 @@ impl EngineBuilder {
         let credits = Arc::new(Semaphore::new(e.source_queue_batches));
         let limits = DecodeLimits { max_record_bytes: e.max_record_bytes, max_future_ns: e.max_future_s as i64 * 1_000_000_000, ..DecodeLimits::default() };
         let mut sources: Vec<(ractor::ActorCell, Box<dyn Fn() + Send + Sync>)> = Vec::new();
+        stats.health.set_bounds(crate::health::ReadyBounds {
+            max_commit_age_ns: e.ready_max_commit_age_s as i64 * 1_000_000_000,
+            max_watermark_lag_ns: e.ready_max_watermark_lag_s as i64 * 1_000_000_000,
+            max_report_age_ns: 10_000_000_000,
+        });
         for (i, s) in t.sources.iter().enumerate() {
+            // A Kafka source is starting until it polls; the others read from the start.
+            let state = match s.kind {
+                SourceKind::Kafka(_) => crate::health::SourceState::Starting,
+                _ => crate::health::SourceState::Running { partitions: None },
+            };
+            stats.health.source(&s.name, state, crate::ports::clock::now_wall_ns());
             let input = i as meltstream_engine::input::event::InputId;
             watermarks.cast(WatermarkMsg::Register(input)).map_err(|e| start_err("watermark coordinator", e))?;
             let ctx = SourceCtx {

@@ -120,9 +120,18 @@ pub struct DeadLetterDesk {
     pub board: ProgressBoard,
     /// Engine counters.
     pub stats: Arc<EngineStats>,
+    /// Rate-limits the log lines per reason (the metric and the records keep every one).
+    pub log: Arc<crate::log_limit::LogLimiter>,
 }
 
 impl DeadLetterDesk {
+    /// Logs what the rate limit kept back (the engine stops).
+    pub fn log_suppressed(&self) {
+        for (reason, n) in self.log.drain() {
+            tracing::warn!(reason = %reason, suppressed = n, "dead letters not logged one by one (see meltstream_dead_letters_total and the dead_letter records)");
+        }
+    }
+
     /// Fills in `r`'s source (unless it names another origin already: an operator that
     /// panicked), topic and partition from its input (`input`, the full id, when known; else
     /// the name the record carries); logs and counts it.
@@ -139,7 +148,15 @@ impl DeadLetterDesk {
         r.partition = partition;
         metrics::counter!("meltstream_dead_letters_total", "reason" => r.reason_kind.clone()).increment(1);
         EngineStats::add(&self.stats.dead_letters, 1);
-        tracing::warn!(source = %r.source, topic = ?r.topic, partition = ?r.partition, offset = r.offset, reason = %r.reason, "dead letter");
+        match self.log.admit(&r.reason_kind, std::time::Instant::now()) {
+            crate::log_limit::Admit::Log { suppressed } => {
+                if suppressed > 0 {
+                    tracing::warn!(reason = %r.reason_kind, suppressed, "dead letters not logged one by one in the last minute (see meltstream_dead_letters_total and the dead_letter records)");
+                }
+                tracing::warn!(source = %r.source, topic = ?r.topic, partition = ?r.partition, offset = r.offset, reason = %r.reason, "dead letter");
+            }
+            crate::log_limit::Admit::Suppress => {}
+        }
     }
 
     /// Files every dead letter among `out`: what a build's pipeline emitted (unmatched layer

@@ -101,6 +101,8 @@ pub struct RouterState {
     /// The builds whose records came from each input.
     by_input: HashMap<InputId, Vec<BuildId>>,
     next_holder: HolderId,
+    /// How metrics and `/health/ready` name each input (see `input_label`).
+    labels: HashMap<InputId, String>,
 }
 
 /// The router actor.
@@ -212,7 +214,7 @@ impl RouterState {
         batch.max_t_before = Arc::new(batch.max_t_steps(base));
         *seen = base.max(batch.max_t_ns);
         // Per input: records read, and how far behind arrival its event time runs.
-        let input = span.input.to_string();
+        let input = self.input_label(span.input);
         metrics::counter!("meltstream_input_records_total", "input" => input.clone()).increment(batch.records);
         if batch.max_t_ns > TimeNs::MIN {
             metrics::gauge!("meltstream_input_event_time_skew_seconds", "input" => input.clone()).set((origin - batch.max_t_ns) as f64 / 1e9);
@@ -259,6 +261,20 @@ impl RouterState {
         Ok(())
     }
 
+    /// An input as metrics and `/health/ready` name it: `topic/partition` for a Kafka
+    /// partition, else the source's name.
+    fn input_label(&mut self, input: InputId) -> String {
+        if let Some(l) = self.labels.get(&input) {
+            return l.clone();
+        }
+        let label = match self.args.board.partition_of(input) {
+            Some((t, p)) => format!("{t}/{p}"),
+            None => self.args.dead_letters.source_names.get(meltstream_engine::input::event::input_name(input) as usize).cloned().unwrap_or_else(|| input.to_string()),
+        };
+        self.labels.insert(input, label.clone());
+        label
+    }
+
     /// Makes the advance of each input's watermark the pending watermark of that input's builds
     /// (behind the data already sent to them).
     fn advance(&mut self, advances: Vec<(InputId, StampedWatermark)>) {
@@ -268,6 +284,13 @@ impl RouterState {
                 continue;
             }
             *w = wm.wm;
+            // How far the input's watermark stands behind its freshest event time.
+            if let Some(&t) = self.max_t_seen.get(&input).filter(|t| **t > TimeNs::MIN && wm.wm < TimeNs::MAX) {
+                let label = self.input_label(input);
+                let lag = t.saturating_sub(wm.wm).max(0);
+                metrics::gauge!("meltstream_watermark_lag_seconds", "input" => label.clone()).set(lag as f64 / 1e9);
+                self.args.stats.health.input_lag(&label, lag);
+            }
             let data = self.max_t_seen.get(&input).map_or(TimeNs::MIN, |t| t.saturating_sub(self.args.settings.watermark_bound_ns));
             let ahead_of_data = wm.wm > data;
             let Some(builds) = self.by_input.get(&input) else { continue };
@@ -358,6 +381,9 @@ impl RouterState {
     /// again from the stored progress by the partitions' next owner.
     fn drop_inputs(&mut self, inputs: &[InputId]) {
         for input in inputs {
+            if let Some(label) = self.labels.remove(input) {
+                self.args.stats.health.input_gone(&label);
+            }
             self.watermarks.remove(input);
             self.max_t_seen.remove(input);
             for build in self.by_input.remove(input).unwrap_or_default() {
@@ -430,6 +456,11 @@ impl Actor for Router {
     type State = RouterState;
     type Arguments = RouterArgs;
 
+    async fn post_stop(&self, _myself: ActorRef<RouterMsg>, st: &mut RouterState) -> Result<(), ActorProcessingErr> {
+        st.args.dead_letters.log_suppressed();
+        Ok(())
+    }
+
     async fn pre_start(&self, myself: ActorRef<RouterMsg>, args: RouterArgs) -> Result<RouterState, ActorProcessingErr> {
         myself.send_interval(Duration::from_millis(500), || RouterMsg::Tick);
         Ok(RouterState {
@@ -442,6 +473,7 @@ impl Actor for Router {
             max_t_seen: HashMap::new(),
             by_input: HashMap::new(),
             next_holder: 0,
+            labels: HashMap::new(),
         })
     }
 

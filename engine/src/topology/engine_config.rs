@@ -67,6 +67,10 @@ pub struct EngineConfig {
     pub admin_addr: String,
     /// Default layer thickness when no layer event gives one, µm.
     pub default_layer_thickness_um: f64,
+    /// `/health/ready`: records may wait this long to become durable, s.
+    pub ready_max_commit_age_s: u64,
+    /// `/health/ready`: an input's watermark may stand this far behind its data, s.
+    pub ready_max_watermark_lag_s: u64,
 }
 
 impl Default for EngineConfig {
@@ -90,6 +94,8 @@ impl Default for EngineConfig {
             summary_interval_ms: 1_000,
             admin_addr: String::new(),
             default_layer_thickness_um: 30.0,
+            ready_max_commit_age_s: 30,
+            ready_max_watermark_lag_s: 60,
         }
     }
 }

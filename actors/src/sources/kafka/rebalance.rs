@@ -83,6 +83,9 @@ impl ClientContext for Hooks {
             let Some(part) = stats.topics.get(topic).and_then(|t| t.partitions.get(p)) else { continue };
             let end = if part.ls_offset >= 0 { part.ls_offset } else { part.hi_offset };
             let read = if part.app_offset >= 0 { part.app_offset } else { part.next_offset };
+            if end >= 0 && read >= 0 {
+                metrics::gauge!("meltstream_kafka_consumer_lag", "topic" => topic.clone(), "partition" => p.to_string()).set((end - read).max(0) as f64);
+            }
             // Unknown offsets (no fetch answer yet, broker down): data may still come; hold.
             // One offset of slack: a transactional input ends with a commit marker that is never
             // delivered.

@@ -171,7 +171,7 @@ fn off_loopback_the_admin_api_asks_for_a_bearer_token() {
     assert!(text.contains("MELTSTREAM_ADMIN_TOKEN"), "the error names the variable: {text}");
     // With one: only `/health/live` answers without it.
     let log = dir.join("token.log");
-    let mut guard = Cleanup(Some(spawn(&topology, &log, &[("MELTSTREAM_ADMIN_TOKEN", "s3cret")])), false);
+    let guard = Cleanup(Some(spawn(&topology, &log, &[("MELTSTREAM_ADMIN_TOKEN", "s3cret")])), false);
     let deadline = Instant::now() + Duration::from_secs(60);
     while get(port, "/health/live", None).is_none_or(|(s, _)| s != 200) {
         assert!(Instant::now() < deadline, "/health/live never answered; log {}", log.display());

@@ -324,6 +324,12 @@ fn make_writer(t: &Topology, name: &str, kind: &SinkKind, board: &ProgressBoard)
             let w = PgSink::new(name, &expand_env(&c.url), &c.pipeline, &c.schema).map_err(|e| start_err(&format!("sink {name}"), e))?;
             (Box::new(w), c.flush_ms)
         }
+        SinkKind::Redis(c) => {
+            let mut config = c.clone();
+            config.url = expand_env(&c.url);
+            let w = crate::sinks::redis::RedisSink::new(name, config).map_err(|e| start_err(&format!("sink {name}"), e))?;
+            (Box::new(w), c.flush_ms)
+        }
         SinkKind::Sqlite(c) => {
             let w = SqliteSink::new(name, &c.path, &c.pipeline).map_err(|e| start_err(&format!("sink {name}"), e))?;
             (Box::new(w), c.flush_ms)

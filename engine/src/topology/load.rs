@@ -15,7 +15,7 @@ use crate::topology::verdict_config::VerdictConfig;
 use crate::topology::engine_config::EngineConfig;
 use crate::topology::positions::{line_of, Positions};
 use crate::topology::rules_config::RuleConfig;
-use crate::topology::sinks::{FileSinkConfig, KafkaSinkConfig, PostgresSinkConfig, RecordKind, SinkConfig, SinkKind, SqliteSinkConfig};
+use crate::topology::sinks::{FileSinkConfig, KafkaSinkConfig, PostgresSinkConfig, RecordKind, RedisSinkConfig, SinkConfig, SinkKind, SqliteSinkConfig};
 use crate::topology::sources::{FileSourceConfig, KafkaSourceConfig, R1Config, SimulatorConfig, SourceConfig, SourceKind};
 use crate::topology::windows_config::WindowsConfig;
 use crate::topology::errors::{ConfigError, ConfigErrors};
@@ -238,7 +238,7 @@ fn parse_source(c: &mut Checker<'_>, key: &str, mut t: toml::Table) -> Option<(S
 
 /// The sink registry: one arm per sink type.
 fn parse_sink(c: &mut Checker<'_>, key: &str, mut t: toml::Table) -> Option<(String, SinkConfig)> {
-    let (name, ty) = take_name_and_type(c, key, &mut t, &["file", "null", "postgres", "sqlite", "kafka"])?;
+    let (name, ty) = take_name_and_type(c, key, &mut t, &["file", "null", "postgres", "sqlite", "kafka", "redis"])?;
     let v = toml::Value::Table(t);
     let kind = match ty.as_str() {
         "file" => {
@@ -289,6 +289,22 @@ fn parse_sink(c: &mut Checker<'_>, key: &str, mut t: toml::Table) -> Option<(Str
                 c.err(&format!("{key}.metadata_max_bytes"), "expected at least 512 bytes (the progress and transaction need room)");
             }
             SinkKind::Kafka(k)
+        }
+        "redis" => {
+            let r: RedisSinkConfig = c.de(key, v)?;
+            if !r.url.starts_with("redis://") && !r.url.starts_with("rediss://") && !r.url.starts_with("${") {
+                c.err(&format!("{key}.url"), "expected a URL such as \"redis://127.0.0.1:6379/0\"");
+            }
+            for k in &r.records {
+                if !matches!(k, RecordKind::LayerSummary | RecordKind::LayerVerdict | RecordKind::DataQuality | RecordKind::BuildReport | RecordKind::Anomaly) {
+                    c.err(&format!("{key}.records"), format!("{:?} is no live state: expected layer_summary, layer_verdict, data_quality, build_report or anomaly", k.name()));
+                }
+            }
+            if r.key_prefix.is_empty() || r.channel.is_empty() {
+                c.err(key, "key_prefix and channel must not be empty");
+            }
+            positive(c, &format!("{key}.flush_ms"), r.flush_ms);
+            SinkKind::Redis(r)
         }
         _ => return None,
     };

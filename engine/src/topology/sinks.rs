@@ -180,6 +180,40 @@ fn alert_kinds() -> Vec<RecordKind> {
     vec![RecordKind::Anomaly]
 }
 
+/// `type = "redis"` sink: the latest state of each build in Redis hashes, and alerts published
+/// on a channel (docs/topology.md). Idempotent state, at-least-once alerts.
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSinkConfig {
+    /// Server URL (`redis://host:port/db`); `${VAR}` and `${VAR:-default}` are expanded.
+    pub url: String,
+    /// Prefix of every key (`<prefix>:build:<build_id>`, …).
+    #[serde(default = "default_redis_prefix")]
+    pub key_prefix: String,
+    /// Channel the alerts are published on.
+    #[serde(default = "default_redis_channel")]
+    pub channel: String,
+    /// Record kinds taken: `layer_summary`, `layer_verdict`, `data_quality`, `build_report`
+    /// update the build's state, `anomaly` is recorded and published.
+    #[serde(default = "redis_kinds")]
+    pub records: Vec<RecordKind>,
+    /// Flush (one MULTI/EXEC) at least this often, ms.
+    #[serde(default = "default_flush_ms")]
+    pub flush_ms: u64,
+}
+
+fn default_redis_prefix() -> String {
+    "meltstream".into()
+}
+
+fn default_redis_channel() -> String {
+    "meltstream:alerts".into()
+}
+
+fn redis_kinds() -> Vec<RecordKind> {
+    vec![RecordKind::LayerSummary, RecordKind::LayerVerdict, RecordKind::DataQuality, RecordKind::BuildReport, RecordKind::Anomaly]
+}
+
 /// A sink of the topology.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -194,6 +228,8 @@ pub enum SinkKind {
     Sqlite(SqliteSinkConfig),
     /// Kafka topic, transactional.
     Kafka(KafkaSinkConfig),
+    /// Redis: live state and an alert channel.
+    Redis(RedisSinkConfig),
 }
 
 impl SinkKind {
@@ -205,6 +241,7 @@ impl SinkKind {
             SinkKind::Postgres(c) => &c.records,
             SinkKind::Sqlite(c) => &c.records,
             SinkKind::Kafka(c) => &c.records,
+            SinkKind::Redis(c) => &c.records,
         }
     }
 }

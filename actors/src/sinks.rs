@@ -1,5 +1,5 @@
 //! Sinks: the sink actor, which batches records and acknowledges them once durable, and the
-//! writers it drives (file and null, PostgreSQL, SQLite, Kafka, Redis).
+//! writers it drives (file and null, PostgreSQL, SQLite, Kafka, Redis, webhook).
 //!
 //! A sink knows the tree only through the messages in `ports`; it never imports `tree/`.
 
@@ -7,6 +7,7 @@ pub mod file;
 pub mod kafka;
 pub mod postgres;
 pub mod redis;
+pub mod webhook;
 pub mod sink_actor;
 pub mod sqlite;
 pub mod writer;

@@ -41,6 +41,7 @@ fn flush_intervals(t: &Topology) -> Vec<(String, &'static str, u64)> {
             SinkKind::Sqlite(c) => (s.name.clone(), "sqlite", c.flush_ms),
             SinkKind::Kafka(c) => (s.name.clone(), "kafka", c.flush_ms),
             SinkKind::Redis(c) => (s.name.clone(), "redis", c.flush_ms),
+            SinkKind::Webhook(c) => (s.name.clone(), "webhook", c.flush_ms),
         })
         .collect()
 }

@@ -330,6 +330,15 @@ fn make_writer(t: &Topology, name: &str, kind: &SinkKind, board: &ProgressBoard)
             let w = crate::sinks::redis::RedisSink::new(name, config).map_err(|e| start_err(&format!("sink {name}"), e))?;
             (Box::new(w), c.flush_ms)
         }
+        SinkKind::Webhook(c) => {
+            let mut config = c.clone();
+            config.url = expand_env(&c.url);
+            for v in config.headers.values_mut() {
+                *v = expand_env(v);
+            }
+            let w = crate::sinks::webhook::WebhookSink::new(name, config).map_err(|e| start_err(&format!("sink {name}"), e))?;
+            (Box::new(w), c.flush_ms)
+        }
         SinkKind::Sqlite(c) => {
             let w = SqliteSink::new(name, &c.path, &c.pipeline).map_err(|e| start_err(&format!("sink {name}"), e))?;
             (Box::new(w), c.flush_ms)

@@ -15,7 +15,7 @@ use crate::topology::verdict_config::VerdictConfig;
 use crate::topology::engine_config::EngineConfig;
 use crate::topology::positions::{line_of, Positions};
 use crate::topology::rules_config::RuleConfig;
-use crate::topology::sinks::{FileSinkConfig, KafkaSinkConfig, PostgresSinkConfig, RecordKind, RedisSinkConfig, SinkConfig, SinkKind, SqliteSinkConfig};
+use crate::topology::sinks::{FileSinkConfig, KafkaSinkConfig, PostgresSinkConfig, RecordKind, RedisSinkConfig, SinkConfig, SinkKind, SqliteSinkConfig, WebhookSinkConfig};
 use crate::topology::sources::{FileSourceConfig, KafkaSourceConfig, R1Config, SimulatorConfig, SourceConfig, SourceKind};
 use crate::topology::windows_config::WindowsConfig;
 use crate::topology::errors::{ConfigError, ConfigErrors};
@@ -134,6 +134,7 @@ pub fn load(text: &str, file: &str, base_dir: &Path) -> Result<Topology, ConfigE
         match &mut s.kind {
             SinkKind::Postgres(p) if p.pipeline.is_empty() => p.pipeline = name.clone(),
             SinkKind::Sqlite(p) if p.pipeline.is_empty() => p.pipeline = name.clone(),
+            SinkKind::Webhook(w) if w.key_prefix.is_empty() => w.key_prefix = name.clone(),
             SinkKind::Kafka(k) if k.transactional_id.is_empty() => k.transactional_id = format!("meltstream-{name}-{}", s.name),
             _ => {}
         }
@@ -238,7 +239,7 @@ fn parse_source(c: &mut Checker<'_>, key: &str, mut t: toml::Table) -> Option<(S
 
 /// The sink registry: one arm per sink type.
 fn parse_sink(c: &mut Checker<'_>, key: &str, mut t: toml::Table) -> Option<(String, SinkConfig)> {
-    let (name, ty) = take_name_and_type(c, key, &mut t, &["file", "null", "postgres", "sqlite", "kafka", "redis"])?;
+    let (name, ty) = take_name_and_type(c, key, &mut t, &["file", "null", "postgres", "sqlite", "kafka", "redis", "webhook"])?;
     let v = toml::Value::Table(t);
     let kind = match ty.as_str() {
         "file" => {
@@ -305,6 +306,15 @@ fn parse_sink(c: &mut Checker<'_>, key: &str, mut t: toml::Table) -> Option<(Str
             }
             positive(c, &format!("{key}.flush_ms"), r.flush_ms);
             SinkKind::Redis(r)
+        }
+        "webhook" => {
+            let w: WebhookSinkConfig = c.de(key, v)?;
+            if !(w.url.starts_with("http://") || w.url.starts_with("https://") || w.url.starts_with("${")) {
+                c.err(&format!("{key}.url"), "expected an http:// or https:// URL");
+            }
+            positive(c, &format!("{key}.flush_ms"), w.flush_ms);
+            positive(c, &format!("{key}.timeout_ms"), w.timeout_ms);
+            SinkKind::Webhook(w)
         }
         _ => return None,
     };

@@ -214,6 +214,33 @@ fn redis_kinds() -> Vec<RecordKind> {
     vec![RecordKind::LayerSummary, RecordKind::LayerVerdict, RecordKind::DataQuality, RecordKind::BuildReport, RecordKind::Anomaly]
 }
 
+/// `type = "webhook"` sink: each record POSTed as JSON to a URL, with an idempotency key.
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSinkConfig {
+    /// Endpoint (`http://` or `https://`); `${VAR}` and `${VAR:-default}` are expanded.
+    pub url: String,
+    /// Extra request headers (values expanded like `url`), e.g. `Authorization`.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Record kinds posted.
+    #[serde(default = "alert_kinds")]
+    pub records: Vec<RecordKind>,
+    /// Prefix of the idempotency keys (default: the topology's name).
+    #[serde(default)]
+    pub key_prefix: String,
+    /// Timeout of one request, ms.
+    #[serde(default = "default_webhook_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Post at least this often, ms.
+    #[serde(default = "default_flush_ms")]
+    pub flush_ms: u64,
+}
+
+fn default_webhook_timeout_ms() -> u64 {
+    5_000
+}
+
 /// A sink of the topology.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -230,6 +257,8 @@ pub enum SinkKind {
     Kafka(KafkaSinkConfig),
     /// Redis: live state and an alert channel.
     Redis(RedisSinkConfig),
+    /// HTTP POST per record.
+    Webhook(WebhookSinkConfig),
 }
 
 impl SinkKind {
@@ -242,6 +271,7 @@ impl SinkKind {
             SinkKind::Sqlite(c) => &c.records,
             SinkKind::Kafka(c) => &c.records,
             SinkKind::Redis(c) => &c.records,
+            SinkKind::Webhook(c) => &c.records,
         }
     }
 }

@@ -1,11 +1,13 @@
 //! Sinks: the sink actor, which batches records and acknowledges them once durable, and the
-//! writers it drives (file and null, PostgreSQL, SQLite, Kafka).
+//! writers it drives (file and null, PostgreSQL, SQLite, Kafka); and the results store those
+//! sinks keep, read back and written by CT fusion and the batch commands (`results_store`).
 //!
 //! A sink knows the tree only through the messages in `ports`; it never imports `tree/`.
 
 pub mod file;
 pub mod kafka;
 pub mod postgres;
+pub mod results_store;
 pub mod sink_actor;
 pub mod sqlite;
 pub mod writer;

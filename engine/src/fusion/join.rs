@@ -109,6 +109,11 @@ pub struct Evidence {
 }
 
 impl Evidence {
+    /// Nothing stored for the build (no layer, alert, grid map or SPC signal).
+    pub fn is_empty(&self) -> bool {
+        self.anomalies.is_empty() && self.grids.is_empty() && self.spc.is_empty() && self.layer_tops_um.is_empty()
+    }
+
     /// Adds what a result record holds (anomalies, grids, SPC signals, layer tops).
     pub fn add(&mut self, r: &OutputRecord) {
         match r {

@@ -124,7 +124,7 @@ pub fn load(text: &str, file: &str, base_dir: &Path) -> Result<Topology, ConfigE
     for s in &mut sources {
         match &mut s.kind {
             SourceKind::Kafka(k) if k.group_id.is_empty() => k.group_id = format!("meltstream-{name}"),
-            SourceKind::Ct(k) if k.group_id.is_empty() => k.group_id = format!("meltstream-ct-{name}"),
+            SourceKind::Ct(k) if k.group_id.is_empty() && k.path.is_none() => k.group_id = format!("meltstream-ct-{name}"),
             _ => {}
         }
     }

@@ -27,7 +27,7 @@ use meltstream_engine::fusion::FusedDefect;
 use meltstream_engine::records::{DataQuality, LayerSummary, LayerVerdict};
 use meltstream_engine::topology::Topology;
 
-use crate::store::Store;
+use meltstream_actors::sinks::results_store::ResultsStore as Store;
 
 /// The channels whose statistics become columns (`<channel>_mean`, `_std_dev`, `_min`, `_max`, `_p50`).
 pub const CHANNELS: [&str; 4] = ["temperature_c", "photodiode_on_axis", "photodiode_off_axis", "laser_power_w"];
@@ -49,7 +49,7 @@ pub fn run(t: &Topology, out: &Path, build: Option<&str>, layers_per_file: u32) 
     };
     let layers_per_file = layers_per_file.max(1);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("runtime")?;
-    let builds: Vec<String> = store.builds(&rt).map_err(|e| anyhow::anyhow!(e))?.into_iter().filter(|b| build.is_none_or(|x| x == b)).collect();
+    let builds: Vec<String> = rt.block_on(store.builds()).map_err(|e| anyhow::anyhow!(e))?.into_iter().filter(|b| build.is_none_or(|x| x == b)).collect();
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut written = Vec::new();
     for b in &builds {
@@ -67,7 +67,7 @@ pub fn run(t: &Topology, out: &Path, build: Option<&str>, layers_per_file: u32) 
             produced.insert(name);
         }
         remove_others(&dir, &produced)?;
-        let fused: Vec<FusedDefect> = store.records(&rt, b, "fused_defects").map_err(|e| anyhow::anyhow!(e))?.iter().map(|j| serde_json::from_str(j)).collect::<Result<_, _>>().context("fused_defects.record")?;
+        let fused: Vec<FusedDefect> = rt.block_on(store.records(b, "fused_defects")).map_err(|e| anyhow::anyhow!(e))?.iter().map(|j| serde_json::from_str(j)).collect::<Result<_, _>>().context("fused_defects.record")?;
         let dir = out.join("fused_defects").join(format!("build_id={b}"));
         let mut produced = BTreeSet::new();
         if !fused.is_empty() {
@@ -93,7 +93,7 @@ struct Feature {
 }
 
 fn layer_features(store: &Store, rt: &tokio::runtime::Runtime, build: &str) -> anyhow::Result<Vec<Feature>> {
-    let parse = |table: &str| -> anyhow::Result<Vec<String>> { store.records(rt, build, table).map_err(|e| anyhow::anyhow!("{table}: {e}")) };
+    let parse = |table: &str| -> anyhow::Result<Vec<String>> { rt.block_on(store.records(build, table)).map_err(|e| anyhow::anyhow!("{table}: {e}")) };
     let mut latest: BTreeMap<(u32, u8), LayerSummary> = BTreeMap::new();
     for j in parse("layer_summaries")? {
         let s: LayerSummary = serde_json::from_str(&j).context("layer_summaries.record")?;
@@ -112,7 +112,7 @@ fn layer_features(store: &Store, rt: &tokio::runtime::Runtime, build: &str) -> a
         quality.insert(q.layer, q);
     }
     let mut spc: BTreeMap<(u32, u8), Vec<String>> = BTreeMap::new();
-    for (layer, laser, chart, rule) in store.spc_rows(rt, build).map_err(|e| anyhow::anyhow!(e))? {
+    for (layer, laser, chart, rule) in rt.block_on(store.spc_rows(build)).map_err(|e| anyhow::anyhow!(e))? {
         spc.entry((layer, laser)).or_default().push(format!("{chart}:{rule}"));
     }
     Ok(latest

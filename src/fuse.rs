@@ -3,7 +3,8 @@
 //! build's in-situ evidence from the topology's results store (its first PostgreSQL or SQLite
 //! sink), joins
 //! them (`meltstream_engine::fusion`, parameters from `[fusion]`), replaces the build's
-//! `fused_defects` and `fusion_summaries` rows in one transaction, and prints the summary.
+//! `fused_defects` and `fusion_summaries` rows in one transaction (`ResultsStore::fuse_build`,
+//! which the streaming `ct` source calls too), and prints the summary.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -12,10 +13,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use meltstream_engine::fusion::ct::{read_list, CtDefect};
-use meltstream_engine::fusion::{fuse, FusionSummary};
+use meltstream_engine::fusion::FusionSummary;
 use meltstream_engine::topology::Topology;
 
-use crate::store::Store;
+use meltstream_actors::sinks::results_store::ResultsStore as Store;
 
 /// Fuses the CT list `ct` with the results of `t`; only `build` when given.
 pub fn run(t: &Topology, ct: &Path, build: Option<&str>, out: Option<&PathBuf>) -> anyhow::Result<Vec<FusionSummary>> {
@@ -60,9 +61,7 @@ fn fuse_with(t: &Topology, store: &Store, defects: &[CtDefect], build: Option<&s
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("runtime")?;
     let mut summaries = Vec::new();
     for b in builds {
-        let ev = store.read(&rt, b).map_err(|e| anyhow::anyhow!("build {b}: {e}"))?;
-        let (fused, summary) = fuse(b, defects, &ev, &t.fusion_params(b));
-        store.write(&rt, b, &fused, &summary).map_err(|e| anyhow::anyhow!("build {b}: {e}"))?;
+        let (fused, summary) = rt.block_on(store.fuse_build(b, defects, &t.fusion_params(b))).map_err(|e| anyhow::anyhow!("build {b}: {e}"))?;
         if let Some(w) = w.as_mut() {
             for f in &fused {
                 writeln!(w, "{}", serde_json::json!({"kind": "fused_defect", "build_id": b, "fused": f}))?;

@@ -8,7 +8,6 @@ mod fuse;
 mod reset;
 mod score;
 mod simulate;
-mod store;
 mod summary;
 
 use std::path::PathBuf;

@@ -1,5 +1,7 @@
 //! Sinks: the sink actor, which batches records and acknowledges them once durable, and the
-//! writers it drives (file and null, PostgreSQL, SQLite, Kafka, Redis, webhook).
+//! writers it drives (file and null, PostgreSQL, SQLite, Kafka, Redis, webhook); and the results
+//! store those sinks keep, read back and written by CT fusion and the batch commands
+//! (`results_store`).
 //!
 //! A sink knows the tree only through the messages in `ports`; it never imports `tree/`.
 
@@ -7,6 +9,7 @@ pub mod file;
 pub mod kafka;
 pub mod postgres;
 pub mod redis;
+pub mod results_store;
 pub mod webhook;
 pub mod sink_actor;
 pub mod sqlite;

@@ -3,6 +3,7 @@
 //!
 //! A source knows the tree only through the messages in `ports`; it never imports `tree/`.
 
+pub mod ct;
 pub mod file;
 pub mod kafka;
 pub mod simulator;

@@ -30,6 +30,8 @@ use crate::sinks::postgres::PgSink;
 use crate::sinks::sink_actor::{read_stored_progress, SinkActor, SinkArgs};
 use crate::sinks::sqlite::SqliteSink;
 use crate::sinks::writer::BoxedWriter;
+use crate::sinks::results_store::ResultsStore;
+use crate::sources::ct::{CtInput, CtSource, CtSourceArgs, CtSourceMsg};
 use crate::sources::file::{FileSource, FileSourceArgs, FileSourceMsg};
 use crate::sources::kafka::{KafkaSource, KafkaSourceArgs, KafkaSourceMsg};
 use crate::sources::simulator::{GeneratorConfig, SimulatorArgs, SimulatorMsg, SimulatorSource};
@@ -174,7 +176,8 @@ impl EngineBuilder {
         // Where each Kafka partition resumes, and with what replay state, is read again when the
         // group assigns it (see `sources/kafka/rebalance.rs`).
         let replayable = t.sources.iter().any(|s| matches!(s.kind, SourceKind::Kafka(_)));
-        let all_replayable = t.sources.iter().all(|s| matches!(s.kind, SourceKind::Kafka(_)));
+        // A ct source reads its whole input again on every start, and its fusions replace.
+        let all_replayable = t.sources.iter().all(|s| matches!(s.kind, SourceKind::Kafka(_) | SourceKind::Ct(_)));
         let crashed = Arc::new(AtomicBool::new(false));
         let sup_args = SupervisorArgs {
             sources: t.sources.len(),
@@ -274,7 +277,7 @@ impl EngineBuilder {
                     let config = match &s.kind {
                         SourceKind::Simulator(c) => GeneratorConfig::Simulator(c.clone()),
                         SourceKind::R1(c) => GeneratorConfig::R1(c.clone()),
-                        SourceKind::File(_) | SourceKind::Kafka(_) => unreachable!("matched above"),
+                        SourceKind::File(_) | SourceKind::Kafka(_) | SourceKind::Ct(_) => unreachable!("matched above"),
                     };
                     let (a, _) = Actor::spawn_linked(name, SimulatorSource, SimulatorArgs { ctx, config }, sup_cell.clone())
                         .await
@@ -305,6 +308,23 @@ impl EngineBuilder {
                     let (a, _) = Actor::spawn_linked(name, KafkaSource, args, sup_cell.clone()).await.map_err(|e| start_err(&format!("source {}", s.name), e))?;
                     let a2 = a.clone();
                     sources.push((a.get_cell(), Box::new(move || drop(a2.cast(KafkaSourceMsg::Stop)))));
+                }
+                SourceKind::Ct(c) => {
+                    let Some(store) = ResultsStore::of(t) else {
+                        return Err(start_err(&format!("source {}", s.name), "a ct source needs a postgres or sqlite sink (its results store)"));
+                    };
+                    let input = match &c.path {
+                        Some(p) => CtInput::File(if p.is_absolute() { p.clone() } else { t.base_dir.join(p) }),
+                        None => {
+                            let mut config = c.clone();
+                            config.brokers = c.brokers.as_deref().map(expand_env);
+                            CtInput::Kafka(config)
+                        }
+                    };
+                    let args = CtSourceArgs { ctx, input, store, params: t.fusion.clone(), build_info_dir: t.build_info.dir.as_ref().map(|d| t.base_dir.join(d)) };
+                    let (a, _) = Actor::spawn_linked(name, CtSource, args, sup_cell.clone()).await.map_err(|e| start_err(&format!("source {}", s.name), e))?;
+                    let a2 = a.clone();
+                    sources.push((a.get_cell(), Box::new(move || drop(a2.cast(CtSourceMsg::Stop)))));
                 }
             }
         }

@@ -139,32 +139,52 @@ impl CsvHeader {
     }
 }
 
-/// Reads a defect list: CSV when its first line is a header starting with a field name, JSON
-/// lines otherwise. Bad rows are returned apart (line number from 1, error), never fatal.
+/// The fields of a CSV defect list in the order `write_csv` writes them: the columns of a CSV
+/// row that comes without a header (a Kafka message).
+pub const CSV_FIELDS: &str = "build_id,defect_id,x_mm,y_mm,z_mm,volume_mm3,diameter_um,type,confidence";
+
+/// The one decoder of CT records, for a file's lines and a topic's messages alike: a JSON
+/// object, a CSV header (a row naming `build_id` and `defect_id`; the rows after it follow its
+/// order), or a CSV row (in the last header's order, [`CSV_FIELDS`] before any header).
+#[derive(Clone, Debug, Default)]
+pub struct CtDecoder {
+    header: Option<CsvHeader>,
+}
+
+impl CtDecoder {
+    /// One line or message: a defect, nothing (blank, or a header), or why it is malformed.
+    pub fn decode(&mut self, bytes: &[u8]) -> Result<Option<CtDefect>, String> {
+        let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8: {e}"))?.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        if text.starts_with('{') {
+            return parse_json(text.as_bytes()).map(Some);
+        }
+        let cells: Vec<&str> = text.split(',').map(str::trim).collect();
+        if cells.contains(&"build_id") && cells.contains(&"defect_id") {
+            self.header = Some(CsvHeader::parse(text)?);
+            return Ok(None);
+        }
+        match &self.header {
+            Some(h) => h.parse_row(text).map(Some),
+            None => CsvHeader::parse(CSV_FIELDS)?.parse_row(text).map(Some),
+        }
+    }
+}
+
+/// Reads a defect list (JSON lines, or CSV with a header row; see [`CtDecoder`]). Bad rows are
+/// returned apart (line number from 1, error), never fatal.
 pub fn read_list(text: &str) -> (Vec<CtDefect>, Vec<(usize, String)>) {
     let mut good = Vec::new();
     let mut bad = Vec::new();
-    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
-    let Some((i0, first)) = lines.next() else { return (good, bad) };
-    if first.trim_start().starts_with('{') {
-        for (i, l) in std::iter::once((i0, first)).chain(lines) {
-            match parse_json(l.as_bytes()) {
-                Ok(d) => good.push(d),
-                Err(e) => bad.push((i + 1, e)),
-            }
+    let mut decoder = CtDecoder::default();
+    for (i, l) in text.lines().enumerate() {
+        match decoder.decode(l.as_bytes()) {
+            Ok(Some(d)) => good.push(d),
+            Ok(None) => {}
+            Err(e) => bad.push((i + 1, e)),
         }
-        return (good, bad);
-    }
-    match CsvHeader::parse(first) {
-        Ok(h) => {
-            for (i, l) in lines {
-                match h.parse_row(l) {
-                    Ok(d) => good.push(d),
-                    Err(e) => bad.push((i + 1, e)),
-                }
-            }
-        }
-        Err(e) => bad.push((i0 + 1, e)),
     }
     (good, bad)
 }
@@ -172,7 +192,8 @@ pub fn read_list(text: &str) -> (Vec<CtDefect>, Vec<(usize, String)>) {
 /// Writes defects as CSV with a header (the fields of [`CtDefect`]).
 pub fn write_csv(defects: &[CtDefect], out: &mut String) {
     use std::fmt::Write;
-    out.push_str("build_id,defect_id,x_mm,y_mm,z_mm,volume_mm3,diameter_um,type,confidence\n");
+    out.push_str(CSV_FIELDS);
+    out.push('\n');
     let opt = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
     for d in defects {
         let _ = writeln!(out, "{},{},{},{},{},{},{},{},{}", d.build_id, d.defect_id, d.x_mm, d.y_mm, d.z_mm, opt(d.volume_mm3), opt(d.diameter_um), d.defect_type.name(), opt(d.confidence));
@@ -205,5 +226,18 @@ mod tests {
         assert_eq!(lines, vec![3, 4, 5], "{bad:?}");
         assert!(bad[0].1.contains("x_mm") && bad[1].1.contains("diameter_um") && bad[2].1.contains("void"), "{bad:?}");
         assert!(read_list("{\"build_id\":1}\n").1[0].1.contains("build_id"));
+    }
+
+    #[test]
+    fn messages_decode_as_json_or_csv_rows_with_or_without_a_header() {
+        let mut dec = CtDecoder::default();
+        let row = dec.decode(b"b,7,1,2,0.5,,120,crack,0.9").expect("row").expect("a defect");
+        assert_eq!((row.defect_id.as_str(), row.diameter_um, row.confidence), ("7", Some(120.0), Some(0.9)));
+        assert_eq!(dec.decode(b"type,defect_id,build_id,x_mm,y_mm,z_mm,diameter_um").expect("header"), None);
+        let row = dec.decode(b"keyhole,8,b,1,2,0.5,80").expect("row").expect("a defect");
+        assert_eq!((row.defect_id.as_str(), row.defect_type), ("8", DefectType::Keyhole));
+        assert!(dec.decode(b"\xff\xfe").is_err());
+        assert!(dec.decode(b"{\"build_id\":\"b\"}").is_err());
+        assert_eq!(dec.decode(b"  ").expect("blank"), None);
     }
 }

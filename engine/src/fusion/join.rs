@@ -49,6 +49,18 @@ pub struct FusionParams {
     pub ct_list: Option<String>,
 }
 
+impl FusionParams {
+    /// These parameters for `build`: with the layer thickness of its description in
+    /// `build_info_dir` (`[build_info] dir`), when there is one and it gives one.
+    pub fn for_build(&self, build_info_dir: Option<&std::path::Path>, build: &str) -> FusionParams {
+        let mut p = self.clone();
+        if let Some(t) = build_info_dir.and_then(|d| crate::input::build_info::load(d, build).ok().flatten()).and_then(|i| i.layer_thickness_um) {
+            p.thickness_um = t;
+        }
+        p
+    }
+}
+
 impl Default for FusionParams {
     fn default() -> Self {
         FusionParams { layers_k: 1, tolerance_mm: 1.0, cell_z: 4.0, min_diameter_um: 50.0, thickness_um: 30.0, z0_mm: 0.0, ct_list: None }
@@ -109,6 +121,11 @@ pub struct Evidence {
 }
 
 impl Evidence {
+    /// Nothing stored for the build (no layer, alert, grid map or SPC signal).
+    pub fn is_empty(&self) -> bool {
+        self.anomalies.is_empty() && self.grids.is_empty() && self.spc.is_empty() && self.layer_tops_um.is_empty()
+    }
+
     /// Adds what a result record holds (anomalies, grids, SPC signals, layer tops).
     pub fn add(&mut self, r: &OutputRecord) {
         match r {

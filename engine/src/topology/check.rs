@@ -17,7 +17,7 @@ use crate::topology::sinks::{RecordKind, SinkConfig, SinkKind};
 use crate::fusion::FusionParams;
 use crate::topology::verdict_config::VerdictConfig;
 use crate::topology::spc_config::{SpcBaselineKind, SpcChartKind, SpcConfig, SpcStatistic, ENERGY_DENSITY_CHANNEL};
-use crate::topology::sources::{SimulatorConfig, SourceConfig, SourceKind};
+use crate::topology::sources::{CtSourceConfig, SimulatorConfig, SourceConfig, SourceKind};
 use crate::topology::windows_config::{TimeWindowKind, WindowsConfig};
 use crate::topology::errors::ConfigError;
 
@@ -150,6 +150,28 @@ pub(super) fn rule_channel_problem(ch: &str) -> Option<String> {
 fn channel_expected(got: &str) -> String {
     let names: Vec<&str> = Channel::ALL.iter().map(|c| c.name()).collect();
     format!("unknown channel {got:?}, expected one of: {}", names.join(", "))
+}
+
+/// A `ct` source reads a file or a topic, never both.
+pub(super) fn check_ct_source(c: &mut Checker<'_>, key: &str, s: &CtSourceConfig) {
+    let kafka = s.brokers.is_some() || s.topic.is_some();
+    match (&s.path, kafka) {
+        (Some(_), true) => c.err(key, "expected either `path` (a CT list file) or `brokers` and `topic` (a Kafka topic), not both"),
+        (None, false) => c.err(key, "expected `path` (a CT list file, JSON lines or CSV) or `brokers` and `topic` (a Kafka topic)"),
+        (Some(p), false) if p.as_os_str().is_empty() => c.err(&format!("{key}.path"), "expected a file path"),
+        _ => {}
+    }
+    if kafka {
+        if s.brokers.as_deref().is_none_or(|b| b.trim().is_empty()) {
+            c.err(&format!("{key}.brokers"), "expected `host:port[,host:port...]` (a Kafka ct source needs `brokers` and `topic`)");
+        }
+        if s.topic.as_deref().is_none_or(str::is_empty) {
+            c.err(&format!("{key}.topic"), "expected a non-empty topic name (a Kafka ct source needs `brokers` and `topic`)");
+        }
+        positive(c, &format!("{key}.quiet_ms"), s.quiet_ms);
+    } else if s.stop_at_end || !s.properties.is_empty() || !s.group_id.is_empty() {
+        c.err(key, "`group_id`, `stop_at_end` and `properties` apply to a Kafka ct source only (a file ends at its end)");
+    }
 }
 
 pub(super) fn check_simulator(c: &mut Checker<'_>, key: &str, s: &SimulatorConfig) {

@@ -48,11 +48,7 @@ impl Topology {
     /// description when it gives one (a description that cannot be read gives nothing here;
     /// the engine logged it when the build ran).
     pub fn fusion_params(&self, build: &str) -> FusionParams {
-        let mut p = self.fusion.clone();
-        if let Ok(Some(t)) = self.build_info(build).map(|i| i.and_then(|i| i.layer_thickness_um)) {
-            p.thickness_um = t;
-        }
-        p
+        self.fusion.for_build(self.build_info.dir.as_ref().map(|d| self.base_dir.join(d)).as_deref(), build)
     }
 
     /// The description of `build` (`[build_info] dir`), if the topology has a directory and it

@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::topology::build_info_config::BuildInfoConfig;
-use crate::topology::check::{check_build_info, check_engine, check_graph, check_simulator, check_spc, check_fusion, check_verdict, check_windows, positive, Checker};
+use crate::topology::check::{check_build_info, check_ct_source, check_engine, check_graph, check_simulator, check_spc, check_fusion, check_verdict, check_windows, positive, Checker};
 use crate::topology::spc_config::SpcConfig;
 use crate::fusion::FusionParams;
 use crate::topology::verdict_config::VerdictConfig;
@@ -16,7 +16,7 @@ use crate::topology::engine_config::EngineConfig;
 use crate::topology::positions::{line_of, Positions};
 use crate::topology::rules_config::RuleConfig;
 use crate::topology::sinks::{FileSinkConfig, KafkaSinkConfig, PostgresSinkConfig, RecordKind, RedisSinkConfig, SinkConfig, SinkKind, SqliteSinkConfig, WebhookSinkConfig};
-use crate::topology::sources::{FileSourceConfig, KafkaSourceConfig, R1Config, SimulatorConfig, SourceConfig, SourceKind};
+use crate::topology::sources::{CtSourceConfig, FileSourceConfig, KafkaSourceConfig, R1Config, SimulatorConfig, SourceConfig, SourceKind};
 use crate::topology::windows_config::WindowsConfig;
 use crate::topology::errors::{ConfigError, ConfigErrors};
 use crate::topology::graph::Topology;
@@ -109,6 +109,11 @@ pub fn load(text: &str, file: &str, base_dir: &Path) -> Result<Topology, ConfigE
         c.err("sinks", "a topology needs at least one [[sinks]] entry");
     }
     check_graph(&mut c, &engine, &sources, &sinks, &rules);
+    if let Some((key, _)) = sources.iter().find(|(_, s)| matches!(s.kind, SourceKind::Ct(_))) {
+        if !sinks.iter().any(|(_, s)| matches!(s.kind, SinkKind::Postgres(_) | SinkKind::Sqlite(_))) {
+            c.err(&format!("{key}.type"), "a ct source reads the builds' evidence from, and writes its fusion results to, a results store: add a postgres or sqlite sink");
+        }
+    }
     if let Some(list) = &fusion.ct_list {
         if !sinks.iter().any(|(_, s)| matches!(s.kind, SinkKind::Postgres(_) | SinkKind::Sqlite(_))) {
             c.err("fusion.ct_list", "fusion reads the results back from where they are durable: add a postgres or sqlite sink");
@@ -123,10 +128,10 @@ pub fn load(text: &str, file: &str, base_dir: &Path) -> Result<Topology, ConfigE
     }
     let mut sources: Vec<SourceConfig> = sources.into_iter().map(|(_, s)| s).collect();
     for s in &mut sources {
-        if let SourceKind::Kafka(k) = &mut s.kind {
-            if k.group_id.is_empty() {
-                k.group_id = format!("meltstream-{name}");
-            }
+        match &mut s.kind {
+            SourceKind::Kafka(k) if k.group_id.is_empty() => k.group_id = format!("meltstream-{name}"),
+            SourceKind::Ct(k) if k.group_id.is_empty() && k.path.is_none() => k.group_id = format!("meltstream-ct-{name}"),
+            _ => {}
         }
     }
     let mut sinks: Vec<SinkConfig> = sinks.into_iter().map(|(_, s)| s).collect();
@@ -195,7 +200,7 @@ fn take_name_and_type(c: &mut Checker<'_>, key: &str, t: &mut toml::Table, types
 
 /// The source registry: one arm per source type.
 fn parse_source(c: &mut Checker<'_>, key: &str, mut t: toml::Table) -> Option<(String, SourceConfig)> {
-    let (name, ty) = take_name_and_type(c, key, &mut t, &["simulator", "file", "r1", "kafka"])?;
+    let (name, ty) = take_name_and_type(c, key, &mut t, &["simulator", "file", "r1", "kafka", "ct"])?;
     let v = toml::Value::Table(t);
     let kind = match ty.as_str() {
         "simulator" => {
@@ -231,6 +236,11 @@ fn parse_source(c: &mut Checker<'_>, key: &str, mut t: toml::Table) -> Option<(S
             positive(c, &format!("{key}.linger_ms"), k.linger_ms);
             positive(c, &format!("{key}.prefetch_kib"), k.prefetch_kib);
             SourceKind::Kafka(k)
+        }
+        "ct" => {
+            let ct: CtSourceConfig = c.de(key, v)?;
+            check_ct_source(c, key, &ct);
+            SourceKind::Ct(ct)
         }
         _ => return None,
     };

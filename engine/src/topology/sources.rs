@@ -1,4 +1,4 @@
-//! `[[sources]]`: the config struct of each source type (simulator, file, R1, Kafka) with their
+//! `[[sources]]`: the config struct of each source type (simulator, file, R1, Kafka, CT) with their
 //! defaults, and [`SourceKind`], the tagged set of them. Plain serde structs; which `type` picks
 //! which struct is the registry in `load`, and their bounds are checked in `check`.
 
@@ -161,6 +161,42 @@ fn default_prefetch_kib() -> u64 {
     16 * 1024
 }
 
+/// `type = "ct"`: CT defect lists, fused with the stored in-situ evidence as they arrive (the
+/// streaming form of `meltstream fuse`). Exactly one of `path` (a file) and `brokers` + `topic`
+/// (a Kafka topic, read from its beginning on every start) is set.
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CtSourceConfig {
+    /// A CT defect list, JSON lines or CSV with a header (relative paths are relative to the
+    /// topology file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// Bootstrap servers (`host:port,...`); `${VAR}` and `${VAR:-default}` are expanded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brokers: Option<String>,
+    /// The topic (one JSON object or one CSV row per message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// Consumer group id librdkafka is given (offsets are never committed: the topic is read
+    /// from its beginning on every start). Default: `meltstream-ct-<topology name>`.
+    #[serde(default)]
+    pub group_id: String,
+    /// Kafka: a build whose defects changed is fused once the topic is read to its end, or after
+    /// this long without a message, ms.
+    #[serde(default = "default_ct_quiet_ms")]
+    pub quiet_ms: u64,
+    /// Kafka: end once the topic is read to its end (and its builds fused), like a file.
+    #[serde(default)]
+    pub stop_at_end: bool,
+    /// Extra librdkafka properties (security, timeouts).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_ct_quiet_ms() -> u64 {
+    1_000
+}
+
 /// A source of the topology.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -173,6 +209,8 @@ pub enum SourceKind {
     File(FileSourceConfig),
     /// Kafka consumer.
     Kafka(KafkaSourceConfig),
+    /// CT defect lists, fused as they arrive.
+    Ct(CtSourceConfig),
 }
 
 /// A named source.

@@ -120,6 +120,7 @@ fn records() -> Vec<Emitted> {
         channel: "photodiode_on_axis".into(),
         statistic: "mean".into(),
         laser: 3,
+        cell: None,
         layer: 45,
         time: "2024-01-15T10:30:00.123456Z".into(),
         time_ns: T0,

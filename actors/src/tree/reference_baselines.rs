@@ -17,14 +17,23 @@ use meltstream_engine::pipeline::build_pipeline::BuildSettings;
 use meltstream_engine::topology::{expand_env, SinkKind, Topology};
 
 use crate::sinks::{postgres, sqlite, StoredBaseline};
-use crate::tree::engine_builder::EngineError;
+
+/// Why a chart's reference baselines cannot be had: the engine does not start.
+#[derive(Debug, thiserror::Error)]
+#[error("SPC chart {chart:?}: {message}")]
+pub(crate) struct ReferenceError {
+    /// The chart.
+    pub(crate) chart: String,
+    /// What is missing or wrong.
+    pub(crate) message: String,
+}
 
 /// Fixes the reference baselines of every chart of `settings` that names a reference build.
-pub(crate) async fn fix_reference_baselines(t: &Topology, settings: &mut BuildSettings) -> Result<(), EngineError> {
+pub(crate) async fn fix_reference_baselines(t: &Topology, settings: &mut BuildSettings) -> Result<(), ReferenceError> {
     let cell_mm = settings.grid.cell_mm;
     for spec in settings.spc.iter_mut() {
         let Some(build) = spec.reference_build.clone() else { continue };
-        let fail = |message: String| EngineError::Start { what: format!("SPC chart {:?}", spec.name), message };
+        let fail = |message: String| ReferenceError { chart: spec.name.clone(), message };
         let Some(sink) = t.sinks.iter().find(|s| matches!(s.kind, SinkKind::Postgres(_) | SinkKind::Sqlite(_))) else {
             return Err(fail("baseline = \"reference\" needs a postgres or sqlite sink to read the reference build's baselines from".into()));
         };

@@ -236,6 +236,7 @@ async fn records_and_progress_are_written_once_and_read_back() {
             ("layer_summaries", 1),
             ("layer_verdicts", 1),
             ("progress", 2),
+            ("spc_baselines", 0),
             ("spc_signals", 1),
             ("window_results", 1),
         ]);

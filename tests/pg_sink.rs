@@ -126,6 +126,7 @@ fn records() -> Vec<Emitted> {
         channel: "photodiode_on_axis".into(),
         statistic: "mean".into(),
         laser: 3,
+        cell: None,
         layer: 45,
         time: "2024-01-15T10:30:00.123456Z".into(),
         time_ns: T0,
@@ -237,6 +238,7 @@ async fn records_and_progress_are_written_once_and_read_back() {
             ("layer_summaries", 1),
             ("layer_verdicts", 1),
             ("progress", 2),
+            ("spc_baselines", 0),
             ("spc_signals", 1),
             ("window_results", 1),
         ]);

@@ -120,6 +120,7 @@ fn records() -> Vec<Emitted> {
         channel: "photodiode_on_axis".into(),
         statistic: "mean".into(),
         laser: 3,
+        cell: None,
         layer: 45,
         time: "2024-01-15T10:30:00.123456Z".into(),
         time_ns: T0,
@@ -264,6 +265,7 @@ async fn records_and_progress_are_written_once_and_read_back() {
         ("layer_summaries", 1),
         ("layer_verdicts", 1),
         ("progress", 2),
+        ("spc_baselines", 0),
         ("spc_signals", 1),
         ("window_results", 1),
     ]);
@@ -359,7 +361,7 @@ async fn records_and_progress_are_written_once_and_read_back() {
         vec![vec![text("2024-01-15T10:30:00.123456Z"), Value::Integer(T0), Value::Integer(46), Value::Integer(45), Value::Integer(1), Value::Integer(0), Value::Integer(138)]]
     );
     assert_eq!(query(&path, "PRAGMA journal_mode"), vec![vec![text("wal")]]);
-    assert_eq!(query(&path, "SELECT version FROM schema_version"), vec![vec![Value::Integer(1)], vec![Value::Integer(2)], vec![Value::Integer(3)]]);
+    assert_eq!(query(&path, "SELECT version FROM schema_version"), vec![vec![Value::Integer(1)], vec![Value::Integer(2)], vec![Value::Integer(3)], vec![Value::Integer(4)]]);
 
     // Another pipeline in the same file is kept apart, and reset empties only its own rows.
     let (mut other, progress) = reopen("sq-other", &path, "other").await;

@@ -25,7 +25,7 @@ impl LatencyKind {
     /// The latency kind of a record.
     pub fn of(r: &OutputRecord) -> LatencyKind {
         match r {
-            OutputRecord::LayerSummary(_) | OutputRecord::Grid(_) | OutputRecord::Window(_) | OutputRecord::SpcSignal(_) | OutputRecord::LayerVerdict(_) | OutputRecord::BuildReport(_) | OutputRecord::DataQuality(_) => {
+            OutputRecord::LayerSummary(_) | OutputRecord::Grid(_) | OutputRecord::Window(_) | OutputRecord::SpcSignal(_) | OutputRecord::LayerVerdict(_) | OutputRecord::BuildReport(_) | OutputRecord::DataQuality(_) | OutputRecord::SpcBaseline(_) => {
                 LatencyKind::WindowClose
             }
             OutputRecord::Anomaly(_) => LatencyKind::Alert,

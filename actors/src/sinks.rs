@@ -17,7 +17,7 @@ pub mod writer;
 
 /// Every table holding rows of a pipeline in a results store (PostgreSQL and SQLite alike), in
 /// the order `meltstream reset` empties them.
-pub(crate) const PIPELINE_TABLES: [&str; 13] = [
+pub(crate) const PIPELINE_TABLES: [&str; 14] = [
     "layer_summaries",
     "grid_maps",
     "window_results",
@@ -28,7 +28,24 @@ pub(crate) const PIPELINE_TABLES: [&str; 13] = [
     "layer_verdicts",
     "build_reports",
     "data_quality",
+    "spc_baselines",
     "fused_defects",
     "fusion_summaries",
     "progress",
 ];
+
+/// A phase I baseline as a results store holds it (table `spc_baselines`), read back for a
+/// chart with `baseline = "reference"`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredBaseline {
+    /// Laser (0 for a cell chart).
+    pub laser: u8,
+    /// Cell index, for a cell chart.
+    pub cell: Option<u32>,
+    /// Cell edge, mm, for a cell chart.
+    pub cell_mm: Option<f64>,
+    /// Centre.
+    pub centre: f64,
+    /// Sigma.
+    pub sigma: f64,
+}

@@ -9,6 +9,7 @@ pub mod build_queue;
 pub mod commit_coordinator;
 pub mod engine_builder;
 pub mod outputs;
+mod reference_baselines;
 pub mod router;
 pub mod supervisor;
 pub mod watermark_coordinator;

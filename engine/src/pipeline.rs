@@ -17,6 +17,8 @@ pub mod operator;
 pub mod spc_charts;
 #[cfg(test)]
 mod replay_tests;
+#[cfg(test)]
+mod spc_cells_tests;
 pub mod threshold_rules;
 pub mod time_windows;
 pub mod verdicts;

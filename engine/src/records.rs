@@ -12,6 +12,9 @@ use crate::offset_ledger::HoldSet;
 use crate::analytics::stats::ChannelSummary;
 use crate::topology::sinks::RecordKind;
 
+mod spc_records;
+pub use spc_records::{SpcBaseline, SpcCell, SpcSignal};
+
 /// Statistics of one layer and one laser.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LayerSummary {
@@ -202,50 +205,6 @@ pub struct LateRecord {
     pub watermark_ns: i64,
 }
 
-/// An out-of-control point of a statistical process control chart (`[[spc]]`) on a per-layer
-/// statistic.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SpcSignal {
-    /// Build.
-    pub build_id: String,
-    /// The chart's name in the topology.
-    pub spc: String,
-    /// `shewhart`, `ewma` or `cusum`.
-    pub chart: String,
-    /// Channel charted (`energy_density_j_mm3` for energy density).
-    pub channel: String,
-    /// Statistic charted: `mean`, `std_dev` or `value`.
-    pub statistic: String,
-    /// Laser.
-    pub laser: u8,
-    /// The layer whose point signalled.
-    pub layer: u32,
-    /// End of that layer's window.
-    pub time: String,
-    /// Same, ns.
-    pub time_ns: i64,
-    /// The test that signalled (`we1_beyond_3_sigma`, `we2_2_of_3_beyond_2_sigma`,
-    /// `we3_4_of_5_beyond_1_sigma`, `we4_8_on_one_side`, `ewma`, `cusum_upper`, `cusum_lower`).
-    pub rule: String,
-    /// The layer's value of the statistic.
-    pub value: f64,
-    /// What the test judged: the value (Shewhart), the EWMA statistic z, or the CUSUM sum.
-    pub charted: f64,
-    /// The chart's centre line μ₀ (for CUSUM, whose sums are judged against `lower` and
-    /// `upper`, the centre of the statistic).
-    pub centre: f64,
-    /// Lower limit of the test's zone.
-    pub lower: f64,
-    /// Upper limit of the test's zone.
-    pub upper: f64,
-    /// Phase I centre of the statistic.
-    pub baseline_centre: f64,
-    /// Phase I sigma of the statistic.
-    pub baseline_sigma: f64,
-    /// The layers whose points make the pattern, oldest first.
-    pub layers: Vec<u32>,
-}
-
 /// The verdict on one closed layer of a build (all lasers).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LayerVerdict {
@@ -404,6 +363,8 @@ pub enum OutputRecord {
     Late(LateRecord),
     /// SPC out-of-control point.
     SpcSignal(SpcSignal),
+    /// The phase I baseline of an SPC chart, once estimated.
+    SpcBaseline(SpcBaseline),
     /// Verdict on a closed layer.
     LayerVerdict(LayerVerdict),
     /// Summary of an ended build.
@@ -423,6 +384,7 @@ impl OutputRecord {
             OutputRecord::DeadLetter(_) => RecordKind::DeadLetter,
             OutputRecord::Late(_) => RecordKind::Late,
             OutputRecord::SpcSignal(_) => RecordKind::SpcSignal,
+            OutputRecord::SpcBaseline(_) => RecordKind::SpcBaseline,
             OutputRecord::LayerVerdict(_) => RecordKind::LayerVerdict,
             OutputRecord::BuildReport(_) => RecordKind::BuildReport,
             OutputRecord::DataQuality(_) => RecordKind::DataQuality,
@@ -435,7 +397,8 @@ impl OutputRecord {
         match self {
             OutputRecord::Grid(g) => 64 + g.cells.len() * std::mem::size_of::<GridCell>(),
             OutputRecord::DeadLetter(d) => 128 + d.raw_prefix.len() + d.reason.len(),
-            OutputRecord::SpcSignal(s) => 192 + s.layers.len() * 4,
+            OutputRecord::SpcSignal(s) => 224 + s.layers.len() * 4,
+            OutputRecord::SpcBaseline(_) => 192,
             OutputRecord::LayerVerdict(v) => 192 + v.reasons.iter().map(|r| r.len() + 24).sum::<usize>() + 48 * (v.rule_hits.len() + v.spc_signals.len()),
             OutputRecord::BuildReport(r) => 512 + 96 * r.worst_layers.len() + 64 * (r.rule_hits.len() + r.spc_signals.len() + r.energy_density_by_style_j_mm3.len()),
             OutputRecord::DataQuality(q) => 192 + 128 * q.lasers.len(),
@@ -452,7 +415,14 @@ impl OutputRecord {
             OutputRecord::Anomaly(a) => format!("anomaly/{}/{}/{:?}/{}", a.build_id, a.rule, a.laser, a.time_ns),
             OutputRecord::DeadLetter(d) => format!("dead_letter/{}/{}/{}", d.source, d.input, d.offset),
             OutputRecord::Late(l) => format!("late/{}/{}/{}", l.build_id, l.offset, l.t0_ns),
-            OutputRecord::SpcSignal(s) => format!("spc_signal/{}/{}/{}/{}/{}", s.build_id, s.spc, s.laser, s.layer, s.rule),
+            OutputRecord::SpcSignal(s) => match &s.cell {
+                None => format!("spc_signal/{}/{}/{}/{}/{}", s.build_id, s.spc, s.laser, s.layer, s.rule),
+                Some(c) => format!("spc_signal/{}/{}/{}/{}/{}/{}", s.build_id, s.spc, s.laser, s.layer, s.rule, c.index),
+            },
+            OutputRecord::SpcBaseline(b) => match &b.cell {
+                None => format!("spc_baseline/{}/{}/{}", b.build_id, b.spc, b.laser),
+                Some(c) => format!("spc_baseline/{}/{}/{}/{}", b.build_id, b.spc, b.laser, c.index),
+            },
             OutputRecord::LayerVerdict(v) => format!("layer_verdict/{}/{}", v.build_id, v.layer),
             OutputRecord::BuildReport(r) => format!("build_report/{}", r.build_id),
             OutputRecord::DataQuality(q) => format!("data_quality/{}/{}", q.build_id, q.layer),
@@ -468,6 +438,7 @@ impl OutputRecord {
             OutputRecord::Anomaly(a) => Some(&a.build_id),
             OutputRecord::Late(l) => Some(&l.build_id),
             OutputRecord::SpcSignal(s) => Some(&s.build_id),
+            OutputRecord::SpcBaseline(b) => Some(&b.build_id),
             OutputRecord::LayerVerdict(v) => Some(&v.build_id),
             OutputRecord::BuildReport(r) => Some(&r.build_id),
             OutputRecord::DataQuality(q) => Some(&q.build_id),

@@ -14,10 +14,11 @@
 //! | `anomalies` | rule hit | `pipeline, build_id, rule, laser_key, time_ns` (`laser_key` = laser, or −1 when none) |
 //! | `dead_letters` | rejected input record (with Kafka topic and partition), or a result this sink cannot store (`source` = `sink NAME: KEY`) | `pipeline, source, input, kafka_offset` |
 //! | `late_records` | block of late samples | `pipeline, build_id, source_offset, t0_ns, laser` |
-//! | `spc_signals` | SPC out-of-control point (`layers` an `int[]`) | `pipeline, build_id, spc, laser, layer, rule` |
+//! | `spc_signals` | SPC out-of-control point (`layers` an `int[]`; `cell`, `cell_x_mm`, `cell_y_mm`, `cell_mm` null but for cell charts) | `pipeline, build_id, spc, laser, layer, rule, coalesce(cell, -1)` (a unique index) |
 //! | `layer_verdicts` | verdict on a closed layer (`reasons` and the whole `record` as `jsonb`) | `pipeline, build_id, layer` |
 //! | `build_reports` | report of an ended build (the whole `record` as `jsonb`) | `pipeline, build_id` |
 //! | `data_quality` | data quality of a closed layer (the whole `record` as `jsonb`) | `pipeline, build_id, layer` |
+//! | `spc_baselines` | phase I baseline of an SPC chart (read back by `baseline = "reference"`) | `pipeline, build_id, spc, laser, coalesce(cell, -1)` (a unique index) |
 //! | `progress` | Kafka partition | `pipeline, topic, partition` |
 //!
 //! Times are stored both as `timestamptz` (microseconds, computed in SQL from the record's
@@ -72,6 +73,7 @@ mod columns;
 mod connection;
 mod errors;
 mod judgement_columns;
+mod spc_columns;
 pub mod fusion;
 mod schema;
 
@@ -138,7 +140,7 @@ impl PgSink {
     /// Rows buffered since the last successful flush.
     pub fn buffered_rows(&self) -> usize {
         let b = &self.buffers;
-        b.layer_summaries.len() + b.grid_maps.len() + b.window_results.len() + b.anomalies.len() + b.dead_letters.len() + b.late_records.len() + b.spc_signals.len() + b.layer_verdicts.len() + b.build_reports.len() + b.data_quality.len()
+        b.layer_summaries.len() + b.grid_maps.len() + b.window_results.len() + b.anomalies.len() + b.dead_letters.len() + b.late_records.len() + b.spc_signals.len() + b.layer_verdicts.len() + b.build_reports.len() + b.data_quality.len() + b.spc_baselines.len()
     }
 
     /// Classifies a database error of `stage`, logging it.
@@ -200,7 +202,7 @@ impl PgSink {
     async fn write_transaction(&self, checkpoint: &Checkpoint) -> Result<(Vec<(&'static str, u64)>, Vec<((String, i32), (u64, i64))>), SinkError> {
         let b = &self.buffers;
         let p = &self.pipeline;
-        let batches: [(&'static str, usize, &str, Vec<Param<'_>>); 10] = [
+        let batches: [(&'static str, usize, &str, Vec<Param<'_>>); 11] = [
             ("layer_summaries", b.layer_summaries.len(), &self.sql.insert_layer_summaries, b.layer_summaries.params(p)),
             ("grid_maps", b.grid_maps.len(), &self.sql.insert_grid_maps, b.grid_maps.params(p)),
             ("window_results", b.window_results.len(), &self.sql.insert_window_results, b.window_results.params(p)),
@@ -211,6 +213,7 @@ impl PgSink {
             ("layer_verdicts", b.layer_verdicts.len(), &self.sql.insert_layer_verdicts, b.layer_verdicts.params(p)),
             ("build_reports", b.build_reports.len(), &self.sql.insert_build_reports, b.build_reports.params(p)),
             ("data_quality", b.data_quality.len(), &self.sql.insert_data_quality, b.data_quality.params(p)),
+            ("spc_baselines", b.spc_baselines.len(), &self.sql.insert_spc_baselines, b.spc_baselines.params(p)),
         ];
         // One entry per partition (an upsert may not touch a row twice); the latest wins.
         let latest: BTreeMap<(&str, i32), &Progress> = checkpoint.entries.iter().map(|((topic, partition), p)| ((topic.as_str(), *partition), p)).collect();

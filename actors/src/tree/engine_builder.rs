@@ -173,6 +173,9 @@ impl EngineBuilder {
             states.push(writer.take_stored_states());
             writers.push((writer, flush_ms, stored, written));
         }
+        // The writers have migrated their schema: the reference baselines can be read, and are
+        // fixed for the run before any build starts.
+        crate::tree::reference_baselines::fix_reference_baselines(t, &mut self.settings).await.map_err(|e| EngineError::Start { what: format!("SPC chart {:?}", e.chart), message: e.message })?;
         // Where each Kafka partition resumes, and with what replay state, is read again when the
         // group assigns it (see `sources/kafka/rebalance.rs`).
         let replayable = t.sources.iter().any(|s| matches!(s.kind, SourceKind::Kafka(_)));

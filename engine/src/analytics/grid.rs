@@ -56,6 +56,17 @@ impl Grid {
         }
     }
 
+    /// Cells per side.
+    pub fn cells_per_side(&self) -> usize {
+        self.n
+    }
+
+    /// The cells holding at least `min_count` samples: (index `iy × cells per side + ix`,
+    /// count, mean), by index. No allocation (SPC charts the cells of every closed layer).
+    pub fn cell_means(&self, min_count: u64) -> impl Iterator<Item = (u32, u64, f64)> + '_ {
+        self.counts.iter().zip(&self.sums).enumerate().filter(move |(_, (c, _))| u64::from(**c) >= min_count.max(1)).map(|(i, (c, s))| (i as u32, u64::from(*c), *s as f64 / SCALE / f64::from(*c)))
+    }
+
     /// The non-empty cells as a record.
     pub fn to_record(&self, build_id: &str, layer: u32, revision: u32, channel: &str, cell_mm: f64) -> GridMap {
         let cells = (0..self.counts.len())

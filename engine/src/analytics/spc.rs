@@ -44,6 +44,53 @@ impl Baseline {
     }
 }
 
+/// Phase I in constant space (a grid cell's chart: thousands per build, all in the replay
+/// state): the count, the running sum, the running sum of moving ranges and the last value,
+/// floats as their bits. It estimates exactly what [`Baseline::estimate`] gives over the same
+/// points (the same sums in the same order), and slides on the same way while they do not vary.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PhaseOneSums {
+    n: u32,
+    sum: u64,
+    mr: u64,
+    last: u64,
+}
+
+impl PhaseOneSums {
+    /// Adds `x` (finite); once `len` points are in, the baseline they give, when they vary
+    /// (otherwise the oldest point is dropped, as with [`Baseline::estimate`] on a sliding list).
+    pub fn push(&mut self, x: f64, len: u32) -> Option<(Baseline, u32)> {
+        let (sum, mut mr, last) = (f64::from_bits(self.sum), f64::from_bits(self.mr), f64::from_bits(self.last));
+        if self.n > 0 {
+            mr += (x - last).abs();
+        }
+        self.n += 1;
+        (self.sum, self.mr, self.last) = ((sum + x).to_bits(), mr.to_bits(), x.to_bits());
+        if self.n < len.max(2) {
+            return None;
+        }
+        let centre = f64::from_bits(self.sum) / f64::from(self.n);
+        let sigma = mr / f64::from(self.n - 1) / D2;
+        if sigma > 0.0 {
+            return Some((Baseline { centre, sigma }, self.n));
+        }
+        // No variation: every point equals `x`; keep the latest n − 1 of them.
+        self.n -= 1;
+        self.sum = (0..self.n).fold(0.0, |s, _| s + x).to_bits();
+        None
+    }
+
+    /// Points collected so far.
+    pub fn len(&self) -> u32 {
+        self.n
+    }
+
+    /// Nothing collected yet.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+}
+
 /// Which test signalled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

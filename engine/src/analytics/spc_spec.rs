@@ -1,5 +1,9 @@
-//! A compiled `[[spc]]` chart: what it takes from a closed layer window (one point per laser),
-//! its chart kind and baseline. The charts themselves run in `crate::pipeline::spc_charts`.
+//! A compiled `[[spc]]` chart: what it takes from a closed layer window (one point per laser, or
+//! per grid cell), its chart kind and baseline (given, phase I, or a reference build's stored
+//! phase I fixed at start). The charts themselves run in `crate::pipeline::spc_charts`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::analytics::spc::{Baseline, ChartKind};
 use crate::input::event::Channel;
@@ -13,7 +17,13 @@ pub enum SpcTarget {
     Channel(Channel, SpcStatistic),
     /// The energy density of the laser's main style.
     EnergyDensity,
+    /// The mean of each grid cell of the layer's grid map (its channel), all lasers merged.
+    Cell(Channel),
 }
+
+/// A reference build's stored baselines of one chart, by (laser, cell index): laser 0 and a
+/// cell for a cell chart, a laser and no cell otherwise.
+pub type ReferenceBaselines = BTreeMap<(u8, Option<u32>), Baseline>;
 
 /// A compiled `[[spc]]` chart.
 #[derive(Clone, Debug, PartialEq)]
@@ -32,6 +42,13 @@ pub struct SpcSpec {
     pub given: Option<Baseline>,
     /// Layers of phase I.
     pub baseline_layers: u32,
+    /// The reference build (`baseline = "reference"`), whose baselines the engine reads at start.
+    pub reference_build: Option<String>,
+    /// The reference build's baselines as read at start (fixed for the run); a laser or cell
+    /// without one goes through phase I on the build's own first layers.
+    pub reference: Option<Arc<ReferenceBaselines>>,
+    /// Fewest samples of a cell in a layer for it to be charted (cell charts).
+    pub min_cell_samples: u64,
     /// Raise anomalies too.
     pub alert: bool,
 }
@@ -41,6 +58,7 @@ impl SpcSpec {
     pub fn compile(c: &SpcConfig) -> SpcSpec {
         let statistic = c.statistic();
         let target = match Channel::parse(&c.channel) {
+            Some(ch) if statistic == SpcStatistic::CellMean => SpcTarget::Cell(ch),
             Some(ch) => SpcTarget::Channel(ch, statistic),
             None => SpcTarget::EnergyDensity,
         };
@@ -54,10 +72,34 @@ impl SpcSpec {
             _ => None,
         };
         let channel = match target {
-            SpcTarget::Channel(ch, _) => ch.name().to_owned(),
+            SpcTarget::Channel(ch, _) | SpcTarget::Cell(ch) => ch.name().to_owned(),
             SpcTarget::EnergyDensity => "energy_density_j_mm3".to_owned(),
         };
-        SpcSpec { name: c.name.clone(), target, channel, statistic: statistic.name(), kind, given, baseline_layers: c.baseline_layers.max(2), alert: c.alert }
+        let reference_build = c.reference_build.clone().filter(|_| c.baseline == SpcBaselineKind::Reference);
+        SpcSpec {
+            name: c.name.clone(),
+            target,
+            channel,
+            statistic: statistic.name(),
+            kind,
+            given,
+            baseline_layers: c.baseline_layers.max(2),
+            reference_build,
+            reference: None,
+            min_cell_samples: c.min_cell_samples.max(1),
+            alert: c.alert,
+        }
+    }
+
+    /// Whether it charts grid cells.
+    pub fn on_cells(&self) -> bool {
+        matches!(self.target, SpcTarget::Cell(_))
+    }
+
+    /// The baseline a new track of `laser` (and `cell`) starts monitoring with: the given one,
+    /// or the reference build's; `None`: phase I on the build's first layers.
+    pub fn fixed_baseline(&self, laser: u8, cell: Option<u32>) -> Option<Baseline> {
+        self.given.or_else(|| self.reference.as_ref().and_then(|r| r.get(&(laser, cell)).copied()))
     }
 
     /// The chart kind's name in records.
@@ -77,9 +119,10 @@ impl SpcSpec {
                 match stat {
                     SpcStatistic::StdDev if a.stats.count() < 2 => return None,
                     SpcStatistic::StdDev => a.stats.std_dev(),
-                    SpcStatistic::Mean | SpcStatistic::Value => a.stats.mean(),
+                    SpcStatistic::Mean | SpcStatistic::Value | SpcStatistic::CellMean => a.stats.mean(),
                 }
             }
+            SpcTarget::Cell(_) => return None,
             SpcTarget::EnergyDensity => {
                 let by_style = w.energy_by_style(laser as u8, default_thickness_um, plan);
                 by_style.get("core").or_else(|| by_style.values().next()).copied()?

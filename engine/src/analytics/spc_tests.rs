@@ -122,3 +122,21 @@ fn in_control_average_run_lengths_match_the_textbook() {
         assert!((0.8..=1.2).contains(&ratio), "{what}: ARL {got:.1} over {N} in-control layers, textbook {textbook} (ratio {ratio:.3})");
     }
 }
+
+/// A cell's constant-space phase I gives, bit for bit, what the estimate over the list of its
+/// points gives, including the slide over points that do not vary.
+#[test]
+fn phase_one_sums_estimate_what_the_list_does() {
+    let mut rng = Normal(7);
+    let values: Vec<f64> = (0..20).map(|_| 1500.0 + 12.0 * rng.next()).collect();
+    let mut p = PhaseOneSums::default();
+    let got: Vec<_> = values.iter().filter_map(|&x| p.push(x, 20)).collect();
+    assert_eq!(got, vec![(Baseline::estimate(&values).expect("varies"), 20)]);
+    // Constant points slide on; the first varying one completes phase I over the latest three.
+    let mut p = PhaseOneSums::default();
+    for _ in 0..5 {
+        assert_eq!(p.push(7.0, 3), None);
+    }
+    assert_eq!(p.len(), 2);
+    assert_eq!(p.push(9.0, 3), Some((Baseline::estimate(&[7.0, 7.0, 9.0]).expect("varies"), 3)));
+}

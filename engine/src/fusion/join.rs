@@ -3,8 +3,9 @@
 //!
 //! Evidence is grouped into *flags*: one per layer and source (an anomaly rule, the grid map,
 //! an SPC chart), each with its geometry — points (anomalies with x/y), rectangles (grid cells
-//! whose robust z-score against their layer lies beyond `cell_z`), or the whole layer
-//! (anomalies without x/y, SPC signals: they name a laser, not a place). Layer-less alerts
+//! whose robust z-score against their layer lies beyond `cell_z`, and the signals of SPC charts
+//! on grid cells), or the whole layer (anomalies without x/y, signals of SPC charts on a laser:
+//! they name a laser, not a place). Layer-less alerts
 //! (machine-log rules), `grid_deviation` alerts and SPC alerts (`spc:<chart>:<test>`: their cells
 //! and signals are already evidence) are not flags.
 //!
@@ -104,6 +105,8 @@ pub struct EvSpc {
     pub spc: String,
     /// The charted value.
     pub value: f64,
+    /// The cell of a cell chart: centre x, centre y and edge, mm.
+    pub cell: Option<(f64, f64, f64)>,
 }
 
 /// A build's in-situ results, as stored.
@@ -131,7 +134,7 @@ impl Evidence {
         match r {
             OutputRecord::Anomaly(a) => self.anomalies.push(EvAnomaly { layer: a.layer, rule: a.rule.clone(), value: a.value, x_mm: a.x_mm, y_mm: a.y_mm }),
             OutputRecord::Grid(g) => self.grids.push(EvGrid { layer: g.layer, revision: g.revision, cell_mm: g.cell_mm, cells: g.cells.clone() }),
-            OutputRecord::SpcSignal(s) => self.spc.push(EvSpc { layer: s.layer, spc: s.spc.clone(), value: s.value }),
+            OutputRecord::SpcSignal(s) => self.spc.push(EvSpc { layer: s.layer, spc: s.spc.clone(), value: s.value, cell: s.cell.map(|c| (c.x_mm, c.y_mm, c.size_mm)) }),
             OutputRecord::LayerSummary(s) => {
                 if let Some(z) = s.z_um {
                     self.layer_tops_um.insert(s.layer, z);
@@ -272,7 +275,11 @@ fn flags(ev: &Evidence, p: &FusionParams) -> BTreeMap<u32, BTreeMap<String, Vec<
         }
     }
     for s in &ev.spc {
-        f.entry(s.layer).or_default().entry(format!("spc:{}", s.spc)).or_default().push(Item { geom: Geom::Layer, value: s.value });
+        let geom = match s.cell {
+            Some((x, y, size)) => Geom::Rect(x - size / 2.0, y - size / 2.0, x + size / 2.0, y + size / 2.0),
+            None => Geom::Layer,
+        };
+        f.entry(s.layer).or_default().entry(format!("spc:{}", s.spc)).or_default().push(Item { geom, value: s.value });
     }
     f
 }
@@ -391,5 +398,21 @@ mod tests {
         assert_eq!((s.flags, s.confirmed_flags), (4, 3));
         assert_eq!(s.unconfirmed_by_source.get("anomaly:hot_spot"), Some(&1));
         assert!((s.recall - 0.8).abs() < 1e-12 && (s.precision - 0.75).abs() < 1e-12);
+    }
+
+    /// A signal of a chart on grid cells is evidence where its cell lies, not over the layer;
+    /// a laser chart's signal still covers its layer.
+    #[test]
+    fn a_cell_chart_signal_flags_its_cell() {
+        let mut ev = Evidence::default();
+        ev.spc.push(EvSpc { layer: 5, spc: "cells".into(), value: 1400.0, cell: Some((30.0, 50.0, 20.0)) });
+        ev.spc.push(EvSpc { layer: 8, spc: "lasers".into(), value: 1400.0, cell: None });
+        let defects = [defect("in", 39.5, 59.0, 5, 150.0), defect("beside", 41.5, 50.0, 5, 150.0), defect("far", 300.0, 300.0, 8, 150.0)];
+        let (fused, s) = fuse("b", &defects, &ev, &FusionParams::default());
+        let detected: Vec<&str> = fused.iter().filter(|f| f.detected).map(|f| f.defect.defect_id.as_str()).collect();
+        assert_eq!(detected, vec!["in", "far"], "the cell spans 20–40 × 40–60 mm, tolerance 1 mm");
+        assert_eq!((fused[0].evidence[0].x_mm, fused[0].evidence[0].y_mm, fused[0].evidence[0].distance_mm), (Some(30.0), Some(50.0), Some(0.0)));
+        assert_eq!(fused[2].evidence[0].distance_mm, None);
+        assert_eq!((s.flags, s.confirmed_flags), (2, 2));
     }
 }

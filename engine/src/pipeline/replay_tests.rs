@@ -72,7 +72,12 @@ fn feed(p: &mut BuildPipeline, from: usize, to: usize, step: usize, max_t: &mut 
 /// [`feed`], with the input going idle once the records before offset `idle.0` are processed:
 /// its watermark then moves to `idle.1` on the wall clock.
 fn feed_idle(p: &mut BuildPipeline, from: usize, to: usize, step: usize, max_t: &mut TimeNs, idle: Option<(usize, TimeNs)>, out: &mut Vec<OutputRecord>) {
-    let lines = lines();
+    feed_idle_over(&lines(), p, from, to, step, max_t, idle, out)
+}
+
+/// [`feed_idle`] over `lines`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn feed_idle_over(lines: &[String], p: &mut BuildPipeline, from: usize, to: usize, step: usize, max_t: &mut TimeNs, idle: Option<(usize, TimeNs)>, out: &mut Vec<OutputRecord>) {
     let mut d = Decoder::new(0, DecodeLimits::default());
     let mut start = from;
     while start < to {
@@ -96,7 +101,7 @@ fn feed_idle(p: &mut BuildPipeline, from: usize, to: usize, step: usize, max_t: 
     }
 }
 
-fn sorted(mut v: Vec<OutputRecord>) -> Vec<String> {
+pub(super) fn sorted(mut v: Vec<OutputRecord>) -> Vec<String> {
     let mut s: Vec<String> = v.drain(..).map(|r| serde_json::to_string(&r).expect("record JSON")).collect();
     s.sort();
     s.dedup();
@@ -125,14 +130,23 @@ fn a_replay_meets_the_cooldowns_of_the_run_it_replaces() {
 /// does) and replays from the resume offset with the recorded decisions, cutting the replay's
 /// batches differently; the replay's input never goes idle.
 fn crash_after_every_record(settings: impl Fn(LatePolicy) -> Arc<BuildSettings>, idle: Option<(usize, TimeNs)>) {
-    let n = lines().len();
+    crash_after_every_record_over(&lines(), settings, idle, |policy, reference| {
+        assert!(reference.iter().any(|r| r.contains("\"late\"") || r.contains("late_count")), "{policy:?}: the input has late samples");
+        assert!(reference.iter().any(|r| r.contains("\"build_report\"")) && reference.iter().any(|r| r.contains("\"verdict\":\"warn\"")), "{policy:?}: the build ends, with warned layers");
+    })
+}
+
+/// [`crash_after_every_record`] over `lines`, `expect` checking each uninterrupted run's records.
+pub(super) fn crash_after_every_record_over(lines: &[String], settings: impl Fn(LatePolicy) -> Arc<BuildSettings>, idle: Option<(usize, TimeNs)>, expect: impl Fn(LatePolicy, &[String])) {
+    let n = lines.len();
+    let feed = |p: &mut BuildPipeline, from: usize, to: usize, step: usize, max_t: &mut TimeNs, out: &mut Vec<OutputRecord>| feed_idle_over(lines, p, from, to, step, max_t, None, out);
+    let feed_idle = |p: &mut BuildPipeline, from: usize, to: usize, step: usize, max_t: &mut TimeNs, idle: Option<(usize, TimeNs)>, out: &mut Vec<OutputRecord>| feed_idle_over(lines, p, from, to, step, max_t, idle, out);
     for policy in [LatePolicy::Drop, LatePolicy::LateSink, LatePolicy::Update] {
         let mut reference = Vec::new();
         let mut p = BuildPipeline::new(BuildId::from("b"), settings(policy));
         feed_idle(&mut p, 0, n, 1, &mut TimeNs::MIN.clone(), idle, &mut reference);
         let reference = sorted(reference);
-        assert!(reference.iter().any(|r| r.contains("\"late\"") || r.contains("late_count")), "{policy:?}: the input has late samples");
-        assert!(reference.iter().any(|r| r.contains("\"build_report\"")) && reference.iter().any(|r| r.contains("\"verdict\":\"warn\"")), "{policy:?}: the build ends, with warned layers");
+        expect(policy, &reference);
         for crash in idle.map_or(1, |i| i.0 + 1)..n {
             // The run before the crash: one record per batch, so a batch's sequence is its offset.
             let mut before = Vec::new();

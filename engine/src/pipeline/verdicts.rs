@@ -135,7 +135,11 @@ impl Operator for LayerVerdicts {
                 }
                 OutputRecord::SpcSignal(s) if s.build_id == build && s.layer == r.layer => {
                     *spc.entry(s.spc.clone()).or_default() += 1;
-                    let why = format!("spc {}: {} on laser {} ({} {} = {:.4})", s.spc, s.rule, s.laser, s.channel, s.statistic, s.value);
+                    let on = match &s.cell {
+                        Some(c) => format!("cell ({:.0}, {:.0}) mm", c.x_mm, c.y_mm),
+                        None => format!("laser {}", s.laser),
+                    };
+                    let why = format!("spc {}: {} on {on} ({} {} = {:.4})", s.spc, s.rule, s.channel, s.statistic, s.value);
                     judge(v.fail_spc.contains(&s.spc), why, &mut severity);
                 }
                 _ => {}

@@ -260,8 +260,9 @@ pub(super) fn check_graph(c: &mut Checker<'_>, engine: &EngineConfig, sources: &
 }
 
 /// Checks the `[[spc]]` charts: names unique, a sample channel (or energy density) with a
-/// statistic it has, parameters in range, a baseline that can be had.
-pub(super) fn check_spc(c: &mut Checker<'_>, spc: &[(String, SpcConfig)]) {
+/// statistic it has (`cell_mean` only on the channel the grid map averages, `grid_channel`),
+/// parameters in range, a baseline that can be had.
+pub(super) fn check_spc(c: &mut Checker<'_>, spc: &[(String, SpcConfig)], grid_channel: &str) {
     check_names(c, "spc", spc.iter().map(|(k, s)| (k.as_str(), s.name.as_str())));
     for (key, s) in spc {
         let energy = s.channel == ENERGY_DENSITY_CHANNEL;
@@ -269,8 +270,20 @@ pub(super) fn check_spc(c: &mut Checker<'_>, spc: &[(String, SpcConfig)]) {
             c.err(&format!("{key}.channel"), format!("{} or {ENERGY_DENSITY_CHANNEL:?}", channel_expected(&s.channel)));
         }
         match (energy, s.statistic) {
-            (true, Some(st)) if st != SpcStatistic::Value => c.err(&format!("{key}.statistic"), format!("{ENERGY_DENSITY_CHANNEL} has one value per layer and laser: expected \"value\"")),
-            (false, Some(SpcStatistic::Value)) => c.err(&format!("{key}.statistic"), "expected \"mean\" or \"std_dev\" for a sample channel"),
+            (true, Some(st)) if st != SpcStatistic::Value => c.err(&format!("{key}.statistic"), format!("{ENERGY_DENSITY_CHANNEL} has one value per layer and laser (no grid cells): expected \"value\"")),
+            (false, Some(SpcStatistic::Value)) => c.err(&format!("{key}.statistic"), "expected \"mean\", \"std_dev\" or \"cell_mean\" for a sample channel"),
+            (false, Some(SpcStatistic::CellMean)) => {
+                let (ch, grid) = (Channel::parse(&s.channel), Channel::parse(grid_channel));
+                if ch.is_some() && ch != grid {
+                    c.err(
+                        &format!("{key}.statistic"),
+                        format!("\"cell_mean\" charts the grid map's cells, and the grid map averages {grid_channel:?} ([windows] grid_channel), not {:?}: chart that channel or map this one", s.channel),
+                    );
+                }
+                if s.min_cell_samples == 0 {
+                    c.err(&format!("{key}.min_cell_samples"), "expected at least 1 sample");
+                }
+            }
             _ => {}
         }
         match s.chart {
@@ -292,13 +305,20 @@ pub(super) fn check_spc(c: &mut Checker<'_>, spc: &[(String, SpcConfig)]) {
                 }
             }
         }
+        if s.reference_build.is_some() && s.baseline != SpcBaselineKind::Reference {
+            c.err(&format!("{key}.reference_build"), "`reference_build` needs baseline = \"reference\"");
+        }
         match s.baseline {
-            SpcBaselineKind::FirstLayers => {
+            SpcBaselineKind::FirstLayers | SpcBaselineKind::Reference => {
+                // A reference build's laser or cell without a stored baseline falls back on phase I.
                 if s.baseline_layers < 2 {
                     c.err(&format!("{key}.baseline_layers"), "expected at least 2 layers for phase I (σ comes from moving ranges)");
                 }
                 if s.centre.is_some() || s.sigma.is_some() {
                     c.err(key, "`centre` and `sigma` need baseline = \"given\"");
+                }
+                if s.baseline == SpcBaselineKind::Reference && s.reference_build.as_deref().is_none_or(|b| b.trim().is_empty()) {
+                    c.err(&format!("{key}.reference_build"), "baseline = \"reference\" needs the id of the reference build, e.g. reference_build = \"sim-001\"");
                 }
             }
             SpcBaselineKind::Given => {

@@ -99,7 +99,7 @@ pub fn load(text: &str, file: &str, base_dir: &Path) -> Result<Topology, ConfigE
         .collect::<Vec<_>>();
 
     check_engine(&mut c, &engine);
-    check_spc(&mut c, &spc);
+    check_spc(&mut c, &spc, &windows.grid_channel);
     check_verdict(&mut c, &verdict, &rules, &spc);
     check_windows(&mut c, &windows);
     if !root.contains_key("sources") {
@@ -109,9 +109,15 @@ pub fn load(text: &str, file: &str, base_dir: &Path) -> Result<Topology, ConfigE
         c.err("sinks", "a topology needs at least one [[sinks]] entry");
     }
     check_graph(&mut c, &engine, &sources, &sinks, &rules);
+    let has_store = sinks.iter().any(|(_, s)| matches!(s.kind, SinkKind::Postgres(_) | SinkKind::Sqlite(_)));
     if let Some((key, _)) = sources.iter().find(|(_, s)| matches!(s.kind, SourceKind::Ct(_))) {
-        if !sinks.iter().any(|(_, s)| matches!(s.kind, SinkKind::Postgres(_) | SinkKind::Sqlite(_))) {
+        if !has_store {
             c.err(&format!("{key}.type"), "a ct source reads the builds' evidence from, and writes its fusion results to, a results store: add a postgres or sqlite sink");
+        }
+    }
+    for (key, _) in spc.iter().filter(|(_, s)| s.baseline == crate::topology::SpcBaselineKind::Reference) {
+        if !has_store {
+            c.err(&format!("{key}.baseline"), "baseline = \"reference\" reads the reference build's stored baselines (table spc_baselines) from the first postgres or sqlite sink: add one");
         }
     }
     if let Some(list) = &fusion.ct_list {
@@ -288,7 +294,7 @@ fn parse_sink(c: &mut Checker<'_>, key: &str, mut t: toml::Table) -> Option<(Str
                 c.err(&format!("{key}.topic"), "expected a topic name");
             }
             for r in &k.records {
-                if matches!(r, RecordKind::LayerSummary | RecordKind::Grid | RecordKind::Window | RecordKind::SpcSignal | RecordKind::LayerVerdict | RecordKind::BuildReport | RecordKind::DataQuality) {
+                if matches!(r, RecordKind::LayerSummary | RecordKind::Grid | RecordKind::Window | RecordKind::SpcSignal | RecordKind::LayerVerdict | RecordKind::BuildReport | RecordKind::DataQuality | RecordKind::SpcBaseline) {
                     c.err(
                         &format!("{key}.records"),
                         format!("{:?} cannot go to a Kafka sink exactly once (window results are deduplicated by key; a topic has none): use a postgres, sqlite or file sink; expected anomaly, dead_letter or late", r.name()),
@@ -362,6 +368,22 @@ mod tests {
         let good = format!("{head}[[spc]]\nname = \"a\"\nchannel = \"energy_density_j_mm3\"\nchart = \"cusum\"\n");
         let t = load(&good, "t.toml", Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(t.spc[0].statistic(), crate::topology::SpcStatistic::Value);
+    }
+
+    #[test]
+    fn cell_charts_and_reference_baselines_are_checked() {
+        let head = "name = \"x\"\n[[sources]]\nname = \"a\"\ntype = \"simulator\"\n[[sinks]]\nname = \"o\"\ntype = \"null\"\n";
+        let bad = format!(
+            "{head}[[spc]]\nname = \"a\"\nchannel = \"temperature_c\"\nstatistic = \"cell_mean\"\n[[spc]]\nname = \"b\"\nchannel = \"energy_density_j_mm3\"\nstatistic = \"cell_mean\"\n[[spc]]\nname = \"c\"\nchannel = \"photodiode_on_axis\"\nbaseline = \"reference\"\n[[spc]]\nname = \"d\"\nchannel = \"photodiode_on_axis\"\nreference_build = \"x\"\n"
+        );
+        let errs = load(&bad, "t.toml", Path::new(".")).unwrap_err().0;
+        let got: Vec<(usize, &str)> = errs.iter().map(|e| (e.line, e.key.as_str())).collect();
+        assert_eq!(got, vec![(11, "spc[0].statistic"), (15, "spc[1].statistic"), (16, "spc[2].reference_build"), (19, "spc[2].baseline"), (23, "spc[3].reference_build")], "{errs:?}");
+        assert!(errs[0].message.contains("grid_channel"), "{}", errs[0].message);
+        assert!(errs[3].message.contains("postgres or sqlite sink"), "{}", errs[4].message);
+        let good = "name = \"x\"\n[[sources]]\nname = \"a\"\ntype = \"simulator\"\n[[sinks]]\nname = \"db\"\ntype = \"sqlite\"\npath = \"r.sqlite\"\n[[spc]]\nname = \"c\"\nchannel = \"photodiode_on_axis\"\nstatistic = \"cell_mean\"\nbaseline = \"reference\"\nreference_build = \"sim-001\"\n";
+        let t = load(good, "t.toml", Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.spc[0].min_cell_samples, crate::analytics::grid::DEVIATION_MIN_COUNT);
     }
 
     #[test]

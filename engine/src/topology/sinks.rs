@@ -25,6 +25,8 @@ pub enum RecordKind {
     Late,
     /// SPC out-of-control points (`[[spc]]`).
     SpcSignal,
+    /// SPC phase I baselines (`[[spc]]`), once per chart, build and laser or cell.
+    SpcBaseline,
     /// Verdicts on closed layers.
     LayerVerdict,
     /// Summaries of ended builds.
@@ -35,7 +37,7 @@ pub enum RecordKind {
 
 impl RecordKind {
     /// Every kind.
-    pub const ALL: [RecordKind; 10] = [
+    pub const ALL: [RecordKind; 11] = [
         RecordKind::LayerSummary,
         RecordKind::Grid,
         RecordKind::Window,
@@ -46,6 +48,7 @@ impl RecordKind {
         RecordKind::LayerVerdict,
         RecordKind::BuildReport,
         RecordKind::DataQuality,
+        RecordKind::SpcBaseline,
     ];
 
     /// Its name in topologies and in the records' `kind` field.
@@ -61,6 +64,7 @@ impl RecordKind {
             RecordKind::LayerVerdict => "layer_verdict",
             RecordKind::BuildReport => "build_report",
             RecordKind::DataQuality => "data_quality",
+            RecordKind::SpcBaseline => "spc_baseline",
         }
     }
 }

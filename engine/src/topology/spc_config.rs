@@ -18,6 +18,9 @@ pub enum SpcStatistic {
     /// The layer's volumetric energy density of the laser's main style (channel
     /// `energy_density_j_mm3`, which takes no other statistic).
     Value,
+    /// The mean of each grid cell of the layer's grid map (all lasers merged, as the map
+    /// merges them): one chart per cell. Only the grid map's channel (`[windows] grid_channel`).
+    CellMean,
 }
 
 impl SpcStatistic {
@@ -27,6 +30,7 @@ impl SpcStatistic {
             SpcStatistic::Mean => "mean",
             SpcStatistic::StdDev => "std_dev",
             SpcStatistic::Value => "value",
+            SpcStatistic::CellMean => "cell_mean",
         }
     }
 }
@@ -51,6 +55,9 @@ pub enum SpcBaselineKind {
     FirstLayers,
     /// `centre` and `sigma` given here (for instance from a reference build).
     Given,
+    /// The phase I of build `reference_build` as a results store holds it (`spc_baselines`),
+    /// read when the engine starts and fixed for the run.
+    Reference,
 }
 
 /// One chart (`[[spc]]`), run per build and laser.
@@ -92,6 +99,13 @@ pub struct SpcConfig {
     /// Sigma (`baseline = "given"`), positive.
     #[serde(default)]
     pub sigma: Option<f64>,
+    /// The build whose stored phase I gives the baselines (`baseline = "reference"`).
+    #[serde(default)]
+    pub reference_build: Option<String>,
+    /// Fewest samples a grid cell needs in a layer for its mean to be charted
+    /// (`statistic = "cell_mean"`); a cell with fewer skips that layer.
+    #[serde(default = "default_min_cell_samples")]
+    pub min_cell_samples: u64,
     /// Also raise an anomaly (rule `spc:<name>`) for each signal.
     #[serde(default)]
     pub alert: bool,
@@ -130,4 +144,8 @@ fn default_baseline() -> SpcBaselineKind {
 
 fn default_baseline_layers() -> u32 {
     20
+}
+
+fn default_min_cell_samples() -> u64 {
+    crate::analytics::grid::DEVIATION_MIN_COUNT
 }

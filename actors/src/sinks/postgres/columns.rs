@@ -5,9 +5,10 @@
 
 use tokio_postgres::types::ToSql;
 
-use meltstream_engine::records::{Anomaly, DeadLetterRecord, GridMap, LateRecord, LayerSummary, OutputRecord, SpcSignal, WindowResult};
+use meltstream_engine::records::{Anomaly, DeadLetterRecord, GridMap, LateRecord, LayerSummary, OutputRecord, WindowResult};
 
 use super::judgement_columns::{BuildReportColumns, DataQualityColumns, LayerVerdictColumns};
+use super::spc_columns::{SpcBaselineColumns, SpcSignalColumns};
 
 /// A statement parameter.
 pub(super) type Param<'a> = &'a (dyn ToSql + Sync);
@@ -304,57 +305,6 @@ impl LateRecordColumns {
     }
 }
 
-columns! {
-    /// Buffered `spc_signals` rows.
-    SpcSignalColumns {
-        build_id: String = "text",
-        spc: String = "text",
-        chart: String = "text",
-        channel: String = "text",
-        statistic: String = "text",
-        laser: i32 = "int",
-        layer: i32 = "int",
-        time_ns: i64 = "bigint",
-        rule: String = "text",
-        value: f64 = "float8",
-        charted: f64 = "float8",
-        centre: f64 = "float8",
-        lower_limit: f64 = "float8",
-        upper_limit: f64 = "float8",
-        baseline_centre: f64 = "float8",
-        baseline_sigma: f64 = "float8",
-        layers: String = "text",
-    }
-}
-
-impl SpcSignalColumns {
-    fn push(&mut self, s: &SpcSignal) -> Result<(), String> {
-        let layer = int(s.layer, "layer")?;
-        for l in &s.layers {
-            int(*l, "layer")?;
-        }
-        self.build_id.push(pg_text(&s.build_id));
-        self.spc.push(pg_text(&s.spc));
-        self.chart.push(pg_text(&s.chart));
-        self.channel.push(pg_text(&s.channel));
-        self.statistic.push(pg_text(&s.statistic));
-        self.laser.push(i32::from(s.laser));
-        self.layer.push(layer);
-        self.time_ns.push(s.time_ns);
-        self.rule.push(pg_text(&s.rule));
-        self.value.push(s.value);
-        self.charted.push(s.charted);
-        self.centre.push(s.centre);
-        self.lower_limit.push(s.lower);
-        self.upper_limit.push(s.upper);
-        self.baseline_centre.push(s.baseline_centre);
-        self.baseline_sigma.push(s.baseline_sigma);
-        self.layers.push(serde_json::to_string(&s.layers).unwrap_or_else(|_| "[]".into()));
-        Ok(())
-    }
-}
-
-
 /// Rows written but not yet flushed, per table.
 #[derive(Default)]
 pub(super) struct Buffers {
@@ -368,6 +318,7 @@ pub(super) struct Buffers {
     pub(super) layer_verdicts: LayerVerdictColumns,
     pub(super) build_reports: BuildReportColumns,
     pub(super) data_quality: DataQualityColumns,
+    pub(super) spc_baselines: SpcBaselineColumns,
 }
 
 impl Buffers {
@@ -383,6 +334,7 @@ impl Buffers {
             OutputRecord::LayerVerdict(v) => self.layer_verdicts.push(v, record),
             OutputRecord::BuildReport(r) => self.build_reports.push(r, record),
             OutputRecord::DataQuality(q) => self.data_quality.push(q, record),
+            OutputRecord::SpcBaseline(b) => self.spc_baselines.push(b),
         }
     }
 
@@ -397,6 +349,7 @@ impl Buffers {
         self.layer_verdicts.append(&mut other.layer_verdicts);
         self.build_reports.append(&mut other.build_reports);
         self.data_quality.append(&mut other.data_quality);
+        self.spc_baselines.append(&mut other.spc_baselines);
     }
 
     pub(super) fn clear(&mut self) {
@@ -410,6 +363,7 @@ impl Buffers {
         self.layer_verdicts.clear();
         self.build_reports.clear();
         self.data_quality.clear();
+        self.spc_baselines.clear();
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -423,6 +377,7 @@ impl Buffers {
             && self.layer_verdicts.len() == 0
             && self.build_reports.len() == 0
             && self.data_quality.len() == 0
+            && self.spc_baselines.len() == 0
     }
 }
 

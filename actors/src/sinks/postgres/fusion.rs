@@ -9,6 +9,7 @@ use meltstream_engine::fusion::{Evidence, FusedDefect, FusionSummary};
 use meltstream_engine::records::GridCell;
 
 use super::connection::connect;
+use crate::sinks::StoredBaseline;
 use super::migrate_in;
 use super::schema::{quote_ident, Sql};
 
@@ -45,8 +46,13 @@ pub async fn read_evidence(url: &str, schema: &str, pipeline: &str, build: &str)
         let cells: Vec<GridCell> = serde_json::from_str(&cells).map_err(|e| format!("grid_maps.cells: {e}"))?;
         ev.grids.push(EvGrid { layer: u(r.try_get(0).map_err(err("grid_maps.layer"))?), revision: u(r.try_get(1).map_err(err("grid_maps.revision"))?), cell_mm: r.try_get(2).map_err(err("grid_maps.cell_mm"))?, cells });
     }
-    for r in client.query(&format!("SELECT layer, spc, value FROM {s}.spc_signals WHERE pipeline = $1 AND build_id = $2"), &[&pipeline, &build]).await.map_err(err("cannot read SPC signals"))? {
-        ev.spc.push(EvSpc { layer: u(r.try_get(0).map_err(err("spc_signals.layer"))?), spc: r.try_get(1).map_err(err("spc_signals.spc"))?, value: r.try_get(2).map_err(err("spc_signals.value"))? });
+    for r in client.query(&format!("SELECT layer, spc, value, cell_x_mm, cell_y_mm, cell_mm FROM {s}.spc_signals WHERE pipeline = $1 AND build_id = $2"), &[&pipeline, &build]).await.map_err(err("cannot read SPC signals"))? {
+        let cell: (Option<f64>, Option<f64>, Option<f64>) = (r.try_get(3).map_err(err("spc_signals.cell_x_mm"))?, r.try_get(4).map_err(err("spc_signals.cell_y_mm"))?, r.try_get(5).map_err(err("spc_signals.cell_mm"))?);
+        let cell = match cell {
+            (Some(x), Some(y), Some(size)) => Some((x, y, size)),
+            _ => None,
+        };
+        ev.spc.push(EvSpc { layer: u(r.try_get(0).map_err(err("spc_signals.layer"))?), spc: r.try_get(1).map_err(err("spc_signals.spc"))?, value: r.try_get(2).map_err(err("spc_signals.value"))?, cell });
     }
     let tops = format!("SELECT layer, max(z_um) FROM {s}.layer_summaries WHERE pipeline = $1 AND build_id = $2 AND z_um IS NOT NULL GROUP BY layer");
     for r in client.query(&tops, &[&pipeline, &build]).await.map_err(err("cannot read layer heights"))? {
@@ -114,6 +120,28 @@ pub async fn spc_rows(url: &str, schema: &str, pipeline: &str, build: &str) -> R
         .map(|r| {
             let (layer, laser): (i32, i32) = (r.try_get(0).map_err(err("spc_signals.layer"))?, r.try_get(1).map_err(err("spc_signals.laser"))?);
             Ok((u32::try_from(layer).unwrap_or(0), u8::try_from(laser).unwrap_or(0), r.try_get(2).map_err(err("spc_signals.spc"))?, r.try_get(3).map_err(err("spc_signals.rule"))?))
+        })
+        .collect()
+}
+
+/// The baselines of chart `spc` that `build`'s phase I stored for `pipeline`: (laser, cell
+/// index, cell edge in mm, centre, sigma).
+pub async fn spc_baselines(url: &str, schema: &str, pipeline: &str, build: &str, spc: &str) -> Result<Vec<StoredBaseline>, String> {
+    let client = connect(url).await?;
+    let s = quote_ident(schema);
+    let q = format!("SELECT laser, cell, cell_mm, centre, sigma FROM {s}.spc_baselines WHERE pipeline = $1 AND build_id = $2 AND spc = $3 ORDER BY laser, cell");
+    let rows = client.query(&q, &[&pipeline, &build, &spc]).await.map_err(err("cannot read spc_baselines"))?;
+    rows.iter()
+        .map(|r| {
+            let laser: i32 = r.try_get(0).map_err(err("spc_baselines.laser"))?;
+            let cell: Option<i32> = r.try_get(1).map_err(err("spc_baselines.cell"))?;
+            Ok(StoredBaseline {
+                laser: u8::try_from(laser).map_err(|_| format!("spc_baselines.laser {laser} is not a laser"))?,
+                cell: cell.map(|c| u32::try_from(c).map_err(|_| format!("spc_baselines.cell {c} is not a cell"))).transpose()?,
+                cell_mm: r.try_get(2).map_err(err("spc_baselines.cell_mm"))?,
+                centre: r.try_get(3).map_err(err("spc_baselines.centre"))?,
+                sigma: r.try_get(4).map_err(err("spc_baselines.sigma"))?,
+            })
         })
         .collect()
 }

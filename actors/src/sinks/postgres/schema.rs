@@ -1,10 +1,12 @@
 //! The PostgreSQL sink's schema: its tables (migration 1; migration 2 adds the progress epoch,
 //! migration 3 the replay state, migration 4 the SPC signals, migration 5 layer verdicts and
-//! build reports, migration 6 the CT fusion results, migration 7 data quality), the statements that insert into them
+//! build reports, migration 6 the CT fusion results, migration 7 data quality, migration 8 the SPC
+//! baselines and the cell of an SPC signal), the statements that insert into them
 //! and store and read the progress, and the names `reset_pipeline` empties. Statements are
 //! built once per schema name; nothing here talks to the server.
 
-use super::columns::{AnomalyColumns, DeadLetterColumns, GridMapColumns, LateRecordColumns, LayerSummaryColumns, SpcSignalColumns, WindowResultColumns};
+use super::columns::{AnomalyColumns, DeadLetterColumns, GridMapColumns, LateRecordColumns, LayerSummaryColumns, WindowResultColumns};
+use super::spc_columns::{SpcBaselineColumns, SpcSignalColumns};
 use super::judgement_columns::{BuildReportColumns, DataQualityColumns, LayerVerdictColumns};
 
 /// Key of the advisory lock that serialises schema migrations across engines.
@@ -51,6 +53,7 @@ pub(super) struct Sql {
     pub(super) insert_layer_verdicts: String,
     pub(super) insert_build_reports: String,
     pub(super) insert_data_quality: String,
+    pub(super) insert_spc_baselines: String,
     pub(super) upsert_progress: String,
     pub(super) select_progress: String,
 }
@@ -284,6 +287,39 @@ impl Sql {
              );
              INSERT INTO {s}.schema_version (version) VALUES (7);"
         );
+        // A signal of a cell chart is one per cell: the key takes the cell (null for a laser's
+        // chart, hence a unique index on an expression rather than a primary key).
+        let v8 = format!(
+            "ALTER TABLE {s}.spc_signals
+                 ADD COLUMN cell int,
+                 ADD COLUMN cell_x_mm double precision,
+                 ADD COLUMN cell_y_mm double precision,
+                 ADD COLUMN cell_mm double precision,
+                 DROP CONSTRAINT spc_signals_pkey;
+             CREATE UNIQUE INDEX spc_signals_key ON {s}.spc_signals (pipeline, build_id, spc, laser, layer, rule, (coalesce(cell, -1)));
+             CREATE TABLE {s}.spc_baselines (
+                 pipeline text NOT NULL,
+                 build_id text NOT NULL,
+                 spc text NOT NULL,
+                 chart text NOT NULL,
+                 channel text NOT NULL,
+                 statistic text NOT NULL,
+                 laser int NOT NULL,
+                 cell int,
+                 cell_x_mm double precision,
+                 cell_y_mm double precision,
+                 cell_mm double precision,
+                 layer int NOT NULL,
+                 time timestamptz NOT NULL,
+                 time_ns bigint NOT NULL,
+                 centre double precision NOT NULL,
+                 sigma double precision NOT NULL,
+                 layers_used int NOT NULL,
+                 written_at timestamptz NOT NULL DEFAULT now()
+             );
+             CREATE UNIQUE INDEX spc_baselines_key ON {s}.spc_baselines (pipeline, build_id, spc, laser, (coalesce(cell, -1)));
+             INSERT INTO {s}.schema_version (version) VALUES (8);"
+        );
         let claim_epochs = format!(
             "INSERT INTO {s}.progress AS p (pipeline, topic, partition, resume_offset, emitted_through, epoch)
              SELECT $1, u.topic, u.partition, 0, 0, 1
@@ -332,9 +368,15 @@ impl Sql {
         // counting fewer rows than it sent, rolls the whole transaction back.
         let insert_spc_signals = insert(
             &s,
-            "spc_signals (pipeline, build_id, spc, chart, channel, statistic, laser, layer, time, time_ns, rule, value, charted, centre, lower_limit, upper_limit, baseline_centre, baseline_sigma, layers)",
-            &format!("u.build_id, u.spc, u.chart, u.channel, u.statistic, u.laser, u.layer, {}, u.time_ns, u.rule, u.value, u.charted, u.centre, u.lower_limit, u.upper_limit, u.baseline_centre, u.baseline_sigma, ARRAY(SELECT jsonb_array_elements_text(u.layers::jsonb)::int)", ts("u.time_ns")),
+            "spc_signals (pipeline, build_id, spc, chart, channel, statistic, laser, layer, time, time_ns, rule, value, charted, centre, lower_limit, upper_limit, baseline_centre, baseline_sigma, layers, cell, cell_x_mm, cell_y_mm, cell_mm)",
+            &format!("u.build_id, u.spc, u.chart, u.channel, u.statistic, u.laser, u.layer, {}, u.time_ns, u.rule, u.value, u.charted, u.centre, u.lower_limit, u.upper_limit, u.baseline_centre, u.baseline_sigma, ARRAY(SELECT jsonb_array_elements_text(u.layers::jsonb)::int), u.cell, u.cell_x_mm, u.cell_y_mm, u.cell_mm", ts("u.time_ns")),
             SpcSignalColumns::unnest(),
+        );
+        let insert_spc_baselines = insert(
+            &s,
+            "spc_baselines (pipeline, build_id, spc, chart, channel, statistic, laser, cell, cell_x_mm, cell_y_mm, cell_mm, layer, time, time_ns, centre, sigma, layers_used)",
+            &format!("u.build_id, u.spc, u.chart, u.channel, u.statistic, u.laser, u.cell, u.cell_x_mm, u.cell_y_mm, u.cell_mm, u.layer, {}, u.time_ns, u.centre, u.sigma, u.layers_used", ts("u.time_ns")),
+            SpcBaselineColumns::unnest(),
         );
         let insert_layer_verdicts = insert(
             &s,
@@ -365,7 +407,7 @@ impl Sql {
         let select_progress = format!("SELECT topic, partition, resume_offset, emitted_through, state FROM {s}.progress WHERE pipeline = $1");
         Sql {
             bootstrap,
-            migrations: vec![(1, "created the PostgreSQL tables", v1), (2, "added the progress epoch", v2), (3, "added the progress replay state", v3), (4, "added the SPC signals table", v4), (5, "added the layer verdicts and build reports", v5), (6, "added the CT fusion tables", v6), (7, "added the data quality table", v7)],
+            migrations: vec![(1, "created the PostgreSQL tables", v1), (2, "added the progress epoch", v2), (3, "added the progress replay state", v3), (4, "added the SPC signals table", v4), (5, "added the layer verdicts and build reports", v5), (6, "added the CT fusion tables", v6), (7, "added the data quality table", v7), (8, "added the SPC baselines table and the cell of an SPC signal", v8)],
             has_version,
             claim_epochs,
             insert_layer_summaries,
@@ -378,6 +420,7 @@ impl Sql {
             insert_layer_verdicts,
             insert_build_reports,
             insert_data_quality,
+            insert_spc_baselines,
             upsert_progress,
             select_progress,
         }

@@ -14,6 +14,7 @@ use meltstream_engine::fusion::{Evidence, FusedDefect, FusionSummary};
 use meltstream_engine::records::GridCell;
 
 use super::database::migrate;
+use crate::sinks::StoredBaseline;
 
 fn open(path: &Path) -> Result<Connection, String> {
     if !path.exists() {
@@ -50,8 +51,16 @@ pub fn read_evidence(path: &Path, pipeline: &str, build: &str) -> Result<Evidenc
         let cells: Vec<GridCell> = serde_json::from_str(&cells).map_err(|e| format!("grid_maps.cells: {e}"))?;
         ev.grids.push(EvGrid { layer, revision, cell_mm, cells });
     }
-    let mut st = conn.prepare("SELECT layer, spc, value FROM spc_signals WHERE pipeline = ?1 AND build_id = ?2").map_err(err("cannot read SPC signals"))?;
-    let rows = st.query_map([pipeline, build], |r| Ok(EvSpc { layer: r.get(0)?, spc: r.get(1)?, value: r.get(2)? })).map_err(err("cannot read SPC signals"))?;
+    let mut st = conn.prepare("SELECT layer, spc, value, cell_x_mm, cell_y_mm, cell_mm FROM spc_signals WHERE pipeline = ?1 AND build_id = ?2").map_err(err("cannot read SPC signals"))?;
+    let rows = st
+        .query_map([pipeline, build], |r| {
+            let cell = match (r.get::<_, Option<f64>>(3)?, r.get::<_, Option<f64>>(4)?, r.get::<_, Option<f64>>(5)?) {
+                (Some(x), Some(y), Some(size)) => Some((x, y, size)),
+                _ => None,
+            };
+            Ok(EvSpc { layer: r.get(0)?, spc: r.get(1)?, value: r.get(2)?, cell })
+        })
+        .map_err(err("cannot read SPC signals"))?;
     ev.spc = rows.collect::<Result<_, _>>().map_err(err("cannot read SPC signals"))?;
     let mut st = conn
         .prepare("SELECT layer, max(z_um) FROM layer_summaries WHERE pipeline = ?1 AND build_id = ?2 AND z_um IS NOT NULL GROUP BY layer")
@@ -112,4 +121,13 @@ pub fn spc_rows(path: &Path, pipeline: &str, build: &str) -> Result<Vec<(u32, u8
     let mut st = conn.prepare("SELECT layer, laser, spc, rule FROM spc_signals WHERE pipeline = ?1 AND build_id = ?2").map_err(err("spc_signals"))?;
     let rows = st.query_map([pipeline, build], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).map_err(err("spc_signals"))?;
     rows.collect::<Result<Vec<_>, _>>().map_err(err("spc_signals"))
+}
+
+/// The baselines of chart `spc` that `build`'s phase I stored for `pipeline` (table
+/// `spc_baselines`), by laser and cell.
+pub fn spc_baselines(path: &Path, pipeline: &str, build: &str, spc: &str) -> Result<Vec<StoredBaseline>, String> {
+    let conn = open(path)?;
+    let mut st = conn.prepare("SELECT laser, cell, cell_mm, centre, sigma FROM spc_baselines WHERE pipeline = ?1 AND build_id = ?2 AND spc = ?3 ORDER BY laser, cell").map_err(err("cannot read spc_baselines"))?;
+    let rows = st.query_map([pipeline, build, spc], |r| Ok(StoredBaseline { laser: r.get(0)?, cell: r.get(1)?, cell_mm: r.get(2)?, centre: r.get(3)?, sigma: r.get(4)? })).map_err(err("cannot read spc_baselines"))?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(err("cannot read spc_baselines"))
 }

@@ -6,7 +6,7 @@
 use rusqlite::types::Value;
 
 use meltstream_engine::input::time::format_rfc3339;
-use meltstream_engine::records::OutputRecord;
+use meltstream_engine::records::{OutputRecord, SpcCell};
 
 use super::schema::TABLES;
 
@@ -84,9 +84,21 @@ fn time(ns: i64) -> Value {
     Value::Text(format_rfc3339(ns))
 }
 
+/// A cell's columns (index, centre x, centre y, edge): nulls for a laser's chart.
+fn cell_values(c: Option<&SpcCell>) -> (Value, Value, Value, Value) {
+    match c {
+        Some(c) => (Value::Integer(c.index.into()), Value::Real(c.x_mm), Value::Real(c.y_mm), Value::Real(c.size_mm)),
+        None => (Value::Null, Value::Null, Value::Null, Value::Null),
+    }
+}
+
 /// The table of `record` (index into `schema::TABLES`) and its row.
 fn row(record: &OutputRecord) -> Result<(usize, Vec<Value>), String> {
     let i = |v: i64| Value::Integer(v);
+    let cell = cell_values(match record {
+        OutputRecord::SpcSignal(s) => s.cell.as_ref(),
+        _ => None,
+    });
     Ok(match record {
         OutputRecord::LayerSummary(s) => (
             0,
@@ -195,6 +207,10 @@ fn row(record: &OutputRecord) -> Result<(usize, Vec<Value>), String> {
                 real(s.baseline_centre, "baseline_centre")?,
                 real(s.baseline_sigma, "baseline_sigma")?,
                 json(&s.layers)?,
+                cell.0,
+                cell.1,
+                cell.2,
+                cell.3,
             ],
         ),
         OutputRecord::LayerVerdict(v) => (
@@ -206,6 +222,12 @@ fn row(record: &OutputRecord) -> Result<(usize, Vec<Value>), String> {
             vec![text(&r.build_id), time(r.time_ns), i(r.time_ns), i(r.layers.into()), i(r.layers_ok.into()), i(r.layers_warn.into()), i(r.layers_fail.into()), json(record)?],
         ),
         OutputRecord::DataQuality(q) => (9, vec![text(&q.build_id), i(q.layer.into()), time(q.time_ns), i(q.time_ns), real(q.score, "score")?, json(record)?]),
+        OutputRecord::SpcBaseline(b) => {
+            let cell = cell_values(b.cell.as_ref());
+            let head = [text(&b.build_id), text(&b.spc), text(&b.chart), text(&b.channel), text(&b.statistic), i(b.laser.into()), cell.0, cell.1, cell.2, cell.3];
+            let tail = [i(b.layer.into()), time(b.time_ns), i(b.time_ns), real(b.centre, "centre")?, real(b.sigma, "sigma")?, i(b.layers_used.into())];
+            (10, head.into_iter().chain(tail).collect())
+        }
     })
 }
 

@@ -16,8 +16,9 @@ pub(super) struct Table {
     pub(super) columns: &'static [&'static str],
 }
 
-/// The result tables, indexed as `rows.rs` buffers them (layer summaries 0, …, data quality 9).
-pub(super) const TABLES: [Table; 10] = [
+/// The result tables, indexed as `rows.rs` buffers them (layer summaries 0, …, data quality 9,
+/// SPC baselines 10).
+pub(super) const TABLES: [Table; 11] = [
     Table {
         name: "layer_summaries",
         columns: &[
@@ -37,12 +38,16 @@ pub(super) const TABLES: [Table; 10] = [
         name: "spc_signals",
         columns: &[
             "build_id", "spc", "chart", "channel", "statistic", "laser", "layer", "time", "time_ns", "rule", "value", "charted", "centre", "lower_limit", "upper_limit", "baseline_centre",
-            "baseline_sigma", "layers",
+            "baseline_sigma", "layers", "cell", "cell_x_mm", "cell_y_mm", "cell_mm",
         ],
     },
     Table { name: "layer_verdicts", columns: &["build_id", "layer", "verdict", "reasons", "time", "time_ns", "sample_count", "record"] },
     Table { name: "build_reports", columns: &["build_id", "time", "time_ns", "layers", "layers_ok", "layers_warn", "layers_fail", "record"] },
     Table { name: "data_quality", columns: &["build_id", "layer", "time", "time_ns", "score", "record"] },
+    Table {
+        name: "spc_baselines",
+        columns: &["build_id", "spc", "chart", "channel", "statistic", "laser", "cell", "cell_x_mm", "cell_y_mm", "cell_mm", "layer", "time", "time_ns", "centre", "sigma", "layers_used"],
+    },
 ];
 
 pub(super) use crate::sinks::PIPELINE_TABLES;
@@ -65,7 +70,66 @@ pub(super) const CURRENT_VERSION: &str = "SELECT max(version) FROM schema_versio
 pub(super) const ADD_VERSION: &str = "INSERT INTO schema_version (version) VALUES (?1)";
 
 /// The migrations in order: version, what it adds (for the log), its statements.
-pub(super) const MIGRATIONS: [(i64, &str, &str); 3] = [(1, "created the SQLite tables", V1), (2, "added the CT fusion tables", V2), (3, "added the data quality table", V3)];
+pub(super) const MIGRATIONS: [(i64, &str, &str); 4] =
+    [(1, "created the SQLite tables", V1), (2, "added the CT fusion tables", V2), (3, "added the data quality table", V3), (4, "added the SPC baselines table and the cell of an SPC signal", V4)];
+
+/// Migration 4: the SPC baselines, and the cell of an SPC signal (PostgreSQL's migration 8). A
+/// primary key cannot change in SQLite: `spc_signals` is copied into a table keyed by a unique
+/// index that takes the cell (null for a laser's chart).
+const V4: &str = concat!(
+    "CREATE TABLE spc_signals_v4 (
+        pipeline TEXT NOT NULL,
+        build_id TEXT NOT NULL,
+        spc TEXT NOT NULL,
+        chart TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        statistic TEXT NOT NULL,
+        laser INTEGER NOT NULL,
+        layer INTEGER NOT NULL,
+        time TEXT NOT NULL,
+        time_ns INTEGER NOT NULL,
+        rule TEXT NOT NULL,
+        value REAL NOT NULL,
+        charted REAL NOT NULL,
+        centre REAL NOT NULL,
+        lower_limit REAL NOT NULL,
+        upper_limit REAL NOT NULL,
+        baseline_centre REAL NOT NULL,
+        baseline_sigma REAL NOT NULL,
+        layers TEXT NOT NULL,
+        written_at TEXT NOT NULL DEFAULT ", now_utc!(), ",
+        cell INTEGER,
+        cell_x_mm REAL,
+        cell_y_mm REAL,
+        cell_mm REAL
+    );
+    INSERT INTO spc_signals_v4 (pipeline, build_id, spc, chart, channel, statistic, laser, layer, time, time_ns, rule, value, charted, centre, lower_limit, upper_limit, baseline_centre, baseline_sigma, layers, written_at)
+        SELECT pipeline, build_id, spc, chart, channel, statistic, laser, layer, time, time_ns, rule, value, charted, centre, lower_limit, upper_limit, baseline_centre, baseline_sigma, layers, written_at FROM spc_signals;
+    DROP TABLE spc_signals;
+    ALTER TABLE spc_signals_v4 RENAME TO spc_signals;
+    CREATE UNIQUE INDEX spc_signals_key ON spc_signals (pipeline, build_id, spc, laser, layer, rule, ifnull(cell, -1));
+    CREATE TABLE spc_baselines (
+        pipeline TEXT NOT NULL,
+        build_id TEXT NOT NULL,
+        spc TEXT NOT NULL,
+        chart TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        statistic TEXT NOT NULL,
+        laser INTEGER NOT NULL,
+        cell INTEGER,
+        cell_x_mm REAL,
+        cell_y_mm REAL,
+        cell_mm REAL,
+        layer INTEGER NOT NULL,
+        time TEXT NOT NULL,
+        time_ns INTEGER NOT NULL,
+        centre REAL NOT NULL,
+        sigma REAL NOT NULL,
+        layers_used INTEGER NOT NULL,
+        written_at TEXT NOT NULL DEFAULT ", now_utc!(), "
+    );
+    CREATE UNIQUE INDEX spc_baselines_key ON spc_baselines (pipeline, build_id, spc, laser, ifnull(cell, -1));"
+);
 
 /// Migration 3: data quality per closed layer (PostgreSQL's migration 7).
 const V3: &str = concat!(

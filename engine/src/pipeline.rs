@@ -7,6 +7,7 @@
 //! concern.
 
 pub mod build_book;
+pub mod build_settings;
 pub mod build_pipeline;
 pub mod decisions;
 pub mod energy_density;

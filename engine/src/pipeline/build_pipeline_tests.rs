@@ -181,22 +181,28 @@ fn a_panicking_operator_is_dead_lettered_and_loses_nothing_else() {
     assert!(!dead[1].hold.is_empty(), "the layer's dead letter holds the layer's offsets until durable");
 }
 
+/// One simulated machine with two lasers at 10 kHz, no anomalies, as JSON lines.
+fn simulated(layers: u32, layer_ms: u64) -> String {
+    use crate::input::encode::write_json_lines;
+    use crate::simulator::Simulator;
+    use crate::topology::SimulatorConfig;
+    let cfg = SimulatorConfig { machines: 1, lasers: 2, sample_rate_hz: 10_000, layers, layer_ms, recoat_ms: 20, anomalies: false, ..SimulatorConfig::default() };
+    let mut sim = Simulator::new(&cfg, 0);
+    let mut text = String::new();
+    while let Some(b) = sim.next_batch() {
+        write_json_lines(&b, &mut text);
+    }
+    text
+}
+
 /// Data quality per layer: completeness catches a laser that lost a tenth of its blocks (layer
 /// 1); a run of five lost blocks is one gap, a repeated block counts as duplicate samples and
 /// fills no hole (layer 2). Both layers warn with their reasons, the complete one is `ok`, and
 /// the build report counts them.
 #[test]
 fn data_quality_finds_lost_blocks_gaps_and_duplicates() {
-    use crate::input::encode::write_json_lines;
-    use crate::simulator::Simulator;
-    use crate::topology::SimulatorConfig;
     // 10 kHz in 1 ms blocks: 200 blocks of 10 samples per laser and layer.
-    let cfg = SimulatorConfig { machines: 1, lasers: 2, sample_rate_hz: 10_000, layers: 3, layer_ms: 200, recoat_ms: 20, anomalies: false, ..SimulatorConfig::default() };
-    let mut sim = Simulator::new(&cfg, 0);
-    let mut text = String::new();
-    while let Some(b) = sim.next_batch() {
-        write_json_lines(&b, &mut text);
-    }
+    let text = simulated(3, 200);
     let mut seen: std::collections::BTreeMap<(u64, u64), u32> = Default::default();
     let mut lines: Vec<&str> = Vec::new();
     for l in text.lines() {
@@ -252,15 +258,7 @@ fn data_quality_finds_lost_blocks_gaps_and_duplicates() {
 #[test]
 fn a_build_description_gives_the_planned_energy_density() {
     use crate::input::build_info::BuildInfo;
-    use crate::input::encode::write_json_lines;
-    use crate::simulator::Simulator;
-    use crate::topology::SimulatorConfig;
-    let cfg = SimulatorConfig { machines: 1, lasers: 2, sample_rate_hz: 10_000, layers: 2, layer_ms: 100, recoat_ms: 20, anomalies: false, ..SimulatorConfig::default() };
-    let mut sim = Simulator::new(&cfg, 0);
-    let mut text = String::new();
-    while let Some(b) = sim.next_batch() {
-        write_json_lines(&b, &mut text);
-    }
+    let text = simulated(2, 100);
     // Layer events without their parameters.
     let lines: Vec<String> = text
         .lines()

@@ -43,6 +43,9 @@ pub fn run_simulated(t: &Topology) -> anyhow::Result<Vec<FusionSummary>> {
     }) else {
         anyhow::bail!("[fusion] ct_list = \"simulator\" needs a simulator source");
     };
+    if cfg.builds_per_machine == 0 {
+        anyhow::bail!("[fusion] ct_list = \"simulator\": a fleet with builds_per_machine = 0 never ends, so it has no complete CT list (run with --once)");
+    }
     let mut sim = meltstream_engine::simulator::Simulator::new(cfg, 0);
     while sim.next_batch().is_some() {}
     let defects: Vec<CtDefect> = sim.ct_defects().into_iter().map(|d| d.defect).collect();

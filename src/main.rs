@@ -41,6 +41,10 @@ enum Cmd {
         /// (docs/operations.md).
         #[arg(long)]
         instance: Option<String>,
+        /// Run to completion, for a quick look: each simulated machine runs one build, as fast
+        /// as it can be computed (a long-running fleet otherwise runs until stopped).
+        #[arg(long)]
+        once: bool,
     },
     /// Check topology files; report every error with file, line, key and what was expected.
     Check {
@@ -207,7 +211,7 @@ fn main() -> ExitCode {
         // Colours on a terminal only: a log file or a pipe gets plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cmd = cli.cmd.unwrap_or(Cmd::Run { file: None, quiet: false, instance: None });
+    let cmd = cli.cmd.unwrap_or(Cmd::Run { file: None, quiet: false, instance: None, once: false });
     match cmd {
         Cmd::Reset { topology } => {
             let t = match load_topology(Some(&topology)) {
@@ -247,11 +251,14 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
-        Cmd::Run { file, quiet, instance } => {
+        Cmd::Run { file, quiet, instance, once } => {
             let mut t = match load_topology(file.as_ref()) {
                 Ok(t) => t,
                 Err(c) => return c,
             };
+            if once {
+                t.run_once();
+            }
             let instance = instance.or_else(|| std::env::var("MELTSTREAM_INSTANCE").ok().filter(|v| !v.is_empty()));
             if let Some(id) = instance {
                 if let Err(e) = t.for_instance(&id) {

@@ -38,6 +38,8 @@ impl SinkWriter for Collect {
 pub fn run(mut t: Topology, cfg: &SimulatorConfig) -> anyhow::Result<LayerScore> {
     let mut cfg = cfg.clone();
     cfg.pace = Pace::Fast;
+    // A long-running fleet is scored over one build per machine.
+    cfg.builds_per_machine = cfg.builds_per_machine.max(1);
     let Some(src) = t.sources.iter_mut().find(|s| matches!(s.kind, SourceKind::Simulator(_))) else {
         anyhow::bail!("the topology has no simulator source");
     };

@@ -7,9 +7,11 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 /// Writes the fleet `cfg` to `out` (`-`: stdout), its ground truth to `truth` and its CT list to
-/// `ct`.
+/// `ct` (a long-running fleet: one build per machine).
 pub fn write(cfg: &meltstream_engine::topology::SimulatorConfig, out: &PathBuf, truth: Option<&PathBuf>, ct: Option<&PathBuf>) -> anyhow::Result<()> {
-    let mut sim = meltstream_engine::simulator::Simulator::new(cfg, 0);
+    let mut cfg = cfg.clone();
+    cfg.builds_per_machine = cfg.builds_per_machine.max(1);
+    let mut sim = meltstream_engine::simulator::Simulator::new(&cfg, 0);
     let mut w: Box<dyn Write> = if out.as_os_str() == "-" {
         Box::new(std::io::BufWriter::new(std::io::stdout().lock()))
     } else {

@@ -12,8 +12,8 @@ use crate::input::time::parse_rfc3339_ns;
 use crate::topology::sources::SimulatorConfig;
 
 use super::ct::SimDefect;
-use super::anomalies::{plans_for, AnomalyKind, InjectedAnomaly, O2Rise, O2_RISE_NS};
-use super::machine::{Machine, Setup, Stage, N_SIM_COLS, RANK_BLOCK};
+use super::anomalies::InjectedAnomaly;
+use super::machine::{Machine, Setup, N_SIM_COLS, RANK_BLOCK};
 use super::model::{noise_table, SplitMix, MS};
 
 /// Used when `start_time` does not parse (2024-01-15T10:30:00Z).
@@ -27,6 +27,12 @@ pub struct Simulator {
     queue: BinaryHeap<Reverse<(TimeNs, u8, u32)>>,
     scratch: [Vec<f32>; N_SIM_COLS],
     truth: Vec<InjectedAnomaly>,
+    /// The fleet's configuration (a machine's next build is made from it).
+    cfg: SimulatorConfig,
+    /// The build number each machine runs (from 1).
+    build_no: Vec<u32>,
+    /// The CT defects of builds that ended (a finite fleet keeps them for its CT list).
+    finished_ct: Vec<SimDefect>,
     seq: u64,
     offset: u64,
     generated_ns: TimeNs,
@@ -75,39 +81,11 @@ impl Simulator {
         let start = parse_rfc3339_ns(&cfg.start_time).unwrap_or(DEFAULT_START_NS);
         let mut machines = Vec::with_capacity(cfg.machines as usize);
         for i in 1..=cfg.machines {
+            // The first build's generator is seeded as it always was; later builds from it too.
             let mut rng = SplitMix(cfg.seed ^ u64::from(i).wrapping_mul(0xD1B5_4A32_D192_ED03));
             rng.next();
             let start_ns = start.saturating_add(i64::from(i - 1) * 3 * MS + rng.below(1000) as i64 * 1000);
-            let plans = plans_for(i, cfg, &mut rng);
-            let mut m = Machine {
-                build: Arc::from(format!("{}{i:03}", cfg.build_prefix)),
-                start_ns,
-                end_ns: start_ns,
-                rng,
-                stage: if cfg.layers > 0 { Stage::LayerStart } else { Stage::BuildEnd },
-                layer: 0,
-                block: 0,
-                laser: 0,
-                next_tick_ns: start_ns,
-                o2: Vec::new(),
-                fog: 1.0,
-                regions: Vec::new(),
-                ct_rng: SplitMix(cfg.seed ^ u64::from(i).wrapping_mul(0x9E6C_63D0_676A_9A99) ^ 0x4354),
-                ct: Vec::new(),
-                loss_rng: SplitMix(cfg.seed ^ u64::from(i).wrapping_mul(0xA076_1D64_78BD_642F) ^ 0x4C4F_5353),
-                losing: Vec::new(),
-                plans,
-                lasers: Vec::with_capacity(setup.lasers),
-            };
-            let last_exposure_ns = if cfg.layers > 0 { setup.layer_ns } else { 0 };
-            m.end_ns = m.layer_start_ns(&setup, cfg.layers.saturating_sub(1)).saturating_add(last_exposure_ns);
-            for p in m.plans.iter().filter(|p| p.kind == AnomalyKind::O2Rise) {
-                let a = m.layer_start_ns(&setup, p.layer);
-                let end_ns = a.saturating_add(O2_RISE_NS);
-                m.o2.push(O2Rise { layer: p.layer, start_ns: a, end_ns, marker_sent: false, recorded: false });
-            }
-            m.o2.sort_by_key(|o| o.start_ns);
-            machines.push(m);
+            machines.push(Machine::build(cfg, &setup, i, 1, start_ns, rng));
         }
         let mut queue = BinaryHeap::with_capacity(machines.len());
         for (i, m) in machines.iter().enumerate() {
@@ -118,7 +96,8 @@ impl Simulator {
         let total_samples = u64::from(cfg.machines)
             .saturating_mul(u64::from(cfg.lasers))
             .saturating_mul(u64::from(cfg.layers))
-            .saturating_mul(samples_per_layer);
+            .saturating_mul(samples_per_layer)
+            .saturating_mul(u64::from(cfg.builds_per_machine.max(1)));
         let generated_ns = machines.iter().map(|m| m.start_ns).min().unwrap_or(start);
         Simulator {
             input,
@@ -127,6 +106,9 @@ impl Simulator {
             machines,
             queue,
             truth: Vec::new(),
+            cfg: cfg.clone(),
+            build_no: vec![1; cfg.machines as usize],
+            finished_ct: Vec::new(),
             seq: 0,
             offset: 0,
             generated_ns,
@@ -139,26 +121,28 @@ impl Simulator {
         if self.queue.is_empty() {
             return None;
         }
-        let s = &self.setup;
+        let batch_blocks = self.setup.batch_blocks;
         let mut batch = RecordBatch::with_capacity(0);
-        batch.data.reserve(s.batch_blocks * s.block_len * N_SIM_COLS);
-        batch.blocks.reserve(s.batch_blocks);
+        batch.data.reserve(batch_blocks * self.setup.block_len * N_SIM_COLS);
+        batch.blocks.reserve(batch_blocks);
         let first = self.offset;
         let mut blocks = 0usize;
         while let Some(&Reverse((t, rank, mi))) = self.queue.peek() {
             // Once full, take only the events that fall inside the span already covered.
-            if blocks >= s.batch_blocks && (rank == RANK_BLOCK || t > batch.max_t_ns) {
+            if blocks >= batch_blocks && (rank == RANK_BLOCK || t > batch.max_t_ns) {
                 break;
             }
             self.queue.pop();
+            let s = &self.setup;
             let Some(m) = self.machines.get_mut(mi as usize) else { continue };
             m.emit(s, &mut self.scratch, &mut self.truth, &mut batch, self.offset);
             self.offset += 1;
             if rank == RANK_BLOCK {
                 blocks += 1;
             }
-            if let Some((t, r)) = m.next_key(s) {
-                self.queue.push(Reverse((t, r, mi)));
+            match m.next_key(s) {
+                Some((t, r)) => self.queue.push(Reverse((t, r, mi))),
+                None => self.next_build(mi),
             }
         }
         batch.span = SourceSpan { input: self.input, seq: self.seq, first_offset: first, next_offset: self.offset };
@@ -166,6 +150,34 @@ impl Simulator {
         self.seq += 1;
         self.generated_ns = self.generated_ns.max(batch.max_t_ns);
         Some(batch)
+    }
+
+    /// Machine `mi`'s build ended: it starts its next one after the plate change, unless it ran
+    /// all of `builds_per_machine`.
+    fn next_build(&mut self, mi: u32) {
+        let (cfg, s) = (&self.cfg, &self.setup);
+        let Some(no) = self.build_no.get_mut(mi as usize) else { return };
+        if cfg.builds_per_machine != 0 && *no >= cfg.builds_per_machine {
+            return;
+        }
+        *no += 1;
+        let Some(m) = self.machines.get_mut(mi as usize) else { return };
+        let i = mi + 1;
+        let mut rng = SplitMix(cfg.seed ^ u64::from(i).wrapping_mul(0xD1B5_4A32_D192_ED03) ^ u64::from(*no).wrapping_mul(0x94D0_49BB_1331_11EB));
+        rng.next();
+        let start_ns = m.end_ns.saturating_add(s.recoat_ns).saturating_add(i64::try_from(cfg.build_gap_ms).unwrap_or(i64::MAX).saturating_mul(MS));
+        let next = Machine::build(cfg, s, i, *no, start_ns, rng);
+        let old = std::mem::replace(m, next);
+        // A long-running fleet keeps no history (its memory stays bounded); a finite one keeps
+        // the CT defects and ground truth of every build.
+        if cfg.builds_per_machine == 0 {
+            self.truth.retain(|t| *t.build_id != *old.build);
+        } else {
+            self.finished_ct.extend(old.ct);
+        }
+        if let Some((t, r)) = m.next_key(s) {
+            self.queue.push(Reverse((t, r, mi)));
+        }
     }
 
     /// Event time the simulator has generated up to (for real-time pacing).
@@ -181,7 +193,7 @@ impl Simulator {
     /// The CT defect list of the builds so far (per build, in layer order), with each defect's
     /// cause.
     pub fn ct_defects(&self) -> Vec<SimDefect> {
-        self.machines.iter().flat_map(|m| m.ct.iter().cloned()).collect()
+        self.finished_ct.iter().cloned().chain(self.machines.iter().flat_map(|m| m.ct.iter().cloned())).collect()
     }
 
     /// Total samples a full run produces (for progress/bench): machines*lasers*layers*samples per layer.
@@ -193,6 +205,7 @@ impl Simulator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use super::super::anomalies::AnomalyKind;
     use crate::input::decode::{DecodeLimits, Decoder};
     use crate::input::encode::write_json_lines;
     use crate::input::batch::{COL_X, COL_Y};
@@ -234,6 +247,40 @@ mod tests {
     fn pd_sum(batches: &[RecordBatch]) -> f64 {
         let ch = Channel::PhotodiodeOnAxis.index();
         batches.iter().flat_map(|b| b.blocks.iter().flat_map(move |h| b.column(h, ch).unwrap_or(&[]).iter())).map(|v| f64::from(*v)).sum()
+    }
+
+    /// A machine starts its next build after the plate change: `builds_per_machine` builds each,
+    /// in event-time order, the first named as before; without end (0), it goes on, keeping no
+    /// ground truth of the builds that ended.
+    #[test]
+    fn machines_run_build_after_build() {
+        let cfg = SimulatorConfig { machines: 2, layers: 2, builds_per_machine: 3, build_gap_ms: 50, ..fleet(3, 5) };
+        let (batches, truth) = run(&cfg);
+        let ends: Vec<(String, i64)> = batches.iter().flat_map(|b| b.layers.iter()).filter(|e| e.phase == LayerPhase::BuildEnd).map(|e| (e.build.to_string(), e.t_ns)).collect();
+        let names: std::collections::BTreeSet<&str> = ends.iter().map(|(b, _)| b.as_str()).collect();
+        assert_eq!(names, ["sim-001", "sim-001-2", "sim-001-3", "sim-002", "sim-002-2", "sim-002-3"].into_iter().collect());
+        let starts = |build: &str| batches.iter().flat_map(|b| b.layers.iter()).find(|e| *e.build == *build && e.phase == LayerPhase::Start).map(|e| e.t_ns).expect("a start");
+        let end = |build: &str| ends.iter().find(|(b, _)| b == build).map(|(_, t)| *t).expect("an end");
+        assert!(starts("sim-001-2") >= end("sim-001") + 50 * MS, "the next build starts after the plate change");
+        assert!(starts("sim-001-3") >= end("sim-001-2") + 50 * MS);
+        assert!(batches.windows(2).all(|w| w[1].blocks.first().is_none_or(|h| h.t0_ns + 1_000_000 >= w[0].blocks.first().map_or(0, |g| g.t0_ns))));
+        assert!(truth.iter().any(|t| t.build_id == "sim-002-3"), "later builds carry anomalies too");
+        // The first build is what a one-build fleet makes.
+        let one = run(&SimulatorConfig { builds_per_machine: 1, ..cfg.clone() });
+        let of = |text: String| text.lines().filter(|l| l.contains("\"sim-001\"")).map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(of(json(&one.0)), of(json(&batches)));
+        // Without end: still going after many builds, with the truth of the running ones only.
+        let mut sim = Simulator::new(&SimulatorConfig { builds_per_machine: 0, ..cfg }, 7);
+        let mut last = String::new();
+        for _ in 0..2_000 {
+            let b = sim.next_batch().expect("a long-running fleet never ends");
+            if let Some(e) = b.layers.iter().find(|e| e.phase == LayerPhase::BuildEnd) {
+                last = e.build.to_string();
+            }
+        }
+        assert!(last.rsplit('-').next().and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| n > 3), "{last}");
+        let running: std::collections::BTreeSet<&str> = sim.ground_truth().iter().map(|t| t.build_id.as_str()).collect();
+        assert!(running.len() <= 2, "{running:?}");
     }
 
     /// `block_loss_pct` drops about that share of the blocks, in bursts, and leaves every kept

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use crate::input::batch::{BlockColumns, RecordBatch};
 use crate::input::event::{BuildId, Channel, LaserParams, LayerEvent, LayerPhase, LogRecord, TimeNs};
 
-use super::anomalies::{drift_factor, AnomalyKind, Columns, HotCell, InjectedAnomaly, O2Rise, Plan, PowerDropSpan, Region, Site, FOG_FACTOR, HOT_CELL_MM};
+use super::anomalies::{drift_factor, plans_for, AnomalyKind, Columns, HotCell, InjectedAnomaly, O2Rise, Plan, PowerDropSpan, Region, Site, FOG_FACTOR, HOT_CELL_MM, O2_RISE_NS};
+use crate::topology::sources::SimulatorConfig;
 use super::ct::SimDefect;
 use super::model::{model, Field, Raster, SplitMix, HATCH_MM, LOF_SPEED_MM_S, MS, NOMINAL_POWER_W, PD_OFF_PER_W, PD_ON_PER_W, SPEED_MM_S, TEMP_PER_W, THICKNESS_UM};
 
@@ -99,6 +100,43 @@ pub(super) struct Machine {
 }
 
 impl Machine {
+    /// Build `no` (from 1) of machine `i` (from 1), starting at `start_ns`, its generator `rng`:
+    /// `<prefix><i>` for the first, `<prefix><i>-<no>` for the next ones.
+    pub(super) fn build(cfg: &SimulatorConfig, setup: &Setup, i: u32, no: u32, start_ns: TimeNs, mut rng: SplitMix) -> Machine {
+        let plans = plans_for(i, cfg, &mut rng);
+        // The first build's side generators are seeded as they always were.
+        let again = if no > 1 { u64::from(no).wrapping_mul(0xBF58_476D_1CE4_E5B9) } else { 0 };
+        let build = if no > 1 { format!("{}{i:03}-{no}", cfg.build_prefix) } else { format!("{}{i:03}", cfg.build_prefix) };
+        let mut m = Machine {
+            build: Arc::from(build),
+            start_ns,
+            end_ns: start_ns,
+            rng,
+            stage: if cfg.layers > 0 { Stage::LayerStart } else { Stage::BuildEnd },
+            layer: 0,
+            block: 0,
+            laser: 0,
+            next_tick_ns: start_ns,
+            o2: Vec::new(),
+            fog: 1.0,
+            regions: Vec::new(),
+            ct_rng: SplitMix(cfg.seed ^ u64::from(i).wrapping_mul(0x9E6C_63D0_676A_9A99) ^ 0x4354 ^ again),
+            ct: Vec::new(),
+            loss_rng: SplitMix(cfg.seed ^ u64::from(i).wrapping_mul(0xA076_1D64_78BD_642F) ^ 0x4C4F_5353 ^ again),
+            losing: Vec::new(),
+            plans,
+            lasers: Vec::with_capacity(setup.lasers),
+        };
+        let last_exposure_ns = if cfg.layers > 0 { setup.layer_ns } else { 0 };
+        m.end_ns = m.layer_start_ns(setup, cfg.layers.saturating_sub(1)).saturating_add(last_exposure_ns);
+        for p in m.plans.iter().filter(|p| p.kind == AnomalyKind::O2Rise) {
+            let a = m.layer_start_ns(setup, p.layer);
+            m.o2.push(O2Rise { layer: p.layer, start_ns: a, end_ns: a.saturating_add(O2_RISE_NS), marker_sent: false, recorded: false });
+        }
+        m.o2.sort_by_key(|o| o.start_ns);
+        m
+    }
+
     pub(super) fn layer_start_ns(&self, s: &Setup, k: u32) -> TimeNs {
         self.start_ns.saturating_add(i64::from(k).saturating_mul(s.layer_ns.saturating_add(s.recoat_ns)))
     }

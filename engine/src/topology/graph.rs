@@ -44,6 +44,19 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// Makes every simulator source finite and fast (`meltstream run --once`): a machine that
+    /// runs builds without end runs one, and a real-time pace becomes `fast`.
+    pub fn run_once(&mut self) {
+        for s in &mut self.sources {
+            if let SourceKind::Simulator(c) = &mut s.kind {
+                if c.builds_per_machine == 0 {
+                    c.builds_per_machine = 1;
+                }
+                c.pace = crate::topology::sources::Pace::Fast;
+            }
+        }
+    }
+
     /// The fusion parameters of `build`: `[fusion]`, with the layer thickness of the build's
     /// description when it gives one (a description that cannot be read gives nothing here;
     /// the engine logged it when the build ran).

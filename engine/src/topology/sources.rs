@@ -65,6 +65,11 @@ pub struct SimulatorConfig {
     pub start_time: String,
     /// Prefix of the build ids (`<prefix><machine>`).
     pub build_prefix: String,
+    /// Builds each machine runs, one after the other (`<prefix><machine>`, then
+    /// `<prefix><machine>-2`, …); 0: without end (a long-running fleet).
+    pub builds_per_machine: u32,
+    /// Time between a machine's builds (plate change), ms.
+    pub build_gap_ms: u64,
 }
 
 impl Default for SimulatorConfig {
@@ -88,6 +93,8 @@ impl Default for SimulatorConfig {
             batch_blocks: 64,
             start_time: "2024-01-15T10:30:00Z".into(),
             build_prefix: "sim-".into(),
+            builds_per_machine: 1,
+            build_gap_ms: 2_000,
         }
     }
 }

@@ -7,6 +7,11 @@
 //! `MELTSTREAM_UPDATE_SCREENSHOT=1`). Also, over plain HTTP: off loopback the API asks for the
 //! token, which buys a session cookie that the event stream accepts.
 //!
+//! The browser loads each page afresh (`--dump-dom` after a 1.5 s virtual-time budget, which a
+//! pending request pauses): the page draws from the JSON API and opens its event stream 2 s
+//! later, so these loads see the page as the API drew it; the event stream itself is checked
+//! over HTTP below.
+//!
 //! No timing is asserted: every wait polls until a deadline.
 
 use std::io::{Read, Write};
@@ -65,7 +70,7 @@ fn chromium() -> PathBuf {
 /// Runs headless Chromium on `url` with `args` and returns its stdout; killed after 90 s.
 fn browse(chrome: &Path, profile: &Path, url: &str, args: &[&str]) -> String {
     let mut child = Command::new(chrome)
-        .args(["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars", "--window-size=1400,1000", "--virtual-time-budget=5000", "--run-all-compositor-stages-before-draw"])
+        .args(["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars", "--window-size=1400,1000", "--virtual-time-budget=1500", "--run-all-compositor-stages-before-draw"])
         .arg(format!("--user-data-dir={}", profile.display()))
         .args(args)
         .arg(url)

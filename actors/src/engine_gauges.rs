@@ -31,6 +31,12 @@ pub struct EngineGauges {
     consumer_lag: Mutex<BTreeMap<String, i64>>,
 }
 
+impl std::fmt::Debug for EngineGauges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineGauges").field("sinks", &lock(&self.commit_us).len()).finish_non_exhaustive()
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -149,6 +149,12 @@ pub struct LiveView {
     state: Mutex<State>,
 }
 
+impl std::fmt::Debug for LiveView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveView").field("builds", &self.lock().builds.len()).finish_non_exhaustive()
+    }
+}
+
 fn trim_front<K: Ord + Copy, V>(m: &mut BTreeMap<K, V>, keep: usize) {
     while m.len() > keep {
         let Some(&k) = m.keys().next() else { break };
@@ -332,6 +338,13 @@ impl LiveView {
     /// Increases on every change.
     pub fn version(&self) -> u64 {
         self.lock().version
+    }
+
+    /// `build`'s latest verdict and latest data quality, each with its layer.
+    pub fn latest(&self, build: &str) -> (Option<(u32, VerdictPoint)>, Option<(u32, f64)>) {
+        let s = self.lock();
+        let Some(b) = s.builds.get(build) else { return (None, None) };
+        (b.verdicts.iter().next_back().map(|(l, v)| (*l, v.clone())), b.data_quality.iter().next_back().map(|(l, q)| (*l, *q)))
     }
 
     /// Every build's summary (no maps, trends or signals).

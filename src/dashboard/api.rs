@@ -23,10 +23,9 @@ pub fn fleet_json(d: &Dashboard) -> Value {
         .map(|(id, c)| {
             let rate = d.rate(&id, c.samples);
             let l = live.get(&id);
-            let (verdict, quality) = d.stats.live.build_detail(&id).map_or((Value::Null, Value::Null), |b| {
-                let last = |k: &str| b[k].as_object().and_then(|m| m.iter().next_back().map(|(layer, v)| json!({"layer": layer.parse::<u32>().ok(), "value": v}))).unwrap_or(Value::Null);
-                (last("verdicts"), last("data_quality"))
-            });
+            let (verdict, quality) = d.stats.live.latest(&id);
+            let verdict = verdict.map_or(Value::Null, |(layer, v)| json!({"layer": layer, "value": v}));
+            let quality = quality.map_or(Value::Null, |(layer, q)| json!({"layer": layer, "value": q}));
             json!({
                 "build_id": id,
                 "machine": l.and_then(|l| l.machine.clone()),

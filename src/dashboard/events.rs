@@ -32,7 +32,7 @@ fn event(out: &mut String, name: &str, id: Option<u64>, data: &serde_json::Value
     out.push_str(&format!("event: {name}\ndata: {data}\n\n"));
 }
 
-async fn next(mut c: Cursor) -> Option<(Result<Bytes, actix_web::Error>, Cursor)> {
+async fn next(mut c: Cursor) -> Option<(Result<Bytes, std::convert::Infallible>, Cursor)> {
     if c.ticks > 0 {
         actix_web::rt::time::sleep(Duration::from_secs(1)).await;
     }

@@ -168,7 +168,7 @@ impl RouterState {
         }
         let mut processor = BuildPipeline::new(build.clone(), self.args.settings.clone());
         let info = self.build_info(build);
-        self.args.stats.live.set_machine(&build.to_string(), info.as_ref().and_then(|i| i.machine.clone()));
+        self.args.stats.live.set_machine(build, info.as_ref().and_then(|i| i.machine.clone()));
         processor.set_info(info);
         // What an earlier run (or this one, for a build that ended) decided for it.
         let (decisions, replay_from) = self.args.board.decisions(input, build);
@@ -190,7 +190,7 @@ impl RouterState {
         }
         let (queue, rx) = build_queue(self.args.build_queue_batches);
         let fill: Arc<dyn crate::engine_gauges::QueueFill> = queue.clone();
-        self.args.stats.gauges.register_queue(&build.to_string(), Arc::downgrade(&fill));
+        self.args.stats.gauges.register_queue(build, Arc::downgrade(&fill));
         let slot: SharedSlot = Arc::new(std::sync::Mutex::new(BuildSlot::new(processor, rx)));
         self.next_holder += 1;
         let holder = self.next_holder;

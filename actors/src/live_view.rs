@@ -243,7 +243,7 @@ impl LiveView {
                     trim_front(&mut b.placed, GRID_LAYERS);
                 }
                 let laser = a.laser.map_or(String::new(), |l| format!(" laser {l}"));
-                let detail = format!("{} {} {} {}{laser}", a.channel, a.value, a.op, a.limit);
+                let detail = format!("{} {:.2} {} {}{laser}", a.channel, a.value, a.op, a.limit);
                 Self::alert(s, "anomaly", &a.build_id, a.layer, &a.time, a.rule.clone(), detail, r.key());
             }
             OutputRecord::LayerSummary(l) => {

@@ -3,11 +3,13 @@
 //! - `/health/ready`: 200 when every source polls and holds partitions, every sink writes, no
 //!   record waits too long to become durable and no watermark lags too far; else 503 with the
 //!   reasons (docs/operations.md, "Health");
-//! - `/metrics` (Prometheus text), `/builds` (live per-build counters as JSON).
+//! - `/metrics` (Prometheus text), `/builds` (live per-build counters as JSON);
+//! - `/` and `/api/…`: the operator's dashboard ([`crate::dashboard`], docs/dashboard.md).
 //!
-//! Bound to loopback by default. On any other address, every route but `/health/live` asks for
-//! `Authorization: Bearer <token>` with the token from `MELTSTREAM_ADMIN_TOKEN`, and the engine
-//! does not start without one.
+//! Bound to loopback by default. On any other address, every route but `/health/live` and the
+//! dashboard's static page asks for `Authorization: Bearer <token>` with the token from
+//! `MELTSTREAM_ADMIN_TOKEN` (or a session cookie the page obtained with it), and the engine does
+//! not start without one.
 
 use std::sync::Arc;
 
@@ -16,6 +18,9 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use meltstream_actors::engine_stats::EngineStats;
+use meltstream_actors::sinks::results_store::ResultsStore;
+
+use crate::dashboard::{self, Dashboard, Sessions};
 
 /// The environment variable holding the admin API's bearer token.
 pub const TOKEN_ENV: &str = "MELTSTREAM_ADMIN_TOKEN";
@@ -48,8 +53,19 @@ fn ready(stats: &EngineStats) -> HttpResponse {
     }
 }
 
-/// Serves the admin API on `addr` in a background thread.
-pub fn serve(addr: &str, prom: Option<PrometheusHandle>, stats: Arc<EngineStats>) -> anyhow::Result<()> {
+/// True when `req` may be answered: a public path, or the token (header or session) when one is
+/// required.
+fn allowed(req: &actix_web::dev::ServiceRequest, expected: Option<&str>, sessions: &Sessions) -> bool {
+    let Some(want) = expected else { return true };
+    req.path() == "/health/live"
+        || dashboard::is_public(req.path())
+        || req.headers().get("authorization").and_then(|v| v.to_str().ok()) == Some(want)
+        || req.headers().get_all("cookie").filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).filter_map(|c| c.trim().split_once('=')).any(|(k, v)| k == dashboard::SESSION_COOKIE && sessions.valid(v))
+}
+
+/// Serves the admin API on `addr` in a background thread; the dashboard reads past layers from
+/// `store` when there is one.
+pub fn serve(addr: &str, prom: Option<PrometheusHandle>, stats: Arc<EngineStats>, store: Option<ResultsStore>) -> anyhow::Result<()> {
     let addr: std::net::SocketAddr = addr.parse()?;
     let token = required_token(&addr)?;
     let listener = std::net::TcpListener::bind(addr)?;
@@ -57,17 +73,19 @@ pub fn serve(addr: &str, prom: Option<PrometheusHandle>, stats: Arc<EngineStats>
         let sys = actix_web::rt::System::new();
         let res = sys.block_on(async move {
             let prom = web::Data::new(prom);
+            let sessions = Arc::new(Sessions::default());
+            let dash = web::Data::new(Dashboard::new(stats.clone(), store, sessions.clone()));
             let stats = web::Data::new(stats);
             let expected = token.map(|t| format!("Bearer {t}"));
             HttpServer::new(move || {
                 let expected = expected.clone();
+                let sessions = sessions.clone();
                 App::new()
                     .app_data(prom.clone())
                     .app_data(stats.clone())
+                    .app_data(dash.clone())
                     .wrap_fn(move |req, srv| {
-                        let allowed = req.path() == "/health/live"
-                            || expected.as_deref().is_none_or(|want| req.headers().get("authorization").and_then(|v| v.to_str().ok()) == Some(want));
-                        let call = if allowed { Ok(srv.call(req)) } else { Err(req) };
+                        let call = if allowed(&req, expected.as_deref(), &sessions) { Ok(srv.call(req)) } else { Err(req) };
                         async move {
                             match call {
                                 Ok(f) => f.await.map(ServiceResponse::map_into_left_body),
@@ -75,6 +93,7 @@ pub fn serve(addr: &str, prom: Option<PrometheusHandle>, stats: Arc<EngineStats>
                             }
                         }
                     })
+                    .configure(dashboard::configure)
                     .route("/health", web::get().to(|| async { HttpResponse::Ok().body("ok\n") }))
                     .route("/health/live", web::get().to(|| async { HttpResponse::Ok().body("ok\n") }))
                     .route("/health/ready", web::get().to(|s: web::Data<Arc<EngineStats>>| async move { ready(&s) }))

@@ -3,6 +3,7 @@
 
 mod admin;
 mod bench;
+mod dashboard;
 mod export;
 mod fuse;
 mod reset;
@@ -392,9 +393,7 @@ fn engine_run(t: Topology, quiet: bool) -> anyhow::Result<bool> {
         let summary_ms = t.engine.summary_interval_ms;
         let mut signals = Signals::install().context("installing the signal handlers")?;
         let stats = Arc::new(meltstream_actors::engine_stats::EngineStats::default());
-        if !admin_addr.is_empty() {
-            admin::serve(&admin_addr, prometheus, stats.clone())?;
-        }
+        (!admin_addr.is_empty()).then(|| admin::serve(&admin_addr, prometheus, stats.clone(), meltstream_actors::sinks::results_store::ResultsStore::of(&t))).transpose()?;
         let summary = (!quiet && summary_ms > 0).then(|| tokio::spawn(summary::print_every(stats.clone(), summary_ms)));
         let shutdown = Arc::new(tokio::sync::Notify::new());
         let signalled = Arc::new(std::sync::atomic::AtomicBool::new(false));

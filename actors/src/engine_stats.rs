@@ -63,6 +63,10 @@ pub struct EngineStats {
     committed: Mutex<BTreeMap<u64, u64>>,
     /// What sources and sinks report for `/health/ready`.
     pub health: crate::health::Health,
+    /// Each build's recent results, for the dashboard.
+    pub live: crate::live_view::LiveView,
+    /// Queues, memory budget, commit durations and consumer lag, for the dashboard.
+    pub gauges: crate::engine_gauges::EngineGauges,
 }
 
 impl EngineStats {

@@ -17,8 +17,10 @@
 //! durable: `sinks/sink_actor.rs`. Where its offset is committed: `tree/commit_coordinator.rs`.
 #![warn(missing_docs)]
 
+pub mod engine_gauges;
 pub mod engine_stats;
 pub mod health;
+pub mod live_view;
 pub mod log_limit;
 pub mod memory_budget;
 pub mod ports;

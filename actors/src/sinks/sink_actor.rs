@@ -262,6 +262,7 @@ impl SinkState {
         let now = now_wall_ns();
         self.args.stats.health.sink_durable(&self.args.name, now);
         metrics::histogram!("meltstream_sink_commit_seconds", "sink" => self.args.name.clone()).record(started.elapsed().as_secs_f64());
+        self.args.stats.gauges.sink_commit(&self.args.name, started.elapsed().as_micros() as u64);
         record_latencies(&self.args.stats, &self.args.name, LatencyStage::Durable, now, &self.origins);
         self.origins.clear();
         let n = self.buffered as u64;

@@ -157,6 +157,7 @@ impl Reader {
             stopping: AtomicBool::new(false),
             fenced: AtomicBool::new(false),
             group: c.group_id.clone(),
+            stats: args.ctx.stats.clone(),
         };
         let consumer: StreamConsumer<Hooks> = cfg.create_with_context(hooks)?;
         let topics: Vec<&str> = c.topics.iter().map(String::as_str).collect();

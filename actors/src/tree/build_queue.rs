@@ -155,6 +155,16 @@ impl BuildQueue {
     }
 }
 
+impl crate::engine_gauges::QueueFill for BuildQueue {
+    fn depth(&self) -> usize {
+        BuildQueue::depth(self)
+    }
+
+    fn capacity(&self) -> usize {
+        BuildQueue::capacity(self)
+    }
+}
+
 impl QueueReceiver {
     /// The next thing to do, in order: a queued batch, else the pending watermark once every
     /// batch sent before it has been received.

@@ -20,6 +20,7 @@ use meltstream_engine::restart_budget::RestartBudget;
 use meltstream_engine::topology::{expand_env, SinkKind, SourceKind, Topology};
 
 use crate::engine_stats::EngineStats;
+use crate::live_view::ChartSpec;
 use crate::memory_budget::MemoryBudget;
 use crate::ports::messages::{CommitMsg, RouterMsg, Started, SupervisorMsg, WatermarkMsg};
 use crate::ports::source_ctx::SourceCtx;
@@ -219,7 +220,11 @@ impl EngineBuilder {
             let cap = e.sink_queue_records as u32;
             sinks.push(SinkHandle { name: s.name.clone(), kinds: s.kind.records().to_vec(), actor, queue: Arc::new(Semaphore::new(cap as usize)), capacity: cap });
         }
-        let outputs = Outputs::new(sinks, budget.clone());
+        stats.gauges.set_budget(budget.clone());
+        stats.live.set_charts(
+            t.spc.iter().map(|c| ChartSpec { name: c.name.clone(), chart: format!("{:?}", c.chart).to_lowercase(), channel: c.channel.clone(), statistic: c.statistic().name().to_owned() }).collect(),
+        );
+        let outputs = Outputs::new(sinks, budget.clone(), stats.clone());
         let source_names: Arc<Vec<String>> = Arc::new(t.sources.iter().map(|s| s.name.clone()).collect());
         let router_args = RouterArgs {
             settings: Arc::new(self.settings.clone()),

@@ -46,12 +46,13 @@ pub struct Plan {
 pub struct Outputs {
     sinks: Arc<Vec<SinkHandle>>,
     budget: MemoryBudget,
+    stats: Arc<EngineStats>,
 }
 
 impl Outputs {
-    /// Outputs over these sinks.
-    pub fn new(sinks: Vec<SinkHandle>, budget: MemoryBudget) -> Outputs {
-        Outputs { sinks: Arc::new(sinks), budget }
+    /// Outputs over these sinks; every record routed is shown to `stats`' live view first.
+    pub fn new(sinks: Vec<SinkHandle>, budget: MemoryBudget, stats: Arc<EngineStats>) -> Outputs {
+        Outputs { sinks: Arc::new(sinks), budget, stats }
     }
 
     /// The sinks.
@@ -65,8 +66,10 @@ impl Outputs {
     }
 
     /// Splits records by sink and counts deliveries per hold. Records no sink takes are dropped
-    /// here (the topology chose not to keep them) and hold nothing.
+    /// here (the topology chose not to keep them) and hold nothing; the dashboard's live view
+    /// sees every record first.
     pub fn plan(&self, records: Vec<Emitted>) -> Plan {
+        self.stats.live.observe(&records);
         let mut per_sink: Vec<Vec<Emitted>> = vec![Vec::new(); self.sinks.len()];
         let mut deliveries: Vec<(Hold, u32)> = Vec::new();
         for r in records {

@@ -167,7 +167,9 @@ impl RouterState {
             return self.unpark(myself, build).await;
         }
         let mut processor = BuildPipeline::new(build.clone(), self.args.settings.clone());
-        processor.set_info(self.build_info(build));
+        let info = self.build_info(build);
+        self.args.stats.live.set_machine(build, info.as_ref().and_then(|i| i.machine.clone()));
+        processor.set_info(info);
         // What an earlier run (or this one, for a build that ended) decided for it.
         let (decisions, replay_from) = self.args.board.decisions(input, build);
         processor.resume(decisions, replay_from.max(at));
@@ -187,6 +189,8 @@ impl RouterState {
             }
         }
         let (queue, rx) = build_queue(self.args.build_queue_batches);
+        let fill: Arc<dyn crate::engine_gauges::QueueFill> = queue.clone();
+        self.args.stats.gauges.register_queue(build, Arc::downgrade(&fill));
         let slot: SharedSlot = Arc::new(std::sync::Mutex::new(BuildSlot::new(processor, rx)));
         self.next_holder += 1;
         let holder = self.next_holder;

@@ -71,6 +71,8 @@ pub(super) struct Hooks {
     pub(super) fenced: AtomicBool,
     /// The consumer group (its membership goes on the board for the Kafka sinks).
     pub(super) group: String,
+    /// Engine counters (consumer lag for the dashboard).
+    pub(super) stats: std::sync::Arc<crate::engine_stats::EngineStats>,
 }
 
 impl ClientContext for Hooks {
@@ -85,6 +87,7 @@ impl ClientContext for Hooks {
             let read = if part.app_offset >= 0 { part.app_offset } else { part.next_offset };
             if end >= 0 && read >= 0 {
                 metrics::gauge!("meltstream_kafka_consumer_lag", "topic" => topic.clone(), "partition" => p.to_string()).set((end - read).max(0) as f64);
+                self.stats.gauges.consumer_lag(&format!("{topic}/{p}"), (end - read).max(0));
             }
             // Unknown offsets (no fetch answer yet, broker down): data may still come; hold.
             // One offset of slack: a transactional input ends with a commit marker that is never

@@ -68,7 +68,9 @@ fn allowed(req: &actix_web::dev::ServiceRequest, expected: Option<&str>, session
 pub fn serve(addr: &str, prom: Option<PrometheusHandle>, stats: Arc<EngineStats>, store: Option<ResultsStore>) -> anyhow::Result<()> {
     let addr: std::net::SocketAddr = addr.parse()?;
     let token = required_token(&addr)?;
-    let listener = std::net::TcpListener::bind(addr)?;
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("admin_addr {addr}: {e}"))?;
+    // The first line a user sees.
+    println!("dashboard: http://{addr}/  (health: /health/ready, metrics: /metrics)");
     std::thread::Builder::new().name("admin-api".into()).spawn(move || {
         let sys = actix_web::rt::System::new();
         let res = sys.block_on(async move {

@@ -8,6 +8,7 @@ mod export;
 mod fuse;
 mod reset;
 mod score;
+mod signals;
 mod simulate;
 mod summary;
 
@@ -391,7 +392,7 @@ fn engine_run(t: Topology, quiet: bool) -> anyhow::Result<bool> {
         let name = t.name.clone();
         let admin_addr = t.engine.admin_addr.clone();
         let summary_ms = t.engine.summary_interval_ms;
-        let mut signals = Signals::install().context("installing the signal handlers")?;
+        let mut signals = signals::Signals::install().context("installing the signal handlers")?;
         let stats = Arc::new(meltstream_actors::engine_stats::EngineStats::default());
         (!admin_addr.is_empty()).then(|| admin::serve(&admin_addr, prometheus, stats.clone(), meltstream_actors::sinks::results_store::ResultsStore::of(&t))).transpose()?;
         let summary = (!quiet && summary_ms > 0).then(|| tokio::spawn(summary::print_every(stats.clone(), summary_ms)));
@@ -472,35 +473,4 @@ fn engine_run(t: Topology, quiet: bool) -> anyhow::Result<bool> {
 fn handle_shutdown_fn(h: &meltstream_actors::EngineHandle) -> impl FnOnce() + Send + 'static {
     let h = h.shutdown_handle();
     move || h()
-}
-
-/// SIGINT and SIGTERM, listened to from before the engine starts, so that a signal that
-/// arrives while it is starting still drains it.
-struct Signals {
-    #[cfg(unix)]
-    term: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    int: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn install() -> std::io::Result<Signals> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            Ok(Signals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
-        }
-        #[cfg(not(unix))]
-        Ok(Signals {})
-    }
-
-    async fn next(&mut self) {
-        #[cfg(unix)]
-        tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
-        }
-        #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

@@ -3,6 +3,8 @@
 //! the channel, once each; a second run over the same input (what a replay after a crash
 //! writes) changes nothing and publishes nothing.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
@@ -59,32 +61,7 @@ fn build_state_and_alerts_reach_redis_once() {
             r#"name = "redis"
 [engine]
 summary_interval_ms = 0
-[[sources]]
-name = "fleet"
-type = "simulator"
-machines = 2
-lasers = 2
-sample_rate_hz = 5000
-layers = 20
-layer_ms = 200
-recoat_ms = 20
-seed = 7
-anomalies = true
-anomaly_rate_per_layer = 1.0
-anomaly_from_layer = 2
-[[rules]]
-name = "hot_spot"
-channel = "photodiode_on_axis"
-op = ">"
-limit = 3000.0
-cooldown_ms = 20
-[[rules]]
-name = "power_drop"
-channel = "laser_power_w"
-op = "<"
-limit = 150.0
-cooldown_ms = 20
-[[rules]]
+{fleet}[[rules]]
 name = "lack_of_fusion"
 channel = "energy_density_j_mm3"
 op = "<"
@@ -102,6 +79,7 @@ type = "file"
 path = "{file}"
 records = ["anomaly", "layer_verdict"]
 "#,
+            fleet = support::alerting_fleet(20),
             file = dir.join("out.jsonl").display()
         ),
     )

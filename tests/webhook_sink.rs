@@ -3,6 +3,8 @@
 //! and a second run over the same input (what a replay brings) sends the same keys again, so a
 //! receiver that honours them sees each alert once.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -87,32 +89,7 @@ fn alerts_are_posted_with_idempotency_keys_and_retried() {
             r#"name = "hooks"
 [engine]
 summary_interval_ms = 0
-[[sources]]
-name = "fleet"
-type = "simulator"
-machines = 2
-lasers = 2
-sample_rate_hz = 5000
-layers = 12
-layer_ms = 200
-recoat_ms = 20
-seed = 7
-anomalies = true
-anomaly_rate_per_layer = 1.0
-anomaly_from_layer = 2
-[[rules]]
-name = "hot_spot"
-channel = "photodiode_on_axis"
-op = ">"
-limit = 3000.0
-cooldown_ms = 20
-[[rules]]
-name = "power_drop"
-channel = "laser_power_w"
-op = "<"
-limit = 150.0
-cooldown_ms = 20
-[[sinks]]
+{fleet}[[sinks]]
 name = "hook"
 type = "webhook"
 url = "http://127.0.0.1:{port}/alerts"
@@ -125,6 +102,7 @@ type = "file"
 path = "{file}"
 records = ["anomaly"]
 "#,
+            fleet = support::alerting_fleet(12),
             file = dir.join("out.jsonl").display()
         ),
     )

@@ -21,6 +21,40 @@ pub fn temp_dir(name: &str) -> PathBuf {
     d
 }
 
+/// The `[[sources]]` and `[[rules]]` of a small simulated fleet that raises alerts on most
+/// layers (two machines, two lasers, `layers` layers of 200 ms, seed 7): what the sink tests
+/// deliver.
+pub fn alerting_fleet(layers: u32) -> String {
+    format!(
+        r#"[[sources]]
+name = "fleet"
+type = "simulator"
+machines = 2
+lasers = 2
+sample_rate_hz = 5000
+layers = {layers}
+layer_ms = 200
+recoat_ms = 20
+seed = 7
+anomalies = true
+anomaly_rate_per_layer = 1.0
+anomaly_from_layer = 2
+[[rules]]
+name = "hot_spot"
+channel = "photodiode_on_axis"
+op = ">"
+limit = 3000.0
+cooldown_ms = 20
+[[rules]]
+name = "power_drop"
+channel = "laser_power_w"
+op = "<"
+limit = 150.0
+cooldown_ms = 20
+"#
+    )
+}
+
 /// A topology reading `input` (JSON lines) into a collecting sink named `out`.
 pub fn file_topology(input: &Path, engine_extra: &str, rest: &str) -> String {
     format!(

@@ -161,6 +161,7 @@ build_idle_timeout_ms = {build_idle}
 input_idle_timeout_ms = 500
 watermark_bound_ms = 20
 max_record_bytes = 16384
+input_quality_window_ms = 200
 {restarts}
 
 [[sources]]
@@ -190,7 +191,7 @@ name = "pg"
 type = "postgres"
 url = "{url}"
 schema = "{schema}"
-records = ["layer_summary", "grid", "anomaly", "dead_letter"]
+records = ["layer_summary", "grid", "anomaly", "dead_letter", "input_quality"]
 flush_ms = 50
 
 [[sinks]]
@@ -390,6 +391,10 @@ async fn results_are_exactly_once_across_crashes_outages_and_broker_restarts() {
     assert!(count("layer_summaries") >= 3 * 4 * 2, "layer summaries of every build, layer and laser: {}", count("layer_summaries"));
     assert!(count("anomalies") > 0, "the injected anomalies raise alerts");
     assert!(count("dead_letters") > 0, "the malformed records are dead-lettered");
+    // Per input and 200 ms of event time: the windows the partitions moved past, with the
+    // decode-time dead letters among their records.
+    assert!(count("input_quality") >= 3, "input quality windows: {}", count("input_quality"));
+    assert!(reference.0["input_quality"].iter().any(|r| !r.contains("\"dead_letters\": 0,")), "some window counted dead letters");
     for kind in ["invalid_json", "wrong_schema", "too_large", "unknown_build", "out_of_range"] {
         assert!(reference.0["dead_letters"].iter().any(|r| r.contains(&format!("\"reason_kind\": \"{kind}\""))), "a {kind} dead letter");
     }

@@ -183,7 +183,7 @@ fn records() -> Vec<Emitted> {
 
 /// A replay state of a partition: its largest event time and one build's decisions.
 fn state(final_through: u32) -> PartitionState {
-    PartitionState { max_t: T0, builds: [("build_001".to_owned(), BuildDecisions { final_through: Some(final_through), ended_at: Some(99), ..BuildDecisions::default() })].into() }
+    PartitionState { max_t: T0, builds: [("build_001".to_owned(), BuildDecisions { final_through: Some(final_through), ended_at: Some(99), ..BuildDecisions::default() })].into(), input_quality: None }
 }
 
 /// A checkpoint of partitions assigned to this process once; partition 0 carries a replay state.
@@ -284,7 +284,7 @@ async fn records_and_progress_are_written_once_and_read_back() {
     assert_eq!(progress, stored(&[("samples", 0, 50, 60), ("samples", 1, 7, 9), ("samples", 2, 3, 3)]));
     let states = fresh.take_stored_states();
     assert_eq!(states.get(&("samples".to_owned(), 0)), Some(&state(2)), "the replay state stored with the newest progress");
-    let empty = PartitionState { max_t: i64::MIN, builds: BTreeMap::new() };
+    let empty = PartitionState { max_t: i64::MIN, builds: BTreeMap::new(), input_quality: None };
     assert_eq!(states.get(&("samples".to_owned(), 1)), Some(&empty), "none given: an empty state (no event time known)");
     assert_eq!(states.len(), 3);
     fresh.close().await.expect("close");

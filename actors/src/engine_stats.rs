@@ -29,7 +29,7 @@ impl LatencyKind {
                 LatencyKind::WindowClose
             }
             OutputRecord::Anomaly(_) => LatencyKind::Alert,
-            OutputRecord::DeadLetter(_) | OutputRecord::Late(_) => LatencyKind::Other,
+            OutputRecord::DeadLetter(_) | OutputRecord::Late(_) | OutputRecord::InputQuality(_) => LatencyKind::Other,
         }
     }
 }

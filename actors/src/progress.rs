@@ -25,6 +25,7 @@ use rdkafka::consumer::ConsumerGroupMetadata;
 
 use meltstream_engine::input::event::{InputId, TimeNs};
 use meltstream_engine::pipeline::decisions::{BuildDecisions, PartitionState};
+use meltstream_engine::pipeline::input_quality::QualitySnapshot;
 
 /// Progress of one input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,6 +80,12 @@ struct Live {
     max_t_at_resume: TimeNs,
     /// What the last run stored, until the router has taken it.
     restored_max_t: Option<TimeNs>,
+    /// The open input-quality window after each routed batch not yet behind the resume offset.
+    quality_trail: VecDeque<QualitySnapshot>,
+    /// The one at the published resume offset (what a checkpoint stores).
+    quality_at_resume: Option<QualitySnapshot>,
+    /// What the last run stored, until the router has taken it.
+    restored_quality: Option<QualitySnapshot>,
     /// Where this run started reading the input.
     replay_from: u64,
 }
@@ -135,6 +142,9 @@ impl ProgressBoard {
             max_t: state.max_t,
             max_t_at_resume: state.max_t,
             restored_max_t: (state.max_t > TimeNs::MIN).then_some(state.max_t),
+            quality_trail: VecDeque::new(),
+            quality_at_resume: state.input_quality.clone(),
+            restored_quality: state.input_quality.clone(),
             replay_from: resume,
             trail: VecDeque::new(),
         };
@@ -239,6 +249,9 @@ impl ProgressBoard {
                     l.max_t_at_resume = l.max_t_at_resume.max(t);
                 }
             }
+            while l.quality_trail.front().is_some_and(|q| q.at <= p.resume) {
+                l.quality_at_resume = l.quality_trail.pop_front();
+            }
         }
         b.latest.insert(input, p);
         b.version += 1;
@@ -252,6 +265,20 @@ impl ProgressBoard {
         l.max_t = l.max_t.max(max_t);
         let t = l.max_t;
         l.trail.push_back((next_offset, t));
+    }
+
+    /// The open input-quality window of `input` after a routed batch (`s.at`: its end offset).
+    pub fn observe_quality(&self, input: InputId, s: QualitySnapshot) {
+        let mut b = self.lock();
+        if let Some(l) = b.live.get_mut(&input) {
+            l.quality_trail.push_back(s);
+        }
+    }
+
+    /// The input-quality window the last run stored for `input` at the offset this run started
+    /// reading it (once: the router starts counting from it).
+    pub fn take_restored_quality(&self, input: InputId) -> Option<QualitySnapshot> {
+        self.lock().live.get_mut(&input).and_then(|l| l.restored_quality.take())
     }
 
     /// The largest event time the last run stored for `input` (once: the router's watermark
@@ -322,7 +349,7 @@ impl ProgressBoard {
             // What a replay from the stored resume offset needs (the cooldowns running there).
             let r = resume.unwrap_or(l.replay_from);
             let builds = l.builds.iter().map(|(id, d)| (id.clone(), d.for_replay_from(r))).collect();
-            states.insert(tp, PartitionState { max_t: l.max_t_at_resume, builds });
+            states.insert(tp, PartitionState { max_t: l.max_t_at_resume, builds, input_quality: l.quality_at_resume.clone() });
         }
         Checkpoint { version: b.version, entries, assignments: b.assignments.clone(), states, fenced: b.fenced.is_some() }
     }
@@ -349,7 +376,10 @@ pub fn replay_states(stored: &[(&StoredProgress, &StoredStates)], resume: &HashM
         // The event time is monotone in the offset: the lowest any sink stored (none: unknown)
         // is the one at the lowest resume offset, where the replay starts.
         let max_t = stored.iter().map(|(_, st)| st.get(tp).map_or(TimeNs::MIN, |s| s.max_t)).min().unwrap_or(TimeNs::MIN);
-        let mut state = PartitionState { max_t, builds: BTreeMap::new() };
+        // The open input-quality window the sink with the lowest resume stored, which stands
+        // where the replay starts.
+        let input_quality = stored.iter().filter_map(|(_, st)| st.get(tp).and_then(|s| s.input_quality.clone())).find(|q| q.at == *r);
+        let mut state = PartitionState { max_t, builds: BTreeMap::new(), input_quality };
         for (_, st) in stored {
             if let Some(s) = st.get(tp) {
                 for (b, d) in &s.builds {

@@ -1,11 +1,13 @@
 //! Sinks: the sink actor, which batches records and acknowledges them once durable, and the
-//! writers it drives (file and null, PostgreSQL, SQLite, Kafka, Redis, webhook); and the results
+//! writers it drives (file and null, PostgreSQL, SQLite, Kafka, Redis, webhook, Airflow); and the results
 //! store those sinks keep, read back and written by CT fusion and the batch commands
 //! (`results_store`).
 //!
 //! A sink knows the tree only through the messages in `ports`; it never imports `tree/`.
 
+pub mod airflow;
 pub mod file;
+pub mod http;
 pub mod kafka;
 pub mod postgres;
 pub mod redis;
@@ -17,7 +19,7 @@ pub mod writer;
 
 /// Every table holding rows of a pipeline in a results store (PostgreSQL and SQLite alike), in
 /// the order `meltstream reset` empties them.
-pub(crate) const PIPELINE_TABLES: [&str; 14] = [
+pub(crate) const PIPELINE_TABLES: [&str; 15] = [
     "layer_summaries",
     "grid_maps",
     "window_results",
@@ -28,6 +30,7 @@ pub(crate) const PIPELINE_TABLES: [&str; 14] = [
     "layer_verdicts",
     "build_reports",
     "data_quality",
+    "input_quality",
     "spc_baselines",
     "fused_defects",
     "fusion_summaries",

@@ -12,6 +12,7 @@ pub mod build_pipeline;
 pub mod decisions;
 pub mod energy_density;
 pub mod grid_map;
+pub mod input_quality;
 pub mod late_samples;
 pub mod layer_stats;
 pub mod operator;

@@ -278,6 +278,54 @@ pub struct DataQuality {
     pub lasers: BTreeMap<String, LaserQuality>,
 }
 
+/// The data quality of one input (a file, a simulator, a Kafka partition) over a window of
+/// event time (`[engine] input_quality_window_ms`; see `pipeline::input_quality`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InputQuality {
+    /// The source's name.
+    pub source: String,
+    /// Input number (engine-internal, as in dead letters).
+    pub input: u32,
+    /// Kafka topic, for a Kafka source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// Kafka partition, for a Kafka source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<i32>,
+    /// Window start (of the input's running maximum event time).
+    pub window_start: String,
+    /// Same, ns.
+    pub window_start_ns: i64,
+    /// Window end (exclusive), ns.
+    pub window_end_ns: i64,
+    /// Source records (dead letters included).
+    pub records: u64,
+    /// Samples.
+    pub samples: u64,
+    /// Sample blocks.
+    pub blocks: u64,
+    /// Layer events.
+    pub layer_events: u64,
+    /// Machine-log records.
+    pub logs: u64,
+    /// Records rejected when decoding.
+    pub dead_letters: u64,
+    /// The same per reason.
+    pub dead_letters_by_reason: BTreeMap<String, u64>,
+    /// Dead letters ÷ records.
+    pub dead_letter_rate: f64,
+    /// Samples behind the input's watermark when they arrived.
+    pub late_samples: u64,
+    /// Late samples ÷ samples.
+    pub late_rate: f64,
+    /// The largest lag of a sample behind the largest event time before it, ms.
+    pub max_disorder_ms: f64,
+    /// (1 − dead-letter rate) × (1 − late rate).
+    pub score: f64,
+    /// Below `[verdict] min_data_quality`.
+    pub below_threshold: bool,
+}
+
 /// One of a build report's worst layers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WorstLayer {
@@ -371,6 +419,8 @@ pub enum OutputRecord {
     BuildReport(BuildReport),
     /// Data quality of a closed layer.
     DataQuality(DataQuality),
+    /// Data quality of an input over a window of event time.
+    InputQuality(InputQuality),
 }
 
 impl OutputRecord {
@@ -388,6 +438,7 @@ impl OutputRecord {
             OutputRecord::LayerVerdict(_) => RecordKind::LayerVerdict,
             OutputRecord::BuildReport(_) => RecordKind::BuildReport,
             OutputRecord::DataQuality(_) => RecordKind::DataQuality,
+            OutputRecord::InputQuality(_) => RecordKind::InputQuality,
         }
     }
 
@@ -402,6 +453,7 @@ impl OutputRecord {
             OutputRecord::LayerVerdict(v) => 192 + v.reasons.iter().map(|r| r.len() + 24).sum::<usize>() + 48 * (v.rule_hits.len() + v.spc_signals.len()),
             OutputRecord::BuildReport(r) => 512 + 96 * r.worst_layers.len() + 64 * (r.rule_hits.len() + r.spc_signals.len() + r.energy_density_by_style_j_mm3.len()),
             OutputRecord::DataQuality(q) => 192 + 128 * q.lasers.len(),
+            OutputRecord::InputQuality(q) => 256 + 48 * q.dead_letters_by_reason.len(),
             OutputRecord::LayerSummary(_) | OutputRecord::Window(_) | OutputRecord::Anomaly(_) | OutputRecord::Late(_) => 128,
         }
     }
@@ -426,6 +478,7 @@ impl OutputRecord {
             OutputRecord::LayerVerdict(v) => format!("layer_verdict/{}/{}", v.build_id, v.layer),
             OutputRecord::BuildReport(r) => format!("build_report/{}", r.build_id),
             OutputRecord::DataQuality(q) => format!("data_quality/{}/{}", q.build_id, q.layer),
+            OutputRecord::InputQuality(q) => format!("input_quality/{}/{}/{}", q.source, q.input, q.window_start_ns),
         }
     }
 
@@ -442,7 +495,7 @@ impl OutputRecord {
             OutputRecord::LayerVerdict(v) => Some(&v.build_id),
             OutputRecord::BuildReport(r) => Some(&r.build_id),
             OutputRecord::DataQuality(q) => Some(&q.build_id),
-            OutputRecord::DeadLetter(_) => None,
+            OutputRecord::DeadLetter(_) | OutputRecord::InputQuality(_) => None,
         }
     }
 }

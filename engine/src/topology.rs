@@ -36,7 +36,7 @@ pub use errors::{ConfigError, ConfigErrors};
 pub use graph::Topology;
 pub use load::{load, load_file};
 pub use rules_config::RuleConfig;
-pub use sinks::{FileSinkConfig, KafkaSinkConfig, NullSinkConfig, PostgresSinkConfig, RecordKind, RedisSinkConfig, SinkConfig, SinkKind, SqliteSinkConfig, WebhookSinkConfig};
+pub use sinks::{AirflowSinkConfig, FileSinkConfig, KafkaSinkConfig, NullSinkConfig, PostgresSinkConfig, RecordKind, RedisSinkConfig, SinkConfig, SinkKind, SqliteSinkConfig, WebhookSinkConfig};
 pub use sources::{CtSourceConfig, FileSourceConfig, KafkaSourceConfig, Pace, R1Config, SimulatorConfig, SourceConfig, SourceKind};
 pub use spc_config::{SpcBaselineKind, SpcChartKind, SpcConfig, SpcStatistic};
 pub use verdict_config::VerdictConfig;

@@ -42,6 +42,7 @@ fn flush_intervals(t: &Topology) -> Vec<(String, &'static str, u64)> {
             SinkKind::Kafka(c) => (s.name.clone(), "kafka", c.flush_ms),
             SinkKind::Redis(c) => (s.name.clone(), "redis", c.flush_ms),
             SinkKind::Webhook(c) => (s.name.clone(), "webhook", c.flush_ms),
+            SinkKind::Airflow(c) => (s.name.clone(), "airflow", c.flush_ms),
         })
         .collect()
 }

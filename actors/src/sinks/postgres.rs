@@ -18,6 +18,7 @@
 //! | `layer_verdicts` | verdict on a closed layer (`reasons` and the whole `record` as `jsonb`) | `pipeline, build_id, layer` |
 //! | `build_reports` | report of an ended build (the whole `record` as `jsonb`) | `pipeline, build_id` |
 //! | `data_quality` | data quality of a closed layer (the whole `record` as `jsonb`) | `pipeline, build_id, layer` |
+//! | `input_quality` | data quality of an input over a window of event time | `pipeline, source, input, window_start_ns` |
 //! | `spc_baselines` | phase I baseline of an SPC chart (read back by `baseline = "reference"`) | `pipeline, build_id, spc, laser, coalesce(cell, -1)` (a unique index) |
 //! | `progress` | Kafka partition | `pipeline, topic, partition` |
 //!
@@ -140,7 +141,7 @@ impl PgSink {
     /// Rows buffered since the last successful flush.
     pub fn buffered_rows(&self) -> usize {
         let b = &self.buffers;
-        b.layer_summaries.len() + b.grid_maps.len() + b.window_results.len() + b.anomalies.len() + b.dead_letters.len() + b.late_records.len() + b.spc_signals.len() + b.layer_verdicts.len() + b.build_reports.len() + b.data_quality.len() + b.spc_baselines.len()
+        b.layer_summaries.len() + b.grid_maps.len() + b.window_results.len() + b.anomalies.len() + b.dead_letters.len() + b.late_records.len() + b.spc_signals.len() + b.layer_verdicts.len() + b.build_reports.len() + b.data_quality.len() + b.input_quality.len() + b.spc_baselines.len()
     }
 
     /// Classifies a database error of `stage`, logging it.
@@ -202,7 +203,7 @@ impl PgSink {
     async fn write_transaction(&self, checkpoint: &Checkpoint) -> Result<(Vec<(&'static str, u64)>, Vec<((String, i32), (u64, i64))>), SinkError> {
         let b = &self.buffers;
         let p = &self.pipeline;
-        let batches: [(&'static str, usize, &str, Vec<Param<'_>>); 11] = [
+        let batches: [(&'static str, usize, &str, Vec<Param<'_>>); 12] = [
             ("layer_summaries", b.layer_summaries.len(), &self.sql.insert_layer_summaries, b.layer_summaries.params(p)),
             ("grid_maps", b.grid_maps.len(), &self.sql.insert_grid_maps, b.grid_maps.params(p)),
             ("window_results", b.window_results.len(), &self.sql.insert_window_results, b.window_results.params(p)),
@@ -213,6 +214,7 @@ impl PgSink {
             ("layer_verdicts", b.layer_verdicts.len(), &self.sql.insert_layer_verdicts, b.layer_verdicts.params(p)),
             ("build_reports", b.build_reports.len(), &self.sql.insert_build_reports, b.build_reports.params(p)),
             ("data_quality", b.data_quality.len(), &self.sql.insert_data_quality, b.data_quality.params(p)),
+            ("input_quality", b.input_quality.len(), &self.sql.insert_input_quality, b.input_quality.params(p)),
             ("spc_baselines", b.spc_baselines.len(), &self.sql.insert_spc_baselines, b.spc_baselines.params(p)),
         ];
         // One entry per partition (an upsert may not touch a row twice); the latest wins.

@@ -13,12 +13,11 @@
 //!   `meltstream_webhook_refused_total{sink,status}`, and skipped, so that one record never
 //!   halts the pipeline.
 
-use std::time::Duration;
-
 use meltstream_engine::records::{Emitted, OutputRecord};
 use meltstream_engine::topology::WebhookSinkConfig;
 
 use crate::progress::Checkpoint;
+use crate::sinks::http::{self, Answer};
 use crate::sinks::writer::{SinkError, SinkWriter};
 
 /// Posts records to a URL.
@@ -39,17 +38,7 @@ pub fn body(r: &OutputRecord, key: &str) -> serde_json::Value {
 impl WebhookSink {
     /// A sink for `config` (URL and headers expanded).
     pub fn new(name: &str, config: WebhookSinkConfig) -> Result<WebhookSink, String> {
-        let mut headers = reqwest::header::HeaderMap::new();
-        for (k, v) in &config.headers {
-            let name = reqwest::header::HeaderName::from_bytes(k.as_bytes()).map_err(|e| format!("header {k:?}: {e}"))?;
-            let value = reqwest::header::HeaderValue::from_str(v).map_err(|e| format!("header {k:?}: {e}"))?;
-            headers.insert(name, value);
-        }
-        let client = reqwest::Client::builder()
-            .default_headers(headers)
-            .timeout(Duration::from_millis(config.timeout_ms))
-            .build()
-            .map_err(|e| format!("webhook client: {e}"))?;
+        let client = http::client(&config.headers, config.timeout_ms)?;
         Ok(WebhookSink { name: name.to_owned(), config, client, queue: Default::default() })
     }
 }
@@ -77,18 +66,11 @@ impl SinkWriter for WebhookSink {
             let retry = |what: String| SinkError::Retryable { sink: self.name.clone(), message: what };
             match sent {
                 Err(e) => return Err(retry(format!("POST {} ({key}): {e}", self.config.url))),
-                Ok(resp) => {
-                    let status = resp.status();
-                    if status.is_success() {
-                        metrics::counter!("meltstream_webhook_posts_total", "sink" => self.name.clone()).increment(1);
-                    } else if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
-                        return Err(retry(format!("POST {} ({key}): {status}", self.config.url)));
-                    } else {
-                        let text = resp.text().await.unwrap_or_default();
-                        tracing::warn!(sink = %self.name, %key, %status, response = %text.chars().take(200).collect::<String>(), "the webhook refused the record; skipped");
-                        metrics::counter!("meltstream_webhook_refused_total", "sink" => self.name.clone(), "status" => status.as_u16().to_string()).increment(1);
-                    }
-                }
+                Ok(resp) => match http::answer(resp.status()) {
+                    Answer::Taken => metrics::counter!("meltstream_webhook_posts_total", "sink" => self.name.clone()).increment(1),
+                    Answer::Retry => return Err(retry(format!("POST {} ({key}): {}", self.config.url, resp.status()))),
+                    Answer::Refused => http::refused("webhook", &self.name, key, resp).await,
+                },
             }
             self.queue.pop_front();
         }

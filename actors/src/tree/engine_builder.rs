@@ -367,6 +367,14 @@ fn make_writer(t: &Topology, name: &str, kind: &SinkKind, board: &ProgressBoard)
             let w = crate::sinks::webhook::WebhookSink::new(name, config).map_err(|e| start_err(&format!("sink {name}"), e))?;
             (Box::new(w), c.flush_ms)
         }
+        SinkKind::Airflow(c) => {
+            let mut config = c.clone();
+            for v in [&mut config.url, &mut config.username, &mut config.password] {
+                *v = expand_env(v);
+            }
+            let w = crate::sinks::airflow::AirflowSink::new(name, config).map_err(|e| start_err(&format!("sink {name}"), e))?;
+            (Box::new(w), c.flush_ms)
+        }
         SinkKind::Sqlite(c) => {
             let w = SqliteSink::new(name, &c.path, &c.pipeline).map_err(|e| start_err(&format!("sink {name}"), e))?;
             (Box::new(w), c.flush_ms)

@@ -50,6 +50,7 @@ use crate::tree::build_queue::{build_queue, BuildQueue, QueuedBatch};
 use crate::tree::outputs::{DeadLetterDesk, Outputs};
 
 mod inputs;
+mod quality;
 
 /// Arguments of the router.
 pub struct RouterArgs {
@@ -105,6 +106,8 @@ pub struct RouterState {
     next_holder: HolderId,
     /// How metrics and `/health/ready` name each input (see `input_label`).
     labels: HashMap<InputId, String>,
+    /// Each input's open `input_quality` window, when a sink takes those records.
+    quality: Option<meltstream_engine::pipeline::input_quality::InputQualityWindows>,
 }
 
 /// The router actor.
@@ -225,6 +228,8 @@ impl RouterState {
         if batch.max_t_ns > TimeNs::MIN {
             metrics::gauge!("meltstream_input_event_time_skew_seconds", "input" => input.clone()).set((origin - batch.max_t_ns) as f64 / 1e9);
         }
+        // Before the split, which takes the batch apart; its closed windows hold this batch.
+        self.observe_quality(&batch, origin).await;
         let (parts, dead) = batch.split_by_build();
         if !dead.is_empty() {
             metrics::counter!("meltstream_input_dead_letters_total", "input" => input).increment(dead.len() as u64);
@@ -388,7 +393,12 @@ impl Actor for Router {
 
     async fn pre_start(&self, myself: ActorRef<RouterMsg>, args: RouterArgs) -> Result<RouterState, ActorProcessingErr> {
         myself.send_interval(Duration::from_millis(500), || RouterMsg::Tick);
+        let quality = args
+            .outputs
+            .wants(meltstream_engine::topology::RecordKind::InputQuality)
+            .then(|| meltstream_engine::pipeline::input_quality::InputQualityWindows::new(args.settings.input_quality_window_ns, args.settings.watermark_bound_ns));
         Ok(RouterState {
+            quality,
             args,
             coordinator: None,
             builds: HashMap::new(),
@@ -409,6 +419,7 @@ impl Actor for Router {
                 drop(credit);
             }
             RouterMsg::InputEnded(input) => {
+                st.finish_quality(input).await;
                 if let Some(c) = &st.coordinator {
                     let _ = c.cast(WatermarkMsg::Finish(input));
                 }

@@ -36,6 +36,8 @@ pub struct BuildSettings {
     /// Out-of-orderness bound of the watermark, ns: a build applies `max_t − bound` of its
     /// input record by record (see `RecordBatch::max_t_before`).
     pub watermark_bound_ns: i64,
+    /// Window of the `input_quality` records, ns.
+    pub input_quality_window_ns: i64,
     /// Test hook: a block whose first `temperature_c` equals this value panics the pipeline
     /// before it changes any state (a stand-in for a poison record hitting a bug).
     #[cfg(feature = "fault-injection")]
@@ -59,6 +61,7 @@ impl BuildSettings {
             default_thickness_um: t.engine.default_layer_thickness_um,
             build_info_dir: t.build_info.dir.as_ref().map(|d| t.base_dir.join(d)),
             watermark_bound_ns: t.engine.watermark_bound_ms as i64 * ms,
+            input_quality_window_ns: t.engine.input_quality_window_ms as i64 * ms,
             #[cfg(feature = "fault-injection")]
             fault_panic_on_temperature: None,
         }

@@ -301,6 +301,10 @@ pub struct PartitionState {
     /// Per build.
     #[serde(rename = "b", default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub builds: std::collections::BTreeMap<String, BuildDecisions>,
+    /// The partition's open `input_quality` window at the resume offset, when a sink takes
+    /// those records.
+    #[serde(rename = "q", default, skip_serializing_if = "Option::is_none")]
+    pub input_quality: Option<crate::pipeline::input_quality::QualitySnapshot>,
 }
 
 fn min_time() -> TimeNs {
@@ -315,6 +319,12 @@ impl PartitionState {
     /// Adds what `other` stored.
     pub fn merge(&mut self, other: &PartitionState) {
         self.max_t = self.max_t.max(other.max_t);
+        // The snapshot at the lowest offset: where a replay of both starts.
+        if let Some(q) = &other.input_quality {
+            if self.input_quality.as_ref().is_none_or(|mine| q.at < mine.at) {
+                self.input_quality = Some(q.clone());
+            }
+        }
         for (b, d) in &other.builds {
             self.builds.entry(b.clone()).or_default().merge(d);
         }
@@ -354,7 +364,7 @@ mod tests {
         let kept: Vec<(&str, u32)> = d.snapshots.iter().map(|s| (s.op.as_str(), s.layer)).collect();
         assert_eq!((d.final_through, kept), (Some(1), vec![("spc", 1), ("spc", 2), ("verdict", 0)]), "one folded snapshot per operator is kept");
         assert_eq!(d.snapshot_for_replay_from("spc", 18), Some("s1"));
-        let back = PartitionState { max_t: 1, builds: [("b".to_owned(), d.clone())].into() };
+        let back = PartitionState { max_t: 1, builds: [("b".to_owned(), d.clone())].into(), input_quality: None };
         assert_eq!(PartitionState::from_json(&back.to_json()).unwrap(), back);
         let mut m = BuildDecisions::default();
         m.merge(&d);
@@ -373,9 +383,9 @@ mod tests {
         assert!(d.final_at(0, 20) && d.final_at(1, 30));
         d.fold(20);
         assert_eq!((d.final_through, d.closes.len()), (Some(0), 1));
-        let s = PartitionState { max_t: 7, builds: [("b".to_owned(), d.clone())].into() };
+        let s = PartitionState { max_t: 7, builds: [("b".to_owned(), d.clone())].into(), input_quality: None };
         assert_eq!(PartitionState::from_json(&s.to_json()).unwrap(), s);
-        assert_eq!(PartitionState::from_json("{}").unwrap(), PartitionState { max_t: TimeNs::MIN, builds: Default::default() });
+        assert_eq!(PartitionState::from_json("{}").unwrap(), PartitionState { max_t: TimeNs::MIN, builds: Default::default(), input_quality: None });
         let mut m = BuildDecisions { ended_at: Some(50), ..Default::default() };
         m.merge(&d);
         assert_eq!((m.final_through, m.ended_at, m.closes.len()), (Some(0), Some(50), 1));
@@ -392,7 +402,7 @@ mod tests {
         assert_eq!((d.watermark_due(9), d.watermark_due(10), d.watermark_due(25)), (None, Some(100), Some(200)));
         d.fold(15);
         assert_eq!((d.folded_watermark, d.advances.len(), d.watermark_due(0)), (Some(100), 1, Some(100)));
-        let back = PartitionState { max_t: 1, builds: [("b".to_owned(), d.clone())].into() };
+        let back = PartitionState { max_t: 1, builds: [("b".to_owned(), d.clone())].into(), input_quality: None };
         assert_eq!(PartitionState::from_json(&back.to_json()).unwrap(), back);
         let mut m = BuildDecisions::default();
         m.merge(&d);
@@ -413,7 +423,7 @@ mod tests {
         assert_eq!((at(10), at(20), at(40), at(60)), (vec![], vec![10], vec![], vec![50, 55]));
         d.fold(40);
         assert_eq!(d.cooldowns.iter().map(|c| c.from).collect::<Vec<_>>(), vec![50, 55], "ended at or below the fold");
-        let back = PartitionState { max_t: 1, builds: [("b".to_owned(), d.clone())].into() };
+        let back = PartitionState { max_t: 1, builds: [("b".to_owned(), d.clone())].into(), input_quality: None };
         assert_eq!(PartitionState::from_json(&back.to_json()).unwrap(), back);
     }
 }

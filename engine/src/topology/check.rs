@@ -70,6 +70,7 @@ pub(super) fn check_engine(c: &mut Checker<'_>, e: &EngineConfig) {
     positive(c, "engine.input_idle_timeout_ms", e.input_idle_timeout_ms);
     positive(c, "engine.build_idle_timeout_ms", e.build_idle_timeout_ms);
     positive(c, "engine.layer_gap_timeout_ms", e.layer_gap_timeout_ms);
+    positive(c, "engine.input_quality_window_ms", e.input_quality_window_ms);
     positive(c, "engine.memory_budget_mb", e.memory_budget_mb);
     positive(c, "engine.source_queue_batches", e.source_queue_batches as u64);
     positive(c, "engine.sink_queue_records", e.sink_queue_records as u64);

@@ -71,6 +71,9 @@ pub struct EngineConfig {
     pub ready_max_commit_age_s: u64,
     /// `/health/ready`: an input's watermark may stand this far behind its data, s.
     pub ready_max_watermark_lag_s: u64,
+    /// Window of event time of the `input_quality` records, ms (computed only when a sink takes
+    /// them).
+    pub input_quality_window_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -96,6 +99,7 @@ impl Default for EngineConfig {
             default_layer_thickness_um: 30.0,
             ready_max_commit_age_s: 30,
             ready_max_watermark_lag_s: 60,
+            input_quality_window_ms: 60_000,
         }
     }
 }

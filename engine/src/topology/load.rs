@@ -15,7 +15,7 @@ use crate::topology::verdict_config::VerdictConfig;
 use crate::topology::engine_config::EngineConfig;
 use crate::topology::positions::{line_of, Positions};
 use crate::topology::rules_config::RuleConfig;
-use crate::topology::sinks::{FileSinkConfig, KafkaSinkConfig, PostgresSinkConfig, RecordKind, RedisSinkConfig, SinkConfig, SinkKind, SqliteSinkConfig, WebhookSinkConfig};
+use crate::topology::sinks::{AirflowSinkConfig, FileSinkConfig, KafkaSinkConfig, PostgresSinkConfig, RecordKind, RedisSinkConfig, SinkConfig, SinkKind, SqliteSinkConfig, WebhookSinkConfig};
 use crate::topology::sources::{CtSourceConfig, FileSourceConfig, KafkaSourceConfig, R1Config, SimulatorConfig, SourceConfig, SourceKind};
 use crate::topology::windows_config::WindowsConfig;
 use crate::topology::errors::{ConfigError, ConfigErrors};
@@ -146,6 +146,7 @@ pub fn load(text: &str, file: &str, base_dir: &Path) -> Result<Topology, ConfigE
             SinkKind::Postgres(p) if p.pipeline.is_empty() => p.pipeline = name.clone(),
             SinkKind::Sqlite(p) if p.pipeline.is_empty() => p.pipeline = name.clone(),
             SinkKind::Webhook(w) if w.key_prefix.is_empty() => w.key_prefix = name.clone(),
+            SinkKind::Airflow(a) if a.run_id_prefix.is_empty() => a.run_id_prefix = name.clone(),
             SinkKind::Kafka(k) if k.transactional_id.is_empty() => k.transactional_id = format!("meltstream-{name}-{}", s.name),
             _ => {}
         }
@@ -255,7 +256,7 @@ fn parse_source(c: &mut Checker<'_>, key: &str, mut t: toml::Table) -> Option<(S
 
 /// The sink registry: one arm per sink type.
 fn parse_sink(c: &mut Checker<'_>, key: &str, mut t: toml::Table) -> Option<(String, SinkConfig)> {
-    let (name, ty) = take_name_and_type(c, key, &mut t, &["file", "null", "postgres", "sqlite", "kafka", "redis", "webhook"])?;
+    let (name, ty) = take_name_and_type(c, key, &mut t, &["file", "null", "postgres", "sqlite", "kafka", "redis", "webhook", "airflow"])?;
     let v = toml::Value::Table(t);
     let kind = match ty.as_str() {
         "file" => {
@@ -294,7 +295,7 @@ fn parse_sink(c: &mut Checker<'_>, key: &str, mut t: toml::Table) -> Option<(Str
                 c.err(&format!("{key}.topic"), "expected a topic name");
             }
             for r in &k.records {
-                if matches!(r, RecordKind::LayerSummary | RecordKind::Grid | RecordKind::Window | RecordKind::SpcSignal | RecordKind::LayerVerdict | RecordKind::BuildReport | RecordKind::DataQuality | RecordKind::SpcBaseline) {
+                if matches!(r, RecordKind::LayerSummary | RecordKind::Grid | RecordKind::Window | RecordKind::SpcSignal | RecordKind::LayerVerdict | RecordKind::BuildReport | RecordKind::DataQuality | RecordKind::InputQuality | RecordKind::SpcBaseline) {
                     c.err(
                         &format!("{key}.records"),
                         format!("{:?} cannot go to a Kafka sink exactly once (window results are deduplicated by key; a topic has none): use a postgres, sqlite or file sink; expected anomaly, dead_letter or late", r.name()),
@@ -331,6 +332,31 @@ fn parse_sink(c: &mut Checker<'_>, key: &str, mut t: toml::Table) -> Option<(Str
             positive(c, &format!("{key}.flush_ms"), w.flush_ms);
             positive(c, &format!("{key}.timeout_ms"), w.timeout_ms);
             SinkKind::Webhook(w)
+        }
+        "airflow" => {
+            let a: AirflowSinkConfig = c.de(key, v)?;
+            if !(a.url.starts_with("http://") || a.url.starts_with("https://") || a.url.starts_with("${")) {
+                c.err(&format!("{key}.url"), "expected the Airflow API server's http:// or https:// URL");
+            }
+            if a.dag_id.is_empty() || !a.dag_id.chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-')) {
+                c.err(&format!("{key}.dag_id"), "expected a DAG id (letters, digits, `_`, `.`, `-`)");
+            }
+            for k in &a.records {
+                if !matches!(k, RecordKind::Anomaly | RecordKind::SpcSignal | RecordKind::LayerVerdict | RecordKind::BuildReport) {
+                    c.err(&format!("{key}.records"), format!("{:?} starts no DAG run: expected anomaly, spc_signal, layer_verdict or build_report", k.name()));
+                }
+            }
+            for v in &a.verdicts {
+                if !matches!(v.as_str(), "ok" | "warn" | "fail") {
+                    c.err(&format!("{key}.verdicts"), format!("{v:?}: expected ok, warn or fail"));
+                }
+            }
+            if !a.run_id_prefix.chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-')) {
+                c.err(&format!("{key}.run_id_prefix"), "expected letters, digits, `_`, `.`, `-`");
+            }
+            positive(c, &format!("{key}.flush_ms"), a.flush_ms);
+            positive(c, &format!("{key}.timeout_ms"), a.timeout_ms);
+            SinkKind::Airflow(a)
         }
         _ => return None,
     };

@@ -33,11 +33,13 @@ pub enum RecordKind {
     BuildReport,
     /// Data quality of closed layers.
     DataQuality,
+    /// Data quality per input and window of event time.
+    InputQuality,
 }
 
 impl RecordKind {
     /// Every kind.
-    pub const ALL: [RecordKind; 11] = [
+    pub const ALL: [RecordKind; 12] = [
         RecordKind::LayerSummary,
         RecordKind::Grid,
         RecordKind::Window,
@@ -49,6 +51,7 @@ impl RecordKind {
         RecordKind::BuildReport,
         RecordKind::DataQuality,
         RecordKind::SpcBaseline,
+        RecordKind::InputQuality,
     ];
 
     /// Its name in topologies and in the records' `kind` field.
@@ -64,6 +67,7 @@ impl RecordKind {
             RecordKind::LayerVerdict => "layer_verdict",
             RecordKind::BuildReport => "build_report",
             RecordKind::DataQuality => "data_quality",
+            RecordKind::InputQuality => "input_quality",
             RecordKind::SpcBaseline => "spc_baseline",
         }
     }
@@ -245,6 +249,59 @@ fn default_webhook_timeout_ms() -> u64 {
     5_000
 }
 
+/// `type = "airflow"` sink: one DAG run per record, triggered through Airflow 3's REST API, with
+/// a run id derived from the record's key, so that a replay starts no second run.
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AirflowSinkConfig {
+    /// Base URL of the Airflow API server (`http://127.0.0.1:8080`); `${VAR}` and
+    /// `${VAR:-default}` are expanded.
+    #[serde(default = "default_airflow_url")]
+    pub url: String,
+    /// The DAG triggered.
+    pub dag_id: String,
+    /// User for `POST /auth/token` (expanded like `url`).
+    #[serde(default = "default_airflow_username")]
+    pub username: String,
+    /// Its password (expanded like `url`; keep it in the environment).
+    #[serde(default = "default_airflow_password")]
+    pub password: String,
+    /// Record kinds that start a run: `anomaly`, `spc_signal`, `layer_verdict`, `build_report`.
+    #[serde(default = "alert_kinds")]
+    pub records: Vec<RecordKind>,
+    /// Of `layer_verdict` records, the verdicts that start a run.
+    #[serde(default = "default_airflow_verdicts")]
+    pub verdicts: Vec<String>,
+    /// Prefix of the run ids (default: the topology's name).
+    #[serde(default)]
+    pub run_id_prefix: String,
+    /// Strings added to every run's conf under `context` (where the results are, say).
+    #[serde(default)]
+    pub context: std::collections::BTreeMap<String, String>,
+    /// Timeout of one request, ms.
+    #[serde(default = "default_webhook_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Trigger at least this often, ms.
+    #[serde(default = "default_flush_ms")]
+    pub flush_ms: u64,
+}
+
+fn default_airflow_url() -> String {
+    "${AIRFLOW_URL:-http://127.0.0.1:8080}".into()
+}
+
+fn default_airflow_username() -> String {
+    "${AIRFLOW_USERNAME}".into()
+}
+
+fn default_airflow_password() -> String {
+    "${AIRFLOW_PASSWORD}".into()
+}
+
+fn default_airflow_verdicts() -> Vec<String> {
+    vec!["fail".into()]
+}
+
 /// A sink of the topology.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -263,6 +320,8 @@ pub enum SinkKind {
     Redis(RedisSinkConfig),
     /// HTTP POST per record.
     Webhook(WebhookSinkConfig),
+    /// An Airflow DAG run per record.
+    Airflow(AirflowSinkConfig),
 }
 
 impl SinkKind {
@@ -276,6 +335,7 @@ impl SinkKind {
             SinkKind::Kafka(c) => &c.records,
             SinkKind::Redis(c) => &c.records,
             SinkKind::Webhook(c) => &c.records,
+            SinkKind::Airflow(c) => &c.records,
         }
     }
 }

@@ -7,7 +7,7 @@ use tokio_postgres::types::ToSql;
 
 use meltstream_engine::records::{Anomaly, DeadLetterRecord, GridMap, LateRecord, LayerSummary, OutputRecord, WindowResult};
 
-use super::judgement_columns::{BuildReportColumns, DataQualityColumns, LayerVerdictColumns};
+use super::judgement_columns::{BuildReportColumns, DataQualityColumns, InputQualityColumns, LayerVerdictColumns};
 use super::spc_columns::{SpcBaselineColumns, SpcSignalColumns};
 
 /// A statement parameter.
@@ -318,6 +318,7 @@ pub(super) struct Buffers {
     pub(super) layer_verdicts: LayerVerdictColumns,
     pub(super) build_reports: BuildReportColumns,
     pub(super) data_quality: DataQualityColumns,
+    pub(super) input_quality: InputQualityColumns,
     pub(super) spc_baselines: SpcBaselineColumns,
 }
 
@@ -334,6 +335,7 @@ impl Buffers {
             OutputRecord::LayerVerdict(v) => self.layer_verdicts.push(v, record),
             OutputRecord::BuildReport(r) => self.build_reports.push(r, record),
             OutputRecord::DataQuality(q) => self.data_quality.push(q, record),
+            OutputRecord::InputQuality(q) => self.input_quality.push(q),
             OutputRecord::SpcBaseline(b) => self.spc_baselines.push(b),
         }
     }
@@ -349,6 +351,7 @@ impl Buffers {
         self.layer_verdicts.append(&mut other.layer_verdicts);
         self.build_reports.append(&mut other.build_reports);
         self.data_quality.append(&mut other.data_quality);
+        self.input_quality.append(&mut other.input_quality);
         self.spc_baselines.append(&mut other.spc_baselines);
     }
 
@@ -363,6 +366,7 @@ impl Buffers {
         self.layer_verdicts.clear();
         self.build_reports.clear();
         self.data_quality.clear();
+        self.input_quality.clear();
         self.spc_baselines.clear();
     }
 
@@ -377,6 +381,7 @@ impl Buffers {
             && self.layer_verdicts.len() == 0
             && self.build_reports.len() == 0
             && self.data_quality.len() == 0
+            && self.input_quality.len() == 0
             && self.spc_baselines.len() == 0
     }
 }

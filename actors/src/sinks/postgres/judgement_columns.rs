@@ -1,8 +1,8 @@
 //! The column buffers of the judgement tables (`layer_verdicts`, `build_reports`,
-//! `data_quality`): each keeps a few key columns and the whole record as JSON. Part of
-//! `columns.rs`'s set; never any I/O.
+//! `data_quality`: a few key columns and the whole record as JSON; `input_quality`: columns
+//! only, since its record names the topic). Part of `columns.rs`'s set; never any I/O.
 
-use meltstream_engine::records::{BuildReport, DataQuality, LayerVerdict, OutputRecord};
+use meltstream_engine::records::{BuildReport, DataQuality, InputQuality, LayerVerdict, OutputRecord};
 
 use super::columns::{bigint, int, json_text, pg_text, Param};
 
@@ -81,6 +81,50 @@ impl DataQualityColumns {
         self.time_ns.push(q.time_ns);
         self.score.push(q.score);
         self.record.push(record);
+        Ok(())
+    }
+}
+
+columns! {
+    /// Buffered `input_quality` rows.
+    InputQualityColumns {
+        source: String = "text",
+        input: i32 = "int",
+        topic: Option<String> = "text",
+        partition: Option<i32> = "int",
+        window_start_ns: i64 = "bigint",
+        window_end_ns: i64 = "bigint",
+        records: i64 = "bigint",
+        samples: i64 = "bigint",
+        dead_letters: i64 = "bigint",
+        dead_letters_by_reason: String = "text",
+        late_samples: i64 = "bigint",
+        max_disorder_ms: f64 = "float8",
+        score: f64 = "float8",
+        below_threshold: bool = "bool",
+    }
+}
+
+impl InputQualityColumns {
+    pub(super) fn push(&mut self, q: &InputQuality) -> Result<(), String> {
+        let input = int(q.input, "input")?;
+        let (records, samples) = (bigint(q.records, "records")?, bigint(q.samples, "samples")?);
+        let (dead, late) = (bigint(q.dead_letters, "dead_letters")?, bigint(q.late_samples, "late_samples")?);
+        let by_reason = json_text(&q.dead_letters_by_reason)?;
+        self.source.push(pg_text(&q.source));
+        self.input.push(input);
+        self.topic.push(q.topic.as_deref().map(pg_text));
+        self.partition.push(q.partition);
+        self.window_start_ns.push(q.window_start_ns);
+        self.window_end_ns.push(q.window_end_ns);
+        self.records.push(records);
+        self.samples.push(samples);
+        self.dead_letters.push(dead);
+        self.dead_letters_by_reason.push(by_reason);
+        self.late_samples.push(late);
+        self.max_disorder_ms.push(q.max_disorder_ms);
+        self.score.push(q.score);
+        self.below_threshold.push(q.below_threshold);
         Ok(())
     }
 }

@@ -7,7 +7,7 @@
 
 use super::columns::{AnomalyColumns, DeadLetterColumns, GridMapColumns, LateRecordColumns, LayerSummaryColumns, WindowResultColumns};
 use super::spc_columns::{SpcBaselineColumns, SpcSignalColumns};
-use super::judgement_columns::{BuildReportColumns, DataQualityColumns, LayerVerdictColumns};
+use super::judgement_columns::{BuildReportColumns, DataQualityColumns, InputQualityColumns, LayerVerdictColumns};
 
 /// Key of the advisory lock that serialises schema migrations across engines.
 pub(super) const MIGRATION_LOCK: i64 = 0x6d65_6c74_7374_7265; // "meltstre"
@@ -53,6 +53,7 @@ pub(super) struct Sql {
     pub(super) insert_layer_verdicts: String,
     pub(super) insert_build_reports: String,
     pub(super) insert_data_quality: String,
+    pub(super) insert_input_quality: String,
     pub(super) insert_spc_baselines: String,
     pub(super) upsert_progress: String,
     pub(super) select_progress: String,
@@ -320,6 +321,29 @@ impl Sql {
              CREATE UNIQUE INDEX spc_baselines_key ON {s}.spc_baselines (pipeline, build_id, spc, laser, (coalesce(cell, -1)));
              INSERT INTO {s}.schema_version (version) VALUES (8);"
         );
+        let v9 = format!(
+            "CREATE TABLE {s}.input_quality (
+                 pipeline text NOT NULL,
+                 source text NOT NULL,
+                 input int NOT NULL,
+                 topic text,
+                 partition int,
+                 window_start timestamptz NOT NULL,
+                 window_start_ns bigint NOT NULL,
+                 window_end_ns bigint NOT NULL,
+                 records bigint NOT NULL,
+                 samples bigint NOT NULL,
+                 dead_letters bigint NOT NULL,
+                 dead_letters_by_reason jsonb NOT NULL,
+                 late_samples bigint NOT NULL,
+                 max_disorder_ms double precision NOT NULL,
+                 score double precision NOT NULL,
+                 below_threshold boolean NOT NULL,
+                 written_at timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (pipeline, source, input, window_start_ns)
+             );
+             INSERT INTO {s}.schema_version (version) VALUES (9);"
+        );
         let claim_epochs = format!(
             "INSERT INTO {s}.progress AS p (pipeline, topic, partition, resume_offset, emitted_through, epoch)
              SELECT $1, u.topic, u.partition, 0, 0, 1
@@ -396,6 +420,15 @@ impl Sql {
             &format!("u.build_id, u.layer, {}, u.time_ns, u.score, u.record::jsonb", ts("u.time_ns")),
             DataQualityColumns::unnest(),
         );
+        let insert_input_quality = insert(
+            &s,
+            "input_quality (pipeline, source, input, topic, partition, window_start, window_start_ns, window_end_ns, records, samples, dead_letters, dead_letters_by_reason, late_samples, max_disorder_ms, score, below_threshold)",
+            &format!(
+                "u.source, u.input, u.topic, u.partition, {}, u.window_start_ns, u.window_end_ns, u.records, u.samples, u.dead_letters, u.dead_letters_by_reason::jsonb, u.late_samples, u.max_disorder_ms, u.score, u.below_threshold",
+                ts("u.window_start_ns")
+            ),
+            InputQualityColumns::unnest(),
+        );
         let upsert_progress = format!(
             "INSERT INTO {s}.progress AS p (pipeline, topic, partition, resume_offset, emitted_through, epoch, state)
              SELECT $1, u.topic, u.partition, u.resume_offset, u.emitted_through, u.epoch, u.state
@@ -407,7 +440,7 @@ impl Sql {
         let select_progress = format!("SELECT topic, partition, resume_offset, emitted_through, state FROM {s}.progress WHERE pipeline = $1");
         Sql {
             bootstrap,
-            migrations: vec![(1, "created the PostgreSQL tables", v1), (2, "added the progress epoch", v2), (3, "added the progress replay state", v3), (4, "added the SPC signals table", v4), (5, "added the layer verdicts and build reports", v5), (6, "added the CT fusion tables", v6), (7, "added the data quality table", v7), (8, "added the SPC baselines table and the cell of an SPC signal", v8)],
+            migrations: vec![(1, "created the PostgreSQL tables", v1), (2, "added the progress epoch", v2), (3, "added the progress replay state", v3), (4, "added the SPC signals table", v4), (5, "added the layer verdicts and build reports", v5), (6, "added the CT fusion tables", v6), (7, "added the data quality table", v7), (8, "added the SPC baselines table and the cell of an SPC signal", v8), (9, "added the input quality table", v9)],
             has_version,
             claim_epochs,
             insert_layer_summaries,
@@ -420,6 +453,7 @@ impl Sql {
             insert_layer_verdicts,
             insert_build_reports,
             insert_data_quality,
+            insert_input_quality,
             insert_spc_baselines,
             upsert_progress,
             select_progress,

@@ -228,6 +228,26 @@ fn row(record: &OutputRecord) -> Result<(usize, Vec<Value>), String> {
             let tail = [i(b.layer.into()), time(b.time_ns), i(b.time_ns), real(b.centre, "centre")?, real(b.sigma, "sigma")?, i(b.layers_used.into())];
             (10, head.into_iter().chain(tail).collect())
         }
+        OutputRecord::InputQuality(q) => (
+            11,
+            vec![
+                text(&q.source),
+                i(q.input.into()),
+                q.topic.as_deref().map_or(Value::Null, text),
+                q.partition.map_or(Value::Null, |p| i(p.into())),
+                time(q.window_start_ns),
+                i(q.window_start_ns),
+                i(q.window_end_ns),
+                int(q.records, "records")?,
+                int(q.samples, "samples")?,
+                int(q.dead_letters, "dead_letters")?,
+                json(&q.dead_letters_by_reason)?,
+                int(q.late_samples, "late_samples")?,
+                real(q.max_disorder_ms, "max_disorder_ms")?,
+                real(q.score, "score")?,
+                i(q.below_threshold.into()),
+            ],
+        ),
     })
 }
 

@@ -17,8 +17,8 @@ pub(super) struct Table {
 }
 
 /// The result tables, indexed as `rows.rs` buffers them (layer summaries 0, …, data quality 9,
-/// SPC baselines 10).
-pub(super) const TABLES: [Table; 11] = [
+/// SPC baselines 10, input quality 11).
+pub(super) const TABLES: [Table; 12] = [
     Table {
         name: "layer_summaries",
         columns: &[
@@ -48,6 +48,13 @@ pub(super) const TABLES: [Table; 11] = [
         name: "spc_baselines",
         columns: &["build_id", "spc", "chart", "channel", "statistic", "laser", "cell", "cell_x_mm", "cell_y_mm", "cell_mm", "layer", "time", "time_ns", "centre", "sigma", "layers_used"],
     },
+    Table {
+        name: "input_quality",
+        columns: &[
+            "source", "input", "topic", "\"partition\"", "window_start", "window_start_ns", "window_end_ns", "records", "samples", "dead_letters", "dead_letters_by_reason", "late_samples",
+            "max_disorder_ms", "score", "below_threshold",
+        ],
+    },
 ];
 
 pub(super) use crate::sinks::PIPELINE_TABLES;
@@ -70,8 +77,37 @@ pub(super) const CURRENT_VERSION: &str = "SELECT max(version) FROM schema_versio
 pub(super) const ADD_VERSION: &str = "INSERT INTO schema_version (version) VALUES (?1)";
 
 /// The migrations in order: version, what it adds (for the log), its statements.
-pub(super) const MIGRATIONS: [(i64, &str, &str); 4] =
-    [(1, "created the SQLite tables", V1), (2, "added the CT fusion tables", V2), (3, "added the data quality table", V3), (4, "added the SPC baselines table and the cell of an SPC signal", V4)];
+pub(super) const MIGRATIONS: [(i64, &str, &str); 5] = [
+    (1, "created the SQLite tables", V1),
+    (2, "added the CT fusion tables", V2),
+    (3, "added the data quality table", V3),
+    (4, "added the SPC baselines table and the cell of an SPC signal", V4),
+    (5, "added the input quality table", V5),
+];
+
+/// Migration 5: data quality per input and window of event time (PostgreSQL's migration 9).
+const V5: &str = concat!(
+    "CREATE TABLE input_quality (
+        pipeline TEXT NOT NULL,
+        source TEXT NOT NULL,
+        input INTEGER NOT NULL,
+        topic TEXT,
+        \"partition\" INTEGER,
+        window_start TEXT NOT NULL,
+        window_start_ns INTEGER NOT NULL,
+        window_end_ns INTEGER NOT NULL,
+        records INTEGER NOT NULL,
+        samples INTEGER NOT NULL,
+        dead_letters INTEGER NOT NULL,
+        dead_letters_by_reason TEXT NOT NULL,
+        late_samples INTEGER NOT NULL,
+        max_disorder_ms REAL NOT NULL,
+        score REAL NOT NULL,
+        below_threshold INTEGER NOT NULL,
+        written_at TEXT NOT NULL DEFAULT ", now_utc!(), ",
+        PRIMARY KEY (pipeline, source, input, window_start_ns)
+    );"
+);
 
 /// Migration 4: the SPC baselines, and the cell of an SPC signal (PostgreSQL's migration 8). A
 /// primary key cannot change in SQLite: `spc_signals` is copied into a table keyed by a unique

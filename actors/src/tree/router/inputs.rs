@@ -86,6 +86,7 @@ impl RouterState {
                 tracing::info!(build_id = %build, input, "partition revoked; build dropped without emitting (its next owner replays it)");
             }
         }
+        self.forget_quality(inputs);
         let _ = self.args.commit.cast(CommitMsg::Forget(inputs.to_vec()));
     }
 }

@@ -261,6 +261,10 @@ async fn each_anomaly_starts_exactly_one_dag_run_across_a_crash() {
     let term = Command::new("kill").arg("-TERM").arg(second.0.id().to_string()).status().expect("kill");
     assert!(term.success());
     assert_eq!(second.0.wait().expect("wait").code(), Some(0), "exit after SIGTERM; logs in {}", dir.display());
+    // The replay asked again for the run Airflow took just before the crash, and took the 409
+    // as done.
+    let log = std::fs::read_to_string(dir.join("run-1.log")).unwrap_or_default();
+    assert!(log.contains("the DAG run exists already"), "the restarted engine triggered the crashed run's last record again; logs in {}", dir.display());
 
     // Every stored anomaly started one run, which succeeded with the record as its conf.
     let q = format!("SELECT build_id, rule, time_ns FROM {schema}.anomalies WHERE pipeline = $1");

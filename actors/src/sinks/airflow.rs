@@ -145,7 +145,11 @@ impl SinkWriter for AirflowSink {
                     renewed = true;
                     continue;
                 }
-                StatusCode::CONFLICT => metrics::counter!("meltstream_airflow_runs_existing_total", "sink" => self.name.clone()).increment(1),
+                StatusCode::CONFLICT => {
+                    // Triggered before a crash, whose progress did not cover the record yet.
+                    tracing::info!(sink = %self.name, run_id = %id, "the DAG run exists already; not triggered again");
+                    metrics::counter!("meltstream_airflow_runs_existing_total", "sink" => self.name.clone()).increment(1);
+                }
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => {
                     self.token = None;
                     let text = resp.text().await.unwrap_or_default();

@@ -435,6 +435,24 @@ mod tests {
     }
 
     #[test]
+    fn an_airflow_sink_loads_with_its_defaults_and_refuses_what_starts_no_run() {
+        let head = "name = \"plant\"\n[[sources]]\nname = \"a\"\ntype = \"simulator\"\n[[sinks]]\nname = \"af\"\ntype = \"airflow\"\n";
+        let t = load(&format!("{head}dag_id = \"quality\"\n"), "t.toml", Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
+        let SinkKind::Airflow(a) = &t.sinks[0].kind else { panic!("{:?}", t.sinks[0].kind) };
+        assert_eq!((a.run_id_prefix.as_str(), a.records.as_slice(), a.verdicts.as_slice()), ("plant", &[RecordKind::Anomaly][..], &["fail".to_owned()][..]));
+        assert_eq!((a.url.as_str(), a.username.as_str(), a.password.as_str()), ("${AIRFLOW_URL:-http://127.0.0.1:8080}", "${AIRFLOW_USERNAME}", "${AIRFLOW_PASSWORD}"));
+
+        let bad = format!("{head}dag_id = \"a/b\"\nurl = \"ftp://x\"\nrecords = [\"grid\"]\nverdicts = [\"bad\"]\nflush_ms = 0\n");
+        let errs = load(&bad, "t.toml", Path::new(".")).unwrap_err().0;
+        let got: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(got, vec!["sinks[0].dag_id", "sinks[0].url", "sinks[0].records", "sinks[0].verdicts", "sinks[0].flush_ms"], "{errs:?}");
+        assert!(errs[2].message.contains("starts no DAG run"), "{}", errs[2].message);
+
+        let errs = load(&format!("{head}records = [\"anomaly\"]\n"), "t.toml", Path::new(".")).unwrap_err().0;
+        assert!(errs[0].message.contains("missing field `dag_id`"), "{errs:?}");
+    }
+
+    #[test]
     fn build_descriptions_are_checked_before_anything_starts() {
         let dir = std::env::temp_dir().join(format!("meltstream-check-build-info-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("builds")).unwrap();

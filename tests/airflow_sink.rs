@@ -160,21 +160,7 @@ brokers = "${{KAFKA_BOOTSTRAP}}"
 topics = ["{topic}"]
 group_id = "g-{topic}"
 batch_records = 200
-
-[[rules]]
-name = "hot_spot"
-channel = "photodiode_on_axis"
-op = ">"
-limit = 3000.0
-cooldown_ms = 20
-
-[[rules]]
-name = "power_drop"
-channel = "laser_power_w"
-op = "<"
-limit = 150.0
-cooldown_ms = 20
-
+{rules}
 [[sinks]]
 name = "pg"
 type = "postgres"
@@ -199,7 +185,8 @@ records = ["build_report"]
 run_id_prefix = "{prefix}"
 context = {{ schema = "{schema}", pipeline = "{pipeline}" }}
 flush_ms = 50
-"#
+"#,
+        rules = support::alert_rules(20)
     );
     let path = dir.join(format!("{pipeline}.toml"));
     std::fs::write(&path, text).expect("write topology");

@@ -172,20 +172,7 @@ topics = ["{topic}"]
 group_id = "{group}"
 batch_records = 200
 {session}
-[[rules]]
-name = "hot_spot"
-channel = "photodiode_on_axis"
-op = ">"
-limit = 3000.0
-cooldown_ms = 50
-
-[[rules]]
-name = "power_drop"
-channel = "laser_power_w"
-op = "<"
-limit = 150.0
-cooldown_ms = 50
-
+{rules}
 [[sinks]]
 name = "pg"
 type = "postgres"
@@ -202,6 +189,7 @@ topic = "{alerts}"
 records = ["anomaly", "dead_letter"]
 flush_ms = 50
 "#,
+        rules = support::alert_rules(50),
         brokers = f.brokers,
         topic = f.input_topic(pipeline),
         alerts = f.alerts_topic(pipeline),

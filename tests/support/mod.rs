@@ -39,18 +39,26 @@ seed = 7
 anomalies = true
 anomaly_rate_per_layer = 1.0
 anomaly_from_layer = 2
-[[rules]]
+{rules}"#,
+        rules = alert_rules(20)
+    )
+}
+
+/// The two `[[rules]]` the simulator's injected hot spots and power drops trip.
+pub fn alert_rules(cooldown_ms: u64) -> String {
+    format!(
+        r#"[[rules]]
 name = "hot_spot"
 channel = "photodiode_on_axis"
 op = ">"
 limit = 3000.0
-cooldown_ms = 20
+cooldown_ms = {cooldown_ms}
 [[rules]]
 name = "power_drop"
 channel = "laser_power_w"
 op = "<"
 limit = 150.0
-cooldown_ms = 20
+cooldown_ms = {cooldown_ms}
 "#
     )
 }

@@ -4,6 +4,8 @@
 //!
 //! Needs `DATABASE_URL`; `./scripts/test` provides it (scripts/services/postgres.sh).
 
+mod support;
+
 use std::collections::BTreeMap;
 
 use meltstream_actors::sinks::postgres::admin::{query_text, reset_pipeline, row_counts};
@@ -188,6 +190,7 @@ fn records() -> Vec<Emitted> {
             }),
             None,
         ),
+        emitted(support::input_quality("ispm"), Some((0, 30))),
     ]
 }
 
@@ -230,6 +233,7 @@ async fn records_and_progress_are_written_once_and_read_back() {
             ("anomalies", 2),
             ("build_reports", 1),
             ("data_quality", 0),
+            ("input_quality", 1),
             ("dead_letters", 1),
             ("fused_defects", 0),
             ("fusion_summaries", 0),

@@ -7,6 +7,8 @@
 //!
 //! Needs no service: each test has its own temporary directory.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -178,6 +180,7 @@ fn records() -> Vec<Emitted> {
         emitted(OutputRecord::SpcSignal(spc), None),
         emitted(OutputRecord::LayerVerdict(verdict), None),
         emitted(OutputRecord::BuildReport(report), None),
+        emitted(support::input_quality("ispm"), Some((0, 30))),
     ]
 }
 
@@ -257,6 +260,7 @@ async fn records_and_progress_are_written_once_and_read_back() {
         ("anomalies", 2),
         ("build_reports", 1),
         ("data_quality", 0),
+        ("input_quality", 1),
         ("dead_letters", 1),
         ("fused_defects", 0),
         ("fusion_summaries", 0),

@@ -105,3 +105,29 @@ pub fn summaries(records: &[OutputRecord]) -> Vec<meltstream_engine::records::La
     v.sort_by(|a, b| (&a.build_id, a.layer, a.laser, a.revision).cmp(&(&b.build_id, b.layer, b.laser, b.revision)));
     v
 }
+
+/// An `input_quality` record of input 0 (Kafka partition `topic`/0) for the sink tests.
+pub fn input_quality(topic: &str) -> OutputRecord {
+    OutputRecord::InputQuality(meltstream_engine::records::InputQuality {
+        source: "ispm".into(),
+        input: 0,
+        topic: Some(topic.into()),
+        partition: Some(0),
+        window_start: "2024-01-15T10:30:00.000000Z".into(),
+        window_start_ns: 1_705_314_600_000_000_000,
+        window_end_ns: 1_705_314_660_000_000_000,
+        records: 1000,
+        samples: 990,
+        blocks: 990,
+        layer_events: 4,
+        logs: 4,
+        dead_letters: 2,
+        dead_letters_by_reason: [("invalid_json".to_owned(), 2)].into(),
+        dead_letter_rate: 0.002,
+        late_samples: 1,
+        late_rate: 1.0 / 990.0,
+        max_disorder_ms: 60.0,
+        score: 0.998 * (1.0 - 1.0 / 990.0),
+        below_threshold: false,
+    })
+}

@@ -291,7 +291,7 @@ async fn records_and_progress_are_written_once_and_read_back() {
         let mut other = PgSink::new("pg-other", &url, "other", &schema).expect("sink");
         other.write(&batch[..1]).await.expect("write other");
         other.flush(&checkpoint(1, &[("samples", 0, 1, 1)])).await.expect("flush other");
-        assert_eq!(reset_pipeline(&url, &schema, pipeline).await.expect("reset"), 13);
+        assert_eq!(reset_pipeline(&url, &schema, pipeline).await.expect("reset"), 14);
         let left = row_counts(&url, &schema, pipeline).await.expect("counts");
         assert!(left.values().all(|&n| n == 0), "rows left after reset: {left:?}");
         assert_eq!(row_counts(&url, &schema, "other").await.expect("counts")["layer_summaries"], 1);

@@ -365,7 +365,7 @@ async fn records_and_progress_are_written_once_and_read_back() {
         vec![vec![text("2024-01-15T10:30:00.123456Z"), Value::Integer(T0), Value::Integer(46), Value::Integer(45), Value::Integer(1), Value::Integer(0), Value::Integer(138)]]
     );
     assert_eq!(query(&path, "PRAGMA journal_mode"), vec![vec![text("wal")]]);
-    assert_eq!(query(&path, "SELECT version FROM schema_version"), vec![vec![Value::Integer(1)], vec![Value::Integer(2)], vec![Value::Integer(3)], vec![Value::Integer(4)]]);
+    assert_eq!(query(&path, "SELECT version FROM schema_version"), vec![vec![Value::Integer(1)], vec![Value::Integer(2)], vec![Value::Integer(3)], vec![Value::Integer(4)], vec![Value::Integer(5)]]);
 
     // Another pipeline in the same file is kept apart, and reset empties only its own rows.
     let (mut other, progress) = reopen("sq-other", &path, "other").await;
@@ -374,7 +374,7 @@ async fn records_and_progress_are_written_once_and_read_back() {
     other.flush(&checkpoint(1, &[("samples", 0, 1, 1)])).await.expect("flush other");
     assert_eq!(reset_pipeline(&path, pipeline).expect_err("refused while a sink owns the file"), format!("{} is open in this process", path.display()));
     other.close().await.expect("close");
-    assert_eq!(reset_pipeline(&path, pipeline).expect("reset"), 13);
+    assert_eq!(reset_pipeline(&path, pipeline).expect("reset"), 14);
     let left = row_counts(&path, pipeline).expect("counts");
     assert!(left.values().all(|&n| n == 0), "rows left after reset: {left:?}");
     assert_eq!(row_counts(&path, "other").expect("counts")["layer_summaries"], 1);

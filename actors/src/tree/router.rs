@@ -453,6 +453,9 @@ impl Actor for Router {
                 for b in all {
                     st.stop_build(&myself, &b, emit_open).await?;
                 }
+                // The dead letters the rate limit kept out of the log, before the engine reports
+                // it drained (the process may end before this actor's post_stop runs).
+                st.args.dead_letters.log_suppressed();
                 let _ = reply.send(());
             }
         }

@@ -48,11 +48,7 @@ pub fn run_id(prefix: &str, key: &str) -> String {
 /// binary.
 #[cfg(feature = "fault-injection")]
 fn fault_abort_after(n: u64) {
-    static AT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
-    if *AT.get_or_init(|| std::env::var("MELTSTREAM_FAULT_ABORT_AFTER_AIRFLOW_RUNS").ok().and_then(|v| v.parse().ok())) == Some(n) {
-        eprintln!("meltstream: MELTSTREAM_FAULT_ABORT_AFTER_AIRFLOW_RUNS={n}: aborting after a triggered DAG run");
-        std::process::abort();
-    }
+    crate::sinks::writer::fault_abort_at("MELTSTREAM_FAULT_ABORT_AFTER_AIRFLOW_RUNS", n, "after a triggered DAG run");
 }
 
 /// Triggers a DAG run per record.
@@ -163,7 +159,7 @@ impl SinkWriter for AirflowSink {
                         fault_abort_after(self.triggered);
                     }
                     Answer::Retry => return Err(self.retry(format!("POST {url} ({id}): {status}"))),
-                    Answer::Refused => http::refused("airflow", &self.name, &id, resp).await,
+                    Answer::Refused => http::refused("meltstream_airflow_refused_total", &self.name, &id, resp).await,
                 },
             }
             self.queue.pop_front();

@@ -39,16 +39,12 @@ pub fn answer(status: StatusCode) -> Answer {
     }
 }
 
-/// Logs and counts a record the receiver refused for good (`meltstream_<what>_refused_total`).
-pub async fn refused(what: &'static str, sink: &str, key: &str, resp: reqwest::Response) {
+/// Logs a record the receiver refused for good and counts it in `counter{sink,status}`.
+pub async fn refused(counter: &'static str, sink: &str, key: &str, resp: reqwest::Response) {
     let status = resp.status();
     let text = resp.text().await.unwrap_or_default();
-    tracing::warn!(sink = %sink, %key, %status, response = %text.chars().take(300).collect::<String>(), "{what}: the receiver refused the record; skipped");
-    let name = match what {
-        "airflow" => "meltstream_airflow_refused_total",
-        _ => "meltstream_webhook_refused_total",
-    };
-    metrics::counter!(name, "sink" => sink.to_owned(), "status" => status.as_u16().to_string()).increment(1);
+    tracing::warn!(sink = %sink, %key, %status, response = %text.chars().take(300).collect::<String>(), "the receiver refused the record for good; skipped");
+    metrics::counter!(counter, "sink" => sink.to_owned(), "status" => status.as_u16().to_string()).increment(1);
 }
 
 #[cfg(test)]

@@ -90,11 +90,7 @@ struct Buffered {
 /// in builds with the `fault-injection` feature (the tests'), never in a release binary.
 #[cfg(feature = "fault-injection")]
 fn fault_abort_after(n: u64) {
-    static AT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
-    if *AT.get_or_init(|| std::env::var("MELTSTREAM_FAULT_ABORT_AFTER_KAFKA_TX").ok().and_then(|v| v.parse().ok())) == Some(n) {
-        eprintln!("meltstream: MELTSTREAM_FAULT_ABORT_AFTER_KAFKA_TX={n}: aborting after a Kafka commit");
-        std::process::abort();
-    }
+    crate::sinks::writer::fault_abort_at("MELTSTREAM_FAULT_ABORT_AFTER_KAFKA_TX", n, "after a Kafka commit");
 }
 
 /// The Kafka sink writer.

@@ -69,7 +69,7 @@ impl SinkWriter for WebhookSink {
                 Ok(resp) => match http::answer(resp.status()) {
                     Answer::Taken => metrics::counter!("meltstream_webhook_posts_total", "sink" => self.name.clone()).increment(1),
                     Answer::Retry => return Err(retry(format!("POST {} ({key}): {}", self.config.url, resp.status()))),
-                    Answer::Refused => http::refused("webhook", &self.name, key, resp).await,
+                    Answer::Refused => http::refused("meltstream_webhook_refused_total", &self.name, key, resp).await,
                 },
             }
             self.queue.pop_front();

@@ -122,3 +122,14 @@ pub fn unwritable(sink: &str, e: &Emitted, why: &str) -> Emitted {
     tracing::warn!(sink, record = %key, reason = %why, "a result this sink cannot store is written as a dead letter");
     Emitted { record: OutputRecord::DeadLetter(record), hold: e.hold.clone(), origin_wall_ns: e.origin_wall_ns, position: e.position }
 }
+
+/// Test hook shared by the sinks: when the environment variable `var` holds `n`, the process
+/// aborts (`what` says at which instant). Only in builds with the `fault-injection` feature (the
+/// tests'), never in a release binary.
+#[cfg(feature = "fault-injection")]
+pub fn fault_abort_at(var: &str, n: u64, what: &str) {
+    if std::env::var(var).ok().and_then(|v| v.parse::<u64>().ok()) == Some(n) {
+        eprintln!("meltstream: {var}={n}: aborting {what}");
+        std::process::abort();
+    }
+}

@@ -436,7 +436,7 @@ fn engine_run(t: Topology, quiet: bool) -> anyhow::Result<bool> {
                 }
                 // Asked to stop while it was stopping to restart: it stopped as a shutdown does.
                 Err(meltstream_actors::EngineError::Restart(_)) => break Ok(stats.clone()),
-                Err(meltstream_actors::EngineError::Crashed(reason)) if !signalled.load(std::sync::atomic::Ordering::SeqCst) => {
+                Err(meltstream_actors::EngineError::Crashed { reason, .. }) if !signalled.load(std::sync::atomic::Ordering::SeqCst) => {
                     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
                     if !restarts.allow(now) {
                         break Err(anyhow::anyhow!(
@@ -450,7 +450,14 @@ fn engine_run(t: Topology, quiet: bool) -> anyhow::Result<bool> {
                     tracing::warn!(%reason, restarts = restarts.recent(), "a part of the engine failed; restarting the engine from the stored progress");
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 }
-                Err(meltstream_actors::EngineError::Crashed(reason)) => break Err(anyhow::anyhow!("engine failed while stopping: {reason}")),
+                // A part failed before the stop was asked for (a fenced zombie's sink, say), and the
+                // signal came while the tree was stopping to restart: it stopped as asked; the
+                // stored progress is where the next start resumes, as after any restart.
+                Err(meltstream_actors::EngineError::Crashed { reason, while_stopping: false }) => {
+                    tracing::warn!(%reason, "a part of the engine had failed just before the signal; stopped without restarting");
+                    break Ok(stats.clone());
+                }
+                Err(meltstream_actors::EngineError::Crashed { reason, while_stopping: true }) => break Err(anyhow::anyhow!("engine failed while stopping: {reason}")),
                 other => break other.map_err(anyhow::Error::from),
             }
         };

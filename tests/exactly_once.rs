@@ -133,10 +133,13 @@ fn alerts(f: &Fixture, pipeline: &str) -> Vec<String> {
 /// Sum over partitions of the progress `pipeline` stored in PostgreSQL and in the group's
 /// offsets (what the Kafka sink committed).
 async fn stored_offsets(f: &Fixture, pipeline: &str) -> (i64, i64) {
-    let c = pg(&f.db_url).await;
+    // PostgreSQL may be away (the outage): no progress is read then, as from a failed query.
     let q = format!("SELECT coalesce(sum(resume_offset), 0)::bigint FROM {}.progress WHERE pipeline = $1", f.schema);
-    let in_pg: i64 = match c.query_one(&q, &[&pipeline]).await {
-        Ok(r) => r.get(0),
+    let in_pg: i64 = match tokio_postgres::connect(&f.db_url, tokio_postgres::NoTls).await {
+        Ok((c, conn)) => {
+            tokio::spawn(conn);
+            c.query_one(&q, &[&pipeline]).await.map_or(0, |r| r.get(0))
+        }
         Err(_) => 0,
     };
     let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &f.brokers).set("group.id", f.group(pipeline)).create().expect("consumer");
@@ -270,7 +273,9 @@ async fn finish(f: &Fixture, pipeline: &str, mut child: Engine, run: usize) {
             break;
         }
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("engine of {pipeline} exited early with {status}; logs in {}", f.dir.display());
+            let log = std::fs::read_to_string(f.dir.join(format!("{pipeline}-{run}.log"))).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+            panic!("engine of {pipeline} exited early with {status}; logs in {}; the log ends with:\n{}", f.dir.display(), tail.join("\n"));
         }
         assert!(Instant::now() < deadline, "{pipeline} did not catch up: PostgreSQL at {in_pg}, Kafka at {in_kafka}, input {}; logs in {}", f.total, f.dir.display());
         tokio::time::sleep(Duration::from_millis(200)).await;

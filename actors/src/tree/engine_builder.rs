@@ -7,7 +7,7 @@
 //! only know the messages in `ports/`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,7 +39,7 @@ use crate::sources::simulator::{GeneratorConfig, SimulatorArgs, SimulatorMsg, Si
 use crate::tree::commit_coordinator::CommitCoordinator;
 use crate::tree::outputs::{DeadLetterDesk, Outputs, SinkHandle};
 use crate::tree::router::{Router, RouterArgs};
-use crate::tree::supervisor::{Supervisor, SupervisorArgs};
+use crate::tree::supervisor::{Supervisor, SupervisorArgs, CRASHED_STOPPING};
 use crate::tree::watermark_coordinator::{WatermarkArgs, WatermarkCoordinator};
 
 /// Capacity of each build actor's queue, in batch parts.
@@ -65,8 +65,13 @@ pub enum EngineError {
     Restart(String),
     /// A part of the engine failed; every source is replayable, so the engine may start again
     /// from the stored progress (within the restart intensity, which the caller counts).
-    #[error("engine failed: {0}")]
-    Crashed(String),
+    #[error("engine failed: {reason}")]
+    Crashed {
+        /// Why.
+        reason: String,
+        /// Whether the engine was already stopping (shutdown or restart) when the part failed.
+        while_stopping: bool,
+    },
 }
 
 /// Turns a checked topology into a running engine.
@@ -83,7 +88,7 @@ pub struct EngineHandle {
     join: tokio::task::JoinHandle<()>,
     failure: Arc<Mutex<Option<String>>>,
     restart: Arc<AtomicBool>,
-    crashed: Arc<AtomicBool>,
+    crashed: Arc<AtomicU8>,
     /// Live counters.
     pub stats: Arc<EngineStats>,
     /// The sinks (for latency histograms).
@@ -114,7 +119,9 @@ impl EngineHandle {
     pub async fn wait(self) -> Result<Arc<EngineStats>, EngineError> {
         let _ = self.join.await;
         match self.failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            Some(f) if self.restart.load(Ordering::SeqCst) && self.crashed.load(Ordering::SeqCst) => Err(EngineError::Crashed(f)),
+            Some(reason) if self.restart.load(Ordering::SeqCst) && self.crashed.load(Ordering::SeqCst) != 0 => {
+                Err(EngineError::Crashed { reason, while_stopping: self.crashed.load(Ordering::SeqCst) == CRASHED_STOPPING })
+            }
             Some(f) if self.restart.load(Ordering::SeqCst) => Err(EngineError::Restart(f)),
             Some(f) => Err(EngineError::Failed(f)),
             None => Ok(self.stats),
@@ -182,7 +189,7 @@ impl EngineBuilder {
         let replayable = t.sources.iter().any(|s| matches!(s.kind, SourceKind::Kafka(_)));
         // A ct source reads its whole input again on every start, and its fusions replace.
         let all_replayable = t.sources.iter().all(|s| matches!(s.kind, SourceKind::Kafka(_) | SourceKind::Ct(_)));
-        let crashed = Arc::new(AtomicBool::new(false));
+        let crashed = Arc::new(AtomicU8::new(0));
         let sup_args = SupervisorArgs {
             sources: t.sources.len(),
             failure: failure.clone(),

@@ -10,7 +10,7 @@
 //! open windows: the stored progress stops before them and a restart reads them whole again, so
 //! a stop never produces a partial layer.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -26,8 +26,9 @@ pub struct SupervisorArgs {
     /// Set when the failure is a [`SupervisorMsg::Restart`], or a failed child of a tree that
     /// may start again ([`SupervisorArgs::restart_on_failure`]).
     pub restart: Arc<AtomicBool>,
-    /// Set when the stop is a failed child (then `restart` says whether it may start again).
-    pub crashed: Arc<AtomicBool>,
+    /// Set when the stop is a failed child (then `restart` says whether it may start again):
+    /// [`CRASHED_RUNNING`] or [`CRASHED_STOPPING`].
+    pub crashed: Arc<AtomicU8>,
     /// Whether a failed child may start the tree again from the stored progress: every source
     /// is replayable (Kafka).
     pub restart_on_failure: bool,
@@ -36,13 +37,18 @@ pub struct SupervisorArgs {
     pub keep_open_on_shutdown: bool,
 }
 
+/// A child failed while the engine was running.
+pub const CRASHED_RUNNING: u8 = 1;
+/// A child failed while the engine was already stopping (a shutdown or a restart asked for).
+pub const CRASHED_STOPPING: u8 = 2;
+
 /// State.
 pub struct SupervisorState {
     remaining: usize,
     started: Option<Box<Started>>,
     failure: Arc<Mutex<Option<String>>>,
     restart: Arc<AtomicBool>,
-    crashed: Arc<AtomicBool>,
+    crashed: Arc<AtomicU8>,
     restart_on_failure: bool,
     draining: bool,
     pending_done: usize,
@@ -172,7 +178,9 @@ impl Actor for Supervisor {
                 tracing::error!(actor = %who, error = %err, "a part of the engine failed; a source cannot be read again from a stored position, so the engine stops");
             }
             *st.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(msg);
-            st.crashed.store(true, Ordering::SeqCst);
+            // Whether the stop had been asked for before: a failure that came first, then a
+            // signal, is a stop as asked (the stored progress is where a next start resumes).
+            st.crashed.store(if st.shutdown_requested { CRASHED_STOPPING } else { CRASHED_RUNNING }, Ordering::SeqCst);
             st.restart.store(st.restart_on_failure, Ordering::SeqCst);
             // Wait for the tree to be down before saying so: a Kafka source closes its consumer
             // in its `post_stop` (up to 30 s), and a caller that gives up on the engine next

@@ -107,6 +107,8 @@ struct Board {
     fenced: Option<String>,
     /// Inputs whose partition was revoked (ids are never reused: each assignment has its own).
     revoked: HashSet<InputId>,
+    /// A Kafka source stopped reading (see [`ProgressBoard::stop_reading`]).
+    stopping: bool,
 }
 
 impl Board {
@@ -225,6 +227,20 @@ impl ProgressBoard {
             b.fenced = Some(reason.to_owned());
             b.version += 1;
         }
+    }
+
+    /// A Kafka source stopped reading: the engine is stopping (a shutdown or a restart), and
+    /// its consumer no longer takes part in the group's rebalances. A flush refused as fenced
+    /// from now on is the last of a stop, not a zombie's: the sinks drop what they hold and do
+    /// not retry (whoever reads the partitions next starts from the stored progress). A sink's
+    /// own drain comes later, behind a flush that may be retrying already.
+    pub fn stop_reading(&self) {
+        self.lock().stopping = true;
+    }
+
+    /// Whether a Kafka source stopped reading ([`ProgressBoard::stop_reading`]).
+    pub fn is_stopping(&self) -> bool {
+        self.lock().stopping
     }
 
     /// The partition of `input`, if it is one.

@@ -221,6 +221,8 @@ impl SinkState {
         let name = self.args.name.clone();
         let stats = self.args.stats.clone();
         let draining = self.draining;
+        let board = self.args.board.clone();
+        let stopping = move || draining || board.is_stopping();
         let flushed = retry(
             Backoff::exponential(Duration::from_millis(50), Duration::from_secs(5)),
             self,
@@ -233,7 +235,7 @@ impl SinkState {
                     st.args.writer.flush(&checkpoint).await.map(|()| Some(checkpoint))
                 })
             },
-            |e| matches!(e, SinkError::Retryable { .. }) || (matches!(e, SinkError::Fenced { .. }) && !draining && started.elapsed() < FENCED_GRACE),
+            |e| matches!(e, SinkError::Retryable { .. }) || (matches!(e, SinkError::Fenced { .. }) && !stopping() && started.elapsed() < FENCED_GRACE),
             |e, backoff| {
                 tracing::warn!(sink = %name, error = %e, backoff_ms = backoff.as_millis() as u64, "sink flush failed, retrying");
                 stats.health.sink_failing(&name, &e.to_string(), now_wall_ns());
@@ -245,7 +247,7 @@ impl SinkState {
             Ok(f) => f,
             // The last flush of a stop, after the consumer left the group: storing nothing is
             // safe (whoever reads the partitions next starts from the stored progress).
-            Err(SinkError::Fenced { message, .. }) if draining => {
+            Err(SinkError::Fenced { message, .. }) if draining || self.args.board.is_stopping() => {
                 tracing::warn!(sink = %self.args.name, %message, "fenced while stopping: what is buffered is dropped and read again from the stored progress");
                 None
             }

@@ -394,6 +394,7 @@ impl Reader {
             }
         }
         self.consumer.context().stopping.store(true, Ordering::SeqCst);
+        self.consumer.context().board.stop_reading();
         // Batches not yet sent are dropped: their offsets were never committed, a restart reads
         // them again. The decode tasks see the stop and end; wait for them, so that no batch
         // reaches the router after this source has said it ended.

@@ -31,6 +31,12 @@ pub struct StampedWatermark {
     /// Ahead of what the input's records routed so far give (`max_t − bound`): taken on the
     /// wall clock (the input went idle), so a build records it for a replay.
     pub ahead_of_data: bool,
+    /// The input's position when it was computed (every record before it routed), for a build
+    /// living in that input alone: the build's partition position moves there before it takes
+    /// the watermark. Without it a build's position would stop at the end of the last batch
+    /// holding one of its records, and a replay whose batches end elsewhere would never reach
+    /// a position the run it replaces recorded a decision at (the build's end, say).
+    pub position: Option<u64>,
 }
 
 /// Messages of the router.

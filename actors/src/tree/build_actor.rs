@@ -195,6 +195,9 @@ impl BuildState {
         let mut slot = lock(&self.args.slot);
         let ctx = Ctx { hold: None, now_wall_ns: now_wall_ns(), origin_wall_ns: w.computed_wall_ns };
         let mut out = Vec::new();
+        if let Some(p) = w.position {
+            slot.processor.reach_position(p, &ctx, &mut out);
+        }
         if w.ahead_of_data {
             slot.processor.on_input_watermark(w.wm, &ctx, &mut out);
         } else {

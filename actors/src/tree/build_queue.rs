@@ -114,7 +114,12 @@ impl BuildQueue {
         let sent = self.sent.load(Ordering::Acquire);
         let mut p = self.pending();
         p.wm = Some(match p.wm {
-            Some(old) => StampedWatermark { wm: wm.wm.max(old.wm), computed_wall_ns: old.computed_wall_ns.min(wm.computed_wall_ns), ahead_of_data: old.ahead_of_data || wm.ahead_of_data },
+            Some(old) => StampedWatermark {
+                wm: wm.wm.max(old.wm),
+                computed_wall_ns: old.computed_wall_ns.min(wm.computed_wall_ns),
+                ahead_of_data: old.ahead_of_data || wm.ahead_of_data,
+                position: old.position.max(wm.position),
+            },
             None => wm,
         });
         p.after = sent;
@@ -198,7 +203,7 @@ mod tests {
     }
 
     fn wm(t: TimeNs, at: i64) -> StampedWatermark {
-        StampedWatermark { wm: t, computed_wall_ns: at, ahead_of_data: false }
+        StampedWatermark { wm: t, computed_wall_ns: at, ahead_of_data: false, position: None }
     }
 
     #[tokio::test]

@@ -101,6 +101,8 @@ pub struct RouterState {
     watermarks: HashMap<InputId, TimeNs>,
     /// Per input, the largest event time routed so far.
     max_t_seen: HashMap<InputId, TimeNs>,
+    /// Per input, the offset after the last batch routed (every record before it routed).
+    positions: HashMap<InputId, u64>,
     /// The builds whose records came from each input.
     by_input: HashMap<InputId, Vec<BuildId>>,
     next_holder: HolderId,
@@ -218,6 +220,8 @@ impl RouterState {
         let max_t = batch.max_t_ns.max(restored);
         // The input's largest event time before each record: its builds apply the watermark
         // record by record.
+        let at = self.positions.entry(span.input).or_insert(0);
+        *at = (*at).max(span.next_offset);
         let seen = self.max_t_seen.entry(span.input).or_insert(TimeNs::MIN);
         let base = (*seen).max(restored);
         batch.max_t_before = Arc::new(batch.max_t_steps(base));
@@ -406,6 +410,7 @@ impl Actor for Router {
             ended: HashMap::new(),
             watermarks: HashMap::new(),
             max_t_seen: HashMap::new(),
+            positions: HashMap::new(),
             by_input: HashMap::new(),
             next_holder: 0,
             labels: HashMap::new(),
@@ -426,7 +431,7 @@ impl Actor for Router {
                 // Every record of the input is routed: its builds' watermark is the end of time
                 // now, not when the coordinator's answer arrives (a drain may come first, and
                 // would then stop builds whose end the data already decides: no build report).
-                st.advance(vec![(input, StampedWatermark { wm: meltstream_engine::windows::watermark::END_OF_TIME, computed_wall_ns: now_wall_ns(), ahead_of_data: true })]);
+                st.advance(vec![(input, StampedWatermark { wm: meltstream_engine::windows::watermark::END_OF_TIME, computed_wall_ns: now_wall_ns(), ahead_of_data: true, position: None })]);
             }
             RouterMsg::SetCoordinator(c) => st.coordinator = Some(c),
             RouterMsg::DropInputs(inputs) => st.drop_inputs(&inputs),

@@ -49,7 +49,7 @@ impl WatermarkState {
             self.args.stats.watermark_ns.store(wm, std::sync::atomic::Ordering::Relaxed);
             metrics::gauge!("meltstream_watermark_seconds").set(wm as f64 / 1e9);
         }
-        self.tracker.advance_inputs(now).into_iter().map(|(i, wm)| (i, StampedWatermark { wm, computed_wall_ns: now, ahead_of_data: false })).collect()
+        self.tracker.advance_inputs(now).into_iter().map(|(i, wm)| (i, StampedWatermark { wm, computed_wall_ns: now, ahead_of_data: false, position: None })).collect()
     }
 
     fn publish(&mut self) {

@@ -285,6 +285,24 @@ impl BuildPipeline {
         if max_t > TimeNs::MIN {
             self.on_watermark(max_t.saturating_sub(self.book.settings.watermark_bound_ns), ctx, out);
         }
+        self.apply_recorded(ctx, out);
+    }
+
+    /// The partition position moves to `offset` without a record of this build: every record
+    /// before it was routed (to other builds). What an earlier run decided up to there applies,
+    /// as it would had a batch of this build ended there: a replay whose batches end elsewhere
+    /// than the original's still reaches every position the original recorded a decision at.
+    pub fn reach_position(&mut self, offset: u64, ctx: &Ctx, out: &mut Vec<Emitted>) {
+        if offset <= self.book.position() {
+            return;
+        }
+        self.book.advance_position(offset);
+        self.apply_recorded(ctx, out);
+    }
+
+    /// What an earlier run decided at or before the current position: its watermark, its
+    /// layer closes, the build's end.
+    fn apply_recorded(&mut self, ctx: &Ctx, out: &mut Vec<Emitted>) {
         if let Some(wm) = self.book.recorded_watermark() {
             self.on_watermark(wm, ctx, out);
         }

@@ -310,3 +310,41 @@ fn a_build_description_gives_the_planned_energy_density() {
     let report = measured.iter().find_map(|e| if let OutputRecord::BuildReport(r) = &e.record { Some(r.clone()) } else { None }).expect("a build report");
     assert!(report.build_info.is_none() && report.planned_energy_density_by_style_j_mm3.is_empty());
 }
+
+/// A build whose last records end at offset 5, in a partition whose later records (offsets 5 to
+/// 9) belong to other builds. The run being replayed ended it at position 10: its last batch of
+/// this build reached there, and the input's idle watermark passed the build's end. A replay
+/// whose last batch of this build ends at 5 must still end it: the watermark that passes the
+/// end carries the input's position, and the build reaches it (the exactly-once test's replay
+/// waited forever for a position no batch of the build would bring).
+#[test]
+fn a_replay_reaches_the_recorded_end_without_a_batch_of_the_build_there() {
+    let t = |ms: u32| format!("2024-01-15T10:30:00.{ms:03}Z");
+    let lines = [
+        format!(r#"{{"build_id": "b", "layer": 0, "timestamp": "{}", "temperature": 1600.0}}"#, t(1)),
+        format!(r#"{{"build_id": "b", "layer": 0, "timestamp": "{}", "temperature": 1610.0}}"#, t(2)),
+        format!(r#"{{"type": "layer", "build_id": "b", "layer": 0, "phase": "end", "timestamp": "{}"}}"#, t(3)),
+        format!(r#"{{"type": "layer", "build_id": "b", "layer": 0, "phase": "build_end", "timestamp": "{}"}}"#, t(3)),
+        format!(r#"{{"build_id": "b", "layer": 1, "timestamp": "{}", "temperature": 1620.0}}"#, t(2)),
+    ];
+    let ctx = Ctx { hold: Some((0, 0)), now_wall_ns: NOW, origin_wall_ns: NOW };
+    let replay = |reach: bool| {
+        let mut p = BuildPipeline::new(BuildId::from("b"), demo_settings());
+        p.resume(crate::pipeline::decisions::BuildDecisions { ended_at: Some(10), ..Default::default() }, 0);
+        let mut d = Decoder::new(0, DecodeLimits::default());
+        let mut batch = RecordBatch::with_capacity(16);
+        for (i, l) in lines.iter().enumerate() {
+            d.decode(l.as_bytes(), i as u64, NOW, &mut batch);
+        }
+        let mut out = Vec::new();
+        p.process(&batch, &ctx, &mut out);
+        if reach {
+            p.reach_position(10, &ctx, &mut out);
+        }
+        // The input went idle: its watermark passes every event time seen.
+        p.on_input_watermark(NOW, &ctx, &mut out);
+        p.finished()
+    };
+    assert!(!replay(false), "short of the recorded position, the build waits for it");
+    assert!(replay(true), "at the recorded position, the idle watermark ends the build");
+}

@@ -40,6 +40,7 @@ impl RouterState {
             }
             let data = self.max_t_seen.get(&input).map_or(TimeNs::MIN, |t| t.saturating_sub(self.args.settings.watermark_bound_ns));
             let ahead_of_data = wm.wm > data;
+            let position = self.positions.get(&input).copied();
             let Some(builds) = self.by_input.get(&input) else { continue };
             let mut woken = Vec::new();
             for b in builds {
@@ -47,7 +48,9 @@ impl RouterState {
                 let of_build = e.inputs.iter().map(|i| self.watermarks.get(i).copied().unwrap_or(TimeNs::MIN)).min().unwrap_or(TimeNs::MIN);
                 if of_build > e.watermark {
                     e.watermark = of_build;
-                    e.queue.advance(StampedWatermark { wm: of_build, computed_wall_ns: wm.computed_wall_ns, ahead_of_data });
+                    // A build of this input alone moves to its position (see `StampedWatermark`).
+                    let position = position.filter(|_| e.inputs == [input]);
+                    e.queue.advance(StampedWatermark { wm: of_build, computed_wall_ns: wm.computed_wall_ns, ahead_of_data, position });
                     woken.push(b.clone());
                 }
             }
@@ -67,6 +70,7 @@ impl RouterState {
             }
             self.watermarks.remove(input);
             self.max_t_seen.remove(input);
+            self.positions.remove(input);
             for build in self.by_input.remove(input).unwrap_or_default() {
                 let Some(e) = self.builds.remove(&build) else { continue };
                 for i in &e.inputs {
